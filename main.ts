@@ -1,0 +1,847 @@
+/**
+ * tcp-echo: a TCP echo server for learning, testing and debugging TCP
+ * networking on Kubernetes and Istio.
+ *
+ * Every connection gets a banner naming the node, pod, namespace, IP,
+ * service account and version that answered, then every byte it sends is
+ * echoed back unchanged. Each connection is logged under its own UUID.
+ *
+ * The module is both the program (`deno task start`) and a library: tests and
+ * other code call {@linkcode loadConfig}, {@linkcode renderBanner} and
+ * {@linkcode startServer} directly.
+ *
+ * @example Start a server on an ephemeral loopback port
+ * ```ts
+ * import { loadConfig, startServer } from "./main.ts";
+ * const config = { ...loadConfig({ HOST: "127.0.0.1" }), port: 0 };
+ * const server = startServer(config);
+ * console.log(server.addresses[0].port);
+ * await server.shutdown();
+ * ```
+ *
+ * @module
+ */
+import {
+  configure,
+  getLogger,
+  getStreamSink,
+  type LogLevel,
+  type LogRecord,
+  reset as resetLogging,
+  type Sink,
+} from "@logtape/logtape";
+
+// ---------------------------------------------------------------------------
+// Types and configuration
+// ---------------------------------------------------------------------------
+
+/** Log levels accepted by `LOG_LEVEL`, lowest first. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+/** A `LOG_LEVEL` value. */
+export type LogLevelName = typeof LOG_LEVELS[number];
+
+/** Record formats accepted by `LOG_FORMAT`. */
+export const LOG_FORMATS = ["text", "json"] as const;
+/** A `LOG_FORMAT` value. */
+export type LogFormat = typeof LOG_FORMATS[number];
+
+/** Largest accepted `LOG_DATA_BYTES`: one full read buffer. */
+export const MAX_LOG_DATA_BYTES = 65_536;
+
+/** The optional identity lines of the banner, as read from the environment. */
+export interface BannerFields {
+  readonly nodeName?: string;
+  readonly podName?: string;
+  readonly podNamespace?: string;
+  readonly podIp?: string;
+  readonly serviceAccount?: string;
+  readonly serviceVersion?: string;
+}
+
+/** The whole configuration of the server: built once, frozen, never re-read. */
+export interface Config {
+  /** TCP port to listen on; `0` (tests only) picks a free port. */
+  readonly port: number;
+  /** Listen address; `undefined` means dual-stack `::`, else `0.0.0.0`. */
+  readonly host: string | undefined;
+  readonly banner: BannerFields;
+  readonly logLevel: LogLevelName;
+  readonly logFormat: LogFormat;
+  /** Bytes of each received chunk shown in data records; 0 = no records. */
+  readonly logDataBytes: number;
+  /** How long open connections may go on after SIGTERM/SIGINT. */
+  readonly shutdownGraceMs: number;
+}
+
+/** One environment variable the program reads: its name, default, meaning. */
+export interface ConfigVariable {
+  readonly name: string;
+  readonly defaultValue: string;
+  readonly meaning: string;
+}
+
+/**
+ * Every environment variable the program reads. It is the source of `--help`,
+ * of the `--allow-env` list the tests check against `deno.json`, and of the
+ * README table the tests check.
+ */
+export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
+  { name: "TCP_PORT", defaultValue: "3333", meaning: "port to listen on, 1-65535" },
+  {
+    name: "HOST",
+    defaultValue: "all interfaces",
+    meaning: "listen address; default dual-stack [::] where the host has IPv6, else 0.0.0.0",
+  },
+  { name: "NODE_NAME", defaultValue: "unset", meaning: "banner: node name" },
+  { name: "POD_NAME", defaultValue: "unset", meaning: "banner: pod name" },
+  { name: "POD_NAMESPACE", defaultValue: "unset", meaning: "banner: namespace" },
+  { name: "POD_IP", defaultValue: "unset", meaning: "banner: pod IP address" },
+  { name: "SERVICE_ACCOUNT", defaultValue: "unset", meaning: "banner: service account" },
+  { name: "SERVICE_VERSION", defaultValue: "unset", meaning: "banner: version" },
+  { name: "LOG_LEVEL", defaultValue: "info", meaning: "debug, info, warn or error" },
+  { name: "LOG_FORMAT", defaultValue: "text", meaning: "text or json" },
+  {
+    name: "LOG_DATA_BYTES",
+    defaultValue: "1024",
+    meaning:
+      `bytes of each received chunk shown in data records, 0-${MAX_LOG_DATA_BYTES}; 0 turns them off`,
+  },
+  {
+    name: "SHUTDOWN_GRACE",
+    defaultValue: "10s",
+    meaning: "how long open connections may go on after SIGTERM/SIGINT (e.g. 500ms, 10s, 2m)",
+  },
+];
+
+/** The environment as `loadConfig` sees it: variable name to value. */
+export type Environment = Readonly<Record<string, string | undefined>>;
+
+/** A configuration value that cannot be used; its message is one line. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const DURATION_UNIT_MS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+};
+
+/**
+ * Parses a duration written as a whole number and a unit (`500ms`, `10s`,
+ * `2m`, `1h`). Returns milliseconds, or `undefined` when the text is not a
+ * duration.
+ */
+export function parseDuration(text: string): number | undefined {
+  const match = /^(\d{1,9})(ms|s|m|h)$/.exec(text.trim());
+  if (!match) return undefined;
+  return Number(match[1]) * DURATION_UNIT_MS[match[2]];
+}
+
+function invalid(name: string, value: string, allowed: string): ConfigError {
+  return new ConfigError(`invalid ${name}=${JSON.stringify(value)}: ${allowed}`);
+}
+
+function readInteger(
+  env: Environment,
+  name: string,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  const text = env[name]?.trim();
+  if (text === undefined || text === "") return fallback;
+  const value = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  if (!(value >= min && value <= max)) {
+    throw invalid(name, env[name]!, `allowed: an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+function readChoice<T extends string>(
+  env: Environment,
+  name: string,
+  choices: readonly T[],
+  fallback: T,
+): T {
+  const text = env[name]?.trim().toLowerCase();
+  if (text === undefined || text === "") return fallback;
+  if (!(choices as readonly string[]).includes(text)) {
+    throw invalid(name, env[name]!, `allowed: ${choices.join(", ")}`);
+  }
+  return text as T;
+}
+
+function readDuration(env: Environment, name: string, fallback: string): number {
+  const text = env[name]?.trim() || fallback;
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    throw invalid(
+      name,
+      env[name]!,
+      "allowed: a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m",
+    );
+  }
+  return ms;
+}
+
+function readOptional(env: Environment, name: string): string | undefined {
+  const value = env[name];
+  return value === undefined || value === "" ? undefined : value;
+}
+
+function readHost(env: Environment): string | undefined {
+  const text = env.HOST?.trim();
+  if (text === undefined || text === "") return undefined;
+  const host = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
+  if (!/^[A-Za-z0-9.:%_-]+$/.test(host)) {
+    throw invalid("HOST", env.HOST!, "allowed: an IPv4 or IPv6 address or a host name");
+  }
+  return host;
+}
+
+/**
+ * Builds the frozen configuration from environment variables, validating
+ * every value. Throws {@linkcode ConfigError} with a one-line message naming
+ * the variable, its bad value and what is allowed.
+ *
+ * @example
+ * ```ts
+ * const config = loadConfig({ TCP_PORT: "4000", NODE_NAME: "EchoNode" });
+ * ```
+ */
+export function loadConfig(env: Environment): Config {
+  const config: Config = {
+    port: readInteger(env, "TCP_PORT", 3333, 1, 65_535),
+    host: readHost(env),
+    banner: Object.freeze({
+      nodeName: readOptional(env, "NODE_NAME"),
+      podName: readOptional(env, "POD_NAME"),
+      podNamespace: readOptional(env, "POD_NAMESPACE"),
+      podIp: readOptional(env, "POD_IP"),
+      serviceAccount: readOptional(env, "SERVICE_ACCOUNT"),
+      serviceVersion: readOptional(env, "SERVICE_VERSION"),
+    }),
+    logLevel: readChoice(env, "LOG_LEVEL", LOG_LEVELS, "info"),
+    logFormat: readChoice(env, "LOG_FORMAT", LOG_FORMATS, "text"),
+    logDataBytes: readInteger(env, "LOG_DATA_BYTES", 1024, 0, MAX_LOG_DATA_BYTES),
+    shutdownGraceMs: readDuration(env, "SHUTDOWN_GRACE", "10s"),
+  };
+  return Object.freeze(config);
+}
+
+/** Renders the `--help` text: usage and the table of variables. */
+export function renderHelp(): string {
+  const width = Math.max(...CONFIG_VARIABLES.map((v) => v.name.length));
+  const defaultWidth = Math.max(...CONFIG_VARIABLES.map((v) => v.defaultValue.length));
+  const rows = CONFIG_VARIABLES.map((v) =>
+    `  ${v.name.padEnd(width)}  ${v.defaultValue.padEnd(defaultWidth)}  ${v.meaning}`
+  );
+  return [
+    "tcp-echo: a TCP echo server that says which node, pod and version answered.",
+    "",
+    "Usage: tcp-echo [--help]",
+    "",
+    "Configuration is read from environment variables:",
+    `  ${"VARIABLE".padEnd(width)}  ${"DEFAULT".padEnd(defaultWidth)}  MEANING`,
+    ...rows,
+    "",
+    "Logs go to standard output, one record per line. SIGTERM or SIGINT stops",
+    "accepting, lets open connections finish for SHUTDOWN_GRACE, then exits 0;",
+    "a second signal exits at once.",
+    "",
+  ].join("\n");
+}
+
+// ---------------------------------------------------------------------------
+// Pure helpers: banner, addresses, log formatting
+// ---------------------------------------------------------------------------
+
+/**
+ * Renders the banner sent right after accept: one line per set field, in a
+ * fixed order. The first five lines are byte-identical to the original Go
+ * server's. With no field set, the banner is empty.
+ */
+export function renderBanner(banner: BannerFields): Uint8Array {
+  const lines = [
+    banner.nodeName && `Welcome, you are connected to node ${banner.nodeName}.\n`,
+    banner.podName && `Running on Pod ${banner.podName}.\n`,
+    banner.podNamespace && `In namespace ${banner.podNamespace}.\n`,
+    banner.podIp && `With IP address ${banner.podIp}.\n`,
+    banner.serviceAccount && `Service ${banner.serviceAccount}.\n`,
+    banner.serviceVersion && `Version ${banner.serviceVersion}.\n`,
+  ];
+  return new TextEncoder().encode(lines.filter(Boolean).join(""));
+}
+
+/** Shows an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4. */
+export function unmapIPv4(hostname: string): string {
+  const match = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(hostname);
+  return match ? match[1] : hostname;
+}
+
+/** Formats a network address as `1.2.3.4:80` or `[::1]:80`. */
+export function formatAddress(addr: Deno.Addr): string {
+  if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
+  const host = unmapIPv4(addr.hostname);
+  return host.includes(":") ? `[${host}]:${addr.port}` : `${host}:${addr.port}`;
+}
+
+const pad2 = (n: number) => String(n).padStart(2, "0");
+
+/** Formats a time as the Go `log` package does, in UTC: `2026/11/25 07:32:29`. */
+export function formatGoTimestamp(epochMs: number): string {
+  const d = new Date(epochMs);
+  return `${d.getUTCFullYear()}/${pad2(d.getUTCMonth() + 1)}/${pad2(d.getUTCDate())} ` +
+    `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}:${pad2(d.getUTCSeconds())}`;
+}
+
+const DECIMAL_BYTE = Array.from({ length: 256 }, (_, b) => String(b));
+const HEX_BYTE = Array.from({ length: 256 }, (_, b) => `\\x${b.toString(16).padStart(2, "0")}`);
+
+/** Formats bytes as Go prints a `[]byte`: `[104 101 108 108 111]`. */
+export function formatRawBytes(bytes: Uint8Array): string {
+  const parts = new Array<string>(bytes.length);
+  for (let i = 0; i < bytes.length; i++) parts[i] = DECIMAL_BYTE[bytes[i]];
+  return `[${parts.join(" ")}]`;
+}
+
+/** Length of the valid UTF-8 sequence starting at `i`, or 0 if it is invalid. */
+function utf8SequenceLength(bytes: Uint8Array, i: number, end: number): number {
+  const b = bytes[i];
+  const cont = (k: number, lo = 0x80, hi = 0xbf) =>
+    i + k < end && bytes[i + k] >= lo && bytes[i + k] <= hi;
+  if (b >= 0xc2 && b <= 0xdf) return cont(1) ? 2 : 0;
+  if (b >= 0xe0 && b <= 0xef) {
+    const lo = b === 0xe0 ? 0xa0 : 0x80;
+    const hi = b === 0xed ? 0x9f : 0xbf;
+    return cont(1, lo, hi) && cont(2) ? 3 : 0;
+  }
+  if (b >= 0xf0 && b <= 0xf4) {
+    const lo = b === 0xf0 ? 0x90 : 0x80;
+    const hi = b === 0xf4 ? 0x8f : 0xbf;
+    return cont(1, lo, hi) && cont(2) && cont(3) ? 4 : 0;
+  }
+  return 0;
+}
+
+const ASCII_ESCAPES: Readonly<Record<number, string>> = {
+  0x09: "\\t",
+  0x0a: "\\n",
+  0x0d: "\\r",
+  0x5c: "\\\\",
+};
+const latin1 = new TextDecoder("latin1");
+const utf8 = new TextDecoder();
+
+/**
+ * Shows received bytes as one line of text that cannot forge a log line:
+ * one trailing `\n` is dropped (as the original server showed it), a
+ * backslash becomes `\\`, `\t` `\n` `\r` are written so, every other control
+ * character and every invalid UTF-8 byte becomes `\xNN`, and Unicode control
+ * and line-separator characters become `\uNNNN`. Valid UTF-8 text is kept.
+ *
+ * @example
+ * ```ts
+ * escapeData(new TextEncoder().encode("a\r\nFAKE\n")); // "a\\r\\nFAKE"
+ * ```
+ */
+export function escapeData(bytes: Uint8Array): string {
+  const end = bytes.length > 0 && bytes[bytes.length - 1] === 0x0a
+    ? bytes.length - 1
+    : bytes.length;
+  let out = "";
+  let i = 0;
+  while (i < end) {
+    let run = i;
+    while (run < end && bytes[run] >= 0x20 && bytes[run] < 0x7f && bytes[run] !== 0x5c) run++;
+    if (run > i) {
+      out += latin1.decode(bytes.subarray(i, run));
+      i = run;
+      continue;
+    }
+    const b = bytes[i];
+    if (b < 0x80) {
+      out += ASCII_ESCAPES[b] ?? HEX_BYTE[b];
+      i++;
+      continue;
+    }
+    const length = utf8SequenceLength(bytes, i, end);
+    if (length === 0) {
+      out += HEX_BYTE[b];
+      i++;
+      continue;
+    }
+    const char = utf8.decode(bytes.subarray(i, i + length));
+    const codePoint = char.codePointAt(0)!;
+    out += codePoint < 0xa0 || codePoint === 0x2028 || codePoint === 0x2029
+      ? `\\u${codePoint.toString(16).padStart(4, "0")}`
+      : char;
+    i += length;
+  }
+  return out;
+}
+
+/**
+ * Received bytes in a log record, rendered only when the record is written
+ * (off the echo path): Go's `[104 101]` form in text, an array of numbers in
+ * JSON.
+ */
+export class RawBytes {
+  constructor(readonly bytes: Uint8Array) {}
+  toString(): string {
+    return formatRawBytes(this.bytes);
+  }
+  toJSON(): number[] {
+    return Array.from(this.bytes);
+  }
+}
+
+/** Received bytes shown as escaped text ({@linkcode escapeData}), rendered lazily. */
+export class DataText {
+  constructor(readonly bytes: Uint8Array) {}
+  toString(): string {
+    return escapeData(this.bytes);
+  }
+  toJSON(): string {
+    return this.toString();
+  }
+}
+
+const LEVEL_NAMES: Readonly<Record<LogLevel, string>> = {
+  trace: "debug",
+  debug: "debug",
+  info: "info",
+  warning: "warn",
+  error: "error",
+  fatal: "error",
+};
+
+const placeholderCache = new Map<string, Set<string>>();
+
+/** The property names a message template shows inline (`{name}`). */
+function templateKeys(template: string): Set<string> {
+  let keys = placeholderCache.get(template);
+  if (!keys) {
+    keys = new Set(Array.from(template.matchAll(/\{(\w+)\}/g), (m) => m[1]));
+    placeholderCache.set(template, keys);
+  }
+  return keys;
+}
+
+/** Quotes a text-format fact when it is empty or has spaces, quotes or controls. */
+function formatFactValue(value: unknown): string {
+  const text = value instanceof Error ? value.message : String(value);
+  if (text !== "" && /^[\x21-\x7e]+$/.test(text) && !text.includes('"')) return text;
+  return JSON.stringify(text);
+}
+
+function templateText(record: LogRecord): string {
+  return typeof record.rawMessage === "string" ? record.rawMessage : record.rawMessage.join("");
+}
+
+/**
+ * Formats a record as one text line: a Go-style UTC timestamp, the
+ * connection id (when there is one) and ` - `, the message with its inline
+ * values, then the other facts as ` key=value`, then `level=` for warnings
+ * and errors.
+ */
+export function formatTextRecord(record: LogRecord): string {
+  const template = templateText(record);
+  const inline = templateKeys(template);
+  const props = record.properties;
+  let line = formatGoTimestamp(record.timestamp) + " ";
+  if (props.id !== undefined) line += `${props.id} - `;
+  line += template.replace(/\{(\w+)\}/g, (_, key: string) => String(props[key]));
+  for (const key in props) {
+    if (key === "id" || inline.has(key)) continue;
+    line += ` ${key}=${formatFactValue(props[key])}`;
+  }
+  const level = LEVEL_NAMES[record.level];
+  if (level === "warn" || level === "error") line += ` level=${level}`;
+  return line + "\n";
+}
+
+/**
+ * Formats a record as one JSON object on one line: `ts` (RFC 3339), `level`,
+ * `msg` (the message without its inline values), `id` when there is one, and
+ * every fact as a field.
+ */
+export function formatJsonRecord(record: LogRecord): string {
+  const msg = templateText(record).replace(/:? *\{\w+\}/g, "").trim();
+  const object: Record<string, unknown> = {
+    ts: new Date(record.timestamp).toISOString(),
+    level: LEVEL_NAMES[record.level],
+    msg,
+  };
+  for (const [key, value] of Object.entries(record.properties)) {
+    object[key] = value instanceof Error ? value.message : value;
+  }
+  return JSON.stringify(object) + "\n";
+}
+
+// ---------------------------------------------------------------------------
+// Logging setup
+// ---------------------------------------------------------------------------
+
+/** LogTape category of every record the server writes. */
+export const LOG_CATEGORY = ["tcp-echo"];
+const log = getLogger(LOG_CATEGORY);
+
+const LOGTAPE_LEVEL: Readonly<Record<LogLevelName, LogLevel>> = {
+  debug: "debug",
+  info: "info",
+  warn: "warning",
+  error: "error",
+};
+
+/**
+ * The production sink: records formatted as configured and written to
+ * standard output through LogTape's non-blocking buffered stream sink, so a
+ * slow log reader never stalls echoing. Dispose it to flush.
+ */
+export function createStdoutSink(format: LogFormat): Sink & AsyncDisposable {
+  return getStreamSink(Deno.stdout.writable, {
+    formatter: format === "json" ? formatJsonRecord : formatTextRecord,
+    nonBlocking: { bufferSize: 1_000, flushInterval: 50 },
+  });
+}
+
+/**
+ * Points LogTape at `sink` for the server's category at the configured level
+ * (and LogTape's own warnings). Returns a function that flushes and detaches.
+ */
+export async function setupLogging(
+  level: LogLevelName,
+  sink: Sink,
+): Promise<() => Promise<void>> {
+  await configure({
+    reset: true,
+    sinks: { main: sink },
+    loggers: [
+      { category: LOG_CATEGORY, lowestLevel: LOGTAPE_LEVEL[level], sinks: ["main"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["main"] },
+    ],
+  });
+  return resetLogging;
+}
+
+// ---------------------------------------------------------------------------
+// Connection handling
+// ---------------------------------------------------------------------------
+
+/** Why a connection ended, as logged in `reason=`. */
+export type CloseReason = "eof" | "reset" | "shutdown" | "error";
+
+/** First read buffer of a connection; idle connections keep only this much. */
+const INITIAL_BUFFER_BYTES = 1_024;
+/** Read buffers grow (×4) when a read fills them, up to this size. */
+const MAX_BUFFER_BYTES = 65_536;
+
+const PEER_GONE_ERRORS = [
+  Deno.errors.ConnectionReset,
+  Deno.errors.BrokenPipe,
+  Deno.errors.ConnectionAborted,
+  Deno.errors.UnexpectedEof,
+];
+
+/** What the connection handler needs from its server. */
+interface ConnectionContext {
+  readonly banner: Uint8Array;
+  readonly logDataBytes: number;
+  /** True once shutdown has decided to close the remaining connections. */
+  readonly forcingClose: () => boolean;
+}
+
+const NO_BYTES = new Uint8Array(0);
+
+async function writeAll(conn: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
+}
+
+function logReceived(id: string, chunk: Uint8Array, limit: number): void {
+  const shown = chunk.slice(0, limit);
+  const omitted = chunk.length - shown.length;
+  const facts = omitted > 0 ? { omitted_bytes: omitted } : {};
+  log.info("Received Raw Data: {raw}", { id, raw: new RawBytes(shown), ...facts });
+  log.info("Received Data (converted to string): {data}", {
+    id,
+    data: new DataText(shown),
+    ...facts,
+  });
+}
+
+/**
+ * Serves one connection: banner, then a read/echo loop on one buffer, so at
+ * most one buffer of data is in flight (a client that never reads stops the
+ * server from reading). Never throws: every ending is logged with a reason.
+ */
+async function serveConnection(
+  conn: Deno.TcpConn,
+  context: ConnectionContext,
+): Promise<void> {
+  const id = crypto.randomUUID();
+  const startedAt = performance.now();
+  const logData = context.logDataBytes > 0 && log.isEnabledFor("info");
+  let bytesIn = 0;
+  let bytesOut = 0;
+  let reason: CloseReason = "eof";
+  let failure: unknown;
+  log.info("TCP connection open.", { id, client: formatAddress(conn.remoteAddr) });
+  try {
+    conn.setNoDelay(true);
+    if (context.banner.length > 0) await writeAll(conn, context.banner);
+    let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
+    while (true) {
+      const n = await conn.read(buffer);
+      if (n === null) {
+        // Deno reports a reset during read as end of stream. A zero-length
+        // write sends nothing, succeeds after a FIN and fails after a RST.
+        await conn.write(NO_BYTES);
+        break;
+      }
+      bytesIn += n;
+      const chunk = buffer.subarray(0, n);
+      if (logData) logReceived(id, chunk, context.logDataBytes);
+      await writeAll(conn, chunk);
+      bytesOut += n;
+      if (n === buffer.length && buffer.length < MAX_BUFFER_BYTES) {
+        buffer = new Uint8Array(buffer.length * 4);
+      }
+    }
+  } catch (error) {
+    if (context.forcingClose()) reason = "shutdown";
+    else if (PEER_GONE_ERRORS.some((type) => error instanceof type)) reason = "reset";
+    else {
+      reason = "error";
+      failure = error;
+    }
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // Already closed by shutdown.
+    }
+  }
+  const facts: Record<string, unknown> = {
+    id,
+    reason,
+    bytes_in: bytesIn,
+    bytes_out: bytesOut,
+    duration_ms: Math.round(performance.now() - startedAt),
+  };
+  if (failure !== undefined) facts.error = failure;
+  log.info("TCP connection closed.", facts);
+}
+
+// ---------------------------------------------------------------------------
+// Server lifecycle
+// ---------------------------------------------------------------------------
+
+/** A running echo server. */
+export interface EchoServer {
+  /** The addresses it listens on (with the real port when `port` was 0). */
+  readonly addresses: readonly Deno.NetAddr[];
+  /** Connections open right now. */
+  readonly activeConnections: number;
+  /**
+   * Stops accepting, lets open connections go on for up to `graceMs`, then
+   * closes the rest (reason `shutdown`). Resolves when every connection has
+   * ended. Calling it again returns the same promise.
+   */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+const ACCEPT_BACKOFF_MIN_MS = 5;
+const ACCEPT_BACKOFF_MAX_MS = 1_000;
+
+/** Listens as configured: dual-stack `::` by default, `0.0.0.0` without IPv6. */
+function listen(config: Config): Deno.TcpListener {
+  if (config.host !== undefined) return Deno.listen({ hostname: config.host, port: config.port });
+  try {
+    return Deno.listen({ hostname: "::", port: config.port });
+  } catch (error) {
+    if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.NotCapable) {
+      throw error;
+    }
+    return Deno.listen({ hostname: "0.0.0.0", port: config.port });
+  }
+}
+
+/** Waits `ms`, or less when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}
+
+/**
+ * Starts listening and serving. Throws if the address cannot be bound
+ * (e.g. `Deno.errors.AddrInUse`); everything after that is logged, never
+ * thrown.
+ */
+export function startServer(config: Config): EchoServer {
+  const listener = listen(config);
+  const address = listener.addr as Deno.NetAddr;
+  const banner = renderBanner(config.banner);
+  const connections = new Map<Deno.TcpConn, Promise<void>>();
+  const stopping = new AbortController();
+  let forcing = false;
+  const context: ConnectionContext = {
+    banner,
+    logDataBytes: config.logDataBytes,
+    forcingClose: () => forcing,
+  };
+
+  async function acceptLoop(): Promise<void> {
+    let backoffMs = ACCEPT_BACKOFF_MIN_MS;
+    let failures = 0;
+    while (!stopping.signal.aborted) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (stopping.signal.aborted) break;
+        // EMFILE and friends: the listener is still good, so wait and retry.
+        // One warning per streak keeps a flood from flooding the log too.
+        failures++;
+        if (failures === 1) log.warn("Accept failed, backing off.", { error, retry_ms: backoffMs });
+        else log.debug("Accept failed again.", { error, retry_ms: backoffMs });
+        await pause(backoffMs, stopping.signal);
+        backoffMs = Math.min(backoffMs * 2, ACCEPT_BACKOFF_MAX_MS);
+        continue;
+      }
+      if (failures > 0) log.info("Accepting again.", { failed_attempts: failures });
+      failures = 0;
+      backoffMs = ACCEPT_BACKOFF_MIN_MS;
+      const served = serveConnection(conn, context).finally(() => connections.delete(conn));
+      connections.set(conn, served);
+    }
+  }
+
+  log.info("Listening on TCP port {port}", { port: address.port, address: formatAddress(address) });
+  const accepting = acceptLoop();
+  let shutdownPromise: Promise<void> | undefined;
+
+  async function drain(graceMs: number): Promise<void> {
+    stopping.abort();
+    listener.close();
+    await accepting;
+    log.info("Shutting down: stopped accepting.", {
+      open_connections: connections.size,
+      grace_ms: graceMs,
+    });
+    if (connections.size > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const graceOver = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
+      await Promise.race([Promise.all(connections.values()), graceOver]);
+      clearTimeout(timer);
+    }
+    if (connections.size > 0) {
+      forcing = true;
+      log.info("Shutting down: grace period over, closing connections.", {
+        open_connections: connections.size,
+      });
+      for (const conn of connections.keys()) {
+        try {
+          conn.close();
+        } catch {
+          // It ended on its own meanwhile.
+        }
+      }
+      await Promise.all(connections.values());
+    }
+    log.info("Shutdown complete.");
+  }
+
+  return {
+    addresses: [address],
+    get activeConnections() {
+      return connections.size;
+    },
+    shutdown(graceMs = config.shutdownGraceMs) {
+      shutdownPromise ??= drain(graceMs);
+      return shutdownPromise;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Program entry
+// ---------------------------------------------------------------------------
+
+/** Reads exactly the variables in {@linkcode CONFIG_VARIABLES} (all `--allow-env` grants). */
+export function readEnvironment(): Environment {
+  return Object.fromEntries(CONFIG_VARIABLES.map(({ name }) => [name, Deno.env.get(name)]));
+}
+
+const SHUTDOWN_SIGNALS = ["SIGTERM", "SIGINT"] as const;
+const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
+
+/** Resolves with the first SIGTERM/SIGINT; a second one exits at once. */
+function firstShutdownSignal(): Promise<Deno.Signal> {
+  return new Promise((resolve) => {
+    let received = false;
+    for (const signal of SHUTDOWN_SIGNALS) {
+      Deno.addSignalListener(signal, () => {
+        if (received) Deno.exit(SIGNAL_EXIT_CODES[signal]);
+        received = true;
+        resolve(signal);
+      });
+    }
+  });
+}
+
+/**
+ * Runs the program: `--help`, configuration, logging, server, and a graceful
+ * shutdown on SIGTERM/SIGINT. Returns the exit code: 0 after a clean
+ * shutdown, 2 for bad arguments or configuration, 1 when it cannot listen.
+ */
+export async function main(args: readonly string[]): Promise<number> {
+  if (args.includes("--help") || args.includes("-h")) {
+    await Deno.stdout.write(new TextEncoder().encode(renderHelp()));
+    return 0;
+  }
+  if (args.length > 0) {
+    console.error(`tcp-echo: unexpected argument ${JSON.stringify(args[0])}; see tcp-echo --help`);
+    return 2;
+  }
+  let config: Config;
+  try {
+    config = loadConfig(readEnvironment());
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(`tcp-echo: ${error.message}`);
+    return 2;
+  }
+
+  const sink = createStdoutSink(config.logFormat);
+  const detachLogging = await setupLogging(config.logLevel, sink);
+  const signal = firstShutdownSignal();
+  let server: EchoServer;
+  try {
+    server = startServer(config);
+  } catch (error) {
+    await detachLogging();
+    await sink[Symbol.asyncDispose]();
+    const where = `${config.host ?? "[::]"}:${config.port}`;
+    console.error(`tcp-echo: cannot listen on ${where}: ${(error as Error).message}`);
+    return 1;
+  }
+  const received = await signal;
+  log.info("Received {signal}, shutting down.", { signal: received });
+  await server.shutdown();
+  await detachLogging();
+  await sink[Symbol.asyncDispose]();
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
