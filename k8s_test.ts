@@ -1,0 +1,472 @@
+/**
+ * Tests of what ships around the program: the Kubernetes and Istio manifests,
+ * the Dockerfile and the deno.json tasks. No cluster, Docker engine or Envoy
+ * runs here, so these check every property that can be checked without one:
+ * schemas, `kubectl kustomize`, yamllint, and consistency between the files
+ * and the code (ports, labels, env names, subsets, permissions, versions).
+ */
+import assert from "node:assert/strict";
+import { parseAllDocuments } from "yaml";
+import { Service, ServiceAccount } from "kubernetes-models/v1";
+import { Deployment } from "kubernetes-models/apps/v1";
+import {
+  DestinationRule,
+  Gateway as IstioGateway,
+  VirtualService,
+} from "@kubernetes-models/istio/networking.istio.io/v1";
+import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
+import { TCPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
+import { CONFIG_VARIABLES, loadConfig, parseDuration } from "./main.ts";
+
+const repoDir = new URL(".", import.meta.url).pathname;
+const decoder = new TextDecoder();
+
+// deno-lint-ignore no-explicit-any
+type Manifest = Record<string, any>;
+
+/** Validates a manifest against the schema of one model class; throws when invalid. */
+const schemaOf = (model: new (data: never) => { validate(): void }) => (manifest: Manifest) =>
+  new model(manifest as never).validate();
+
+/** Every kind the manifests may use, by `apiVersion/kind`, with its schema. */
+const SCHEMAS: Record<string, (manifest: Manifest) => void> = {
+  "v1/ServiceAccount": schemaOf(ServiceAccount),
+  "v1/Service": schemaOf(Service),
+  "apps/v1/Deployment": schemaOf(Deployment),
+  "networking.istio.io/v1/DestinationRule": schemaOf(DestinationRule),
+  "networking.istio.io/v1/Gateway": schemaOf(IstioGateway),
+  "networking.istio.io/v1/VirtualService": schemaOf(VirtualService),
+  "gateway.networking.k8s.io/v1/Gateway": schemaOf(Gateway),
+  "gateway.networking.k8s.io/v1alpha2/TCPRoute": schemaOf(TCPRoute),
+};
+
+/** Validates every manifest against the schema of its kind. */
+function validateAll(manifests: Manifest[], source: string): void {
+  for (const manifest of manifests) {
+    const validate = SCHEMAS[`${manifest.apiVersion}/${manifest.kind}`];
+    assert.ok(validate, `${source}: unexpected ${manifest.apiVersion} ${manifest.kind}`);
+    validate(manifest);
+  }
+}
+
+function parseManifests(text: string, source: string): Manifest[] {
+  return parseAllDocuments(text).flatMap((doc) => {
+    assert.deepEqual(doc.errors, [], `${source}: YAML errors`);
+    const value = doc.toJS();
+    return value === null ? [] : [value as Manifest];
+  });
+}
+
+async function readManifests(path: string): Promise<Manifest[]> {
+  return parseManifests(await Deno.readTextFile(`${repoDir}${path}`), path);
+}
+
+async function run(command: string, args: string[]): Promise<string> {
+  const output = await new Deno.Command(command, { args, cwd: repoDir, stdin: "null" }).output();
+  const stderr = decoder.decode(output.stderr);
+  assert.equal(output.code, 0, `${command} ${args.join(" ")} failed: ${stderr}`);
+  return decoder.decode(output.stdout);
+}
+
+async function commandExists(command: string): Promise<boolean> {
+  return await new Deno.Command(command, { args: ["--help"], stdout: "null", stderr: "null" })
+    .output().then(() => true, () => false);
+}
+
+/**
+ * Whether a test that needs `tool` must be ignored: locally it is, with a
+ * printed reason; under CI (`CI=true`) it runs and fails, so CI cannot skip it.
+ */
+async function ignoreWithout(tool: string, why: string): Promise<boolean> {
+  if (await commandExists(tool) || Deno.env.get("CI") === "true") return false;
+  console.warn(`ignored: ${why} needs ${tool}, which is not installed (.ci/run installs it)`);
+  return true;
+}
+
+async function kustomize(dir: string): Promise<Manifest[]> {
+  return parseManifests(await run("kubectl", ["kustomize", dir]), `kubectl kustomize ${dir}`);
+}
+
+const find = (manifests: Manifest[], kind: string, name: string): Manifest => {
+  const found = manifests.filter((m) => m.kind === kind && m.metadata?.name === name);
+  assert.equal(found.length, 1, `exactly one ${kind} ${name}`);
+  return found[0];
+};
+
+const selects = (selector: Record<string, string>, labels: Record<string, string>) =>
+  Object.entries(selector).every(([key, value]) => labels?.[key] === value);
+
+const podLabels = (deployment: Manifest): Record<string, string> =>
+  deployment.spec.template.metadata.labels;
+
+const container = (deployment: Manifest): Manifest => {
+  const found = deployment.spec.template.spec.containers.filter(
+    (c: Manifest) => c.name === "tcp-echo-container",
+  );
+  assert.equal(found.length, 1, `${deployment.metadata.name}: one tcp-echo-container`);
+  return found[0];
+};
+
+/** The container port a Service port's targetPort points at (by name or number). */
+function resolveTargetPort(targetPort: string | number, deployment: Manifest): number {
+  const ports: Manifest[] = container(deployment).ports;
+  const port = typeof targetPort === "number"
+    ? ports.find((p) => p.containerPort === targetPort)
+    : ports.find((p) => p.name === targetPort);
+  assert.ok(port, `targetPort ${targetPort} exists in ${deployment.metadata.name}`);
+  return port.containerPort;
+}
+
+const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
+const VERSION: string = denoJson.version;
+const DEFAULT_PORT = loadConfig({}).port;
+const DEFAULT_GRACE_MS = loadConfig({}).shutdownGraceMs;
+
+const MANIFEST_FILES = [
+  "k8s/deployment.yml",
+  "k8s/service.yml",
+  "k8s/destination-rule-all.yaml",
+  "k8s/gateway.yaml",
+  "k8s/virtualservice.yaml",
+  "k8s/gateway-api/deployment.yml",
+  "k8s/gateway-api/services.yaml",
+  "k8s/gateway-api/gateway.yaml",
+  "k8s/gateway-api/tcp-routes.yaml",
+];
+
+// ---------------------------------------------------------------------------
+// Schemas, rendering, lint
+// ---------------------------------------------------------------------------
+
+Deno.test("manifests: every document validates against its schema", async (t) => {
+  for (const file of MANIFEST_FILES) {
+    await t.step(file, async () => {
+      const manifests = await readManifests(file);
+      assert.ok(manifests.length > 0);
+      validateAll(manifests, file);
+    });
+  }
+  await t.step("a broken manifest fails validation", () => {
+    const broken = { apiVersion: "apps/v1", kind: "Deployment", metadata: { name: "x" }, spec: 1 };
+    assert.throws(() => validateAll([broken], "broken"));
+  });
+});
+
+Deno.test("manifests: every YAML file in k8s/ is listed, so none escapes the tests", async () => {
+  const found: string[] = [];
+  async function walk(dir: string) {
+    for await (const entry of Deno.readDir(`${repoDir}${dir}`)) {
+      const path = `${dir}/${entry.name}`;
+      if (entry.isDirectory) await walk(path);
+      else if (/\.ya?ml$/.test(entry.name) && entry.name !== "kustomization.yaml") found.push(path);
+    }
+  }
+  await walk("k8s");
+  assert.deepEqual(found.sort(), [...MANIFEST_FILES].sort());
+});
+
+Deno.test({
+  name: "kustomize: k8s and k8s/gateway-api render the expected resources",
+  ignore: await ignoreWithout("kubectl", "kustomize rendering"),
+  async fn(t) {
+    const kinds = (manifests: Manifest[]) =>
+      manifests.map((m) => `${m.apiVersion} ${m.kind} ${m.metadata.name}`).sort();
+    await t.step("k8s", async () => {
+      const rendered = await kustomize("k8s");
+      assert.deepEqual(kinds(rendered), [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "networking.istio.io/v1 DestinationRule tcp-echo",
+        "networking.istio.io/v1 Gateway tcp-echo-gateway",
+        "networking.istio.io/v1 Gateway tcp-echo-gateway-v2",
+        "networking.istio.io/v1 VirtualService tcp-echo",
+        "v1 Service tcp-echo",
+        "v1 ServiceAccount tcp-echo",
+      ]);
+      validateAll(rendered, "rendered");
+    });
+    await t.step("k8s/gateway-api", async () => {
+      const rendered = await kustomize("k8s/gateway-api");
+      assert.deepEqual(kinds(rendered), [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "gateway.networking.k8s.io/v1 Gateway tcp-echo-gateway",
+        "gateway.networking.k8s.io/v1alpha2 TCPRoute tcp-echo-v1",
+        "gateway.networking.k8s.io/v1alpha2 TCPRoute tcp-echo-v2",
+        "v1 Service tcp-echo-v1",
+        "v1 Service tcp-echo-v2",
+        "v1 ServiceAccount tcp-echo",
+      ]);
+      validateAll(rendered, "rendered");
+    });
+  },
+});
+
+Deno.test({
+  name: "yamllint: the manifests pass with the repo's .yamllint",
+  ignore: await ignoreWithout("yamllint", "the YAML lint test"),
+  async fn() {
+    await run("yamllint", ["--strict", "k8s", ".yamllint"]);
+  },
+});
+
+// ---------------------------------------------------------------------------
+// Consistency between the manifests and the code
+// ---------------------------------------------------------------------------
+
+Deno.test("consistency: Istio routing, Service, Deployments and the program agree", async (t) => {
+  const deployments = await readManifests("k8s/deployment.yml");
+  const [service] = await readManifests("k8s/service.yml");
+  const [rule] = await readManifests("k8s/destination-rule-all.yaml");
+  const gateways = await readManifests("k8s/gateway.yaml");
+  const [virtualService] = await readManifests("k8s/virtualservice.yaml");
+  const v1 = find(deployments, "Deployment", "tcp-echo-v1");
+  const v2 = find(deployments, "Deployment", "tcp-echo-v2");
+
+  await t.step("Deployments: labels, selectors, container and version label", () => {
+    for (const [deployment, version] of [[v1, "v1"], [v2, "v2"]] as const) {
+      const labels = podLabels(deployment);
+      assert.equal(labels.app, "tcp-echo");
+      assert.equal(labels.version, version);
+      assert.equal(labels["app.kubernetes.io/name"], "tcp-echo");
+      assert.equal(labels["app.kubernetes.io/version"], version);
+      assert.ok(selects(deployment.spec.selector.matchLabels, labels), "selector matches pods");
+      assert.deepEqual(deployment.metadata.labels, labels);
+    }
+  });
+
+  await t.step("v1 and v2 differ only in names and version labels", () => {
+    const normalized = (d: Manifest) => JSON.stringify(d).replaceAll(/v[12]\b/g, "vN");
+    assert.equal(normalized(v1), normalized(v2));
+  });
+
+  await t.step("the Service selects both versions, by name and port", () => {
+    assert.equal(service.metadata.name, "tcp-echo");
+    assert.equal(service.spec.type, "ClusterIP");
+    assert.ok(
+      selects(service.spec.selector, podLabels(v1)) &&
+        selects(service.spec.selector, podLabels(v2)),
+    );
+    assert.equal(service.spec.ports.length, 1);
+    const [port] = service.spec.ports;
+    assert.deepEqual([port.name, port.appProtocol, port.protocol], ["tcp", "tcp", "TCP"]);
+    for (const deployment of [v1, v2]) {
+      const env = container(deployment).env.find((e: Manifest) => e.name === "TCP_PORT");
+      const containerPort = resolveTargetPort(port.targetPort, deployment);
+      assert.equal(containerPort, Number(env.value), "targetPort = containerPort = TCP_PORT");
+      assert.equal(container(deployment).ports[0].name, "tcp");
+    }
+  });
+
+  await t.step("each subset selects exactly one Deployment", () => {
+    assert.equal(rule.spec.host, service.metadata.name);
+    assert.deepEqual(rule.spec.subsets.map((s: Manifest) => s.name), ["v1", "v2"]);
+    for (const subset of rule.spec.subsets) {
+      const matching = [v1, v2].filter((d) =>
+        selects({ ...service.spec.selector, ...subset.labels }, podLabels(d))
+      );
+      assert.deepEqual(matching.map((d) => d.metadata.name), [`tcp-echo-${subset.name}`]);
+    }
+  });
+
+  await t.step("every route target exists: gateway, port, host, subset, Service port", () => {
+    const gatewayPort = new Map(
+      gateways.map((g) => [g.metadata.name, g.spec.servers.map((s: Manifest) => s.port.number)]),
+    );
+    assert.deepEqual(Object.fromEntries(gatewayPort), {
+      "tcp-echo-gateway": [31400],
+      "tcp-echo-gateway-v2": [31401],
+    });
+    for (const gateway of gateways) {
+      assert.deepEqual(gateway.spec.selector, { istio: "ingressgateway" });
+      assert.ok(gateway.spec.servers.every((s: Manifest) => s.port.protocol === "TCP"));
+    }
+    assert.deepEqual([...virtualService.spec.gateways].sort(), [...gatewayPort.keys()].sort());
+    const routes = virtualService.spec.tcp.map((route: Manifest) => {
+      const [match] = route.match;
+      const [gatewayName] = match.gateways;
+      assert.ok(
+        gatewayPort.get(gatewayName)?.includes(match.port),
+        `${gatewayName} has ${match.port}`,
+      );
+      const [{ destination }] = route.route;
+      assert.equal(destination.host, service.metadata.name, "short host: works in any namespace");
+      assert.ok(rule.spec.subsets.some((s: Manifest) => s.name === destination.subset));
+      assert.equal(destination.port.number, service.spec.ports[0].port);
+      return `${match.port} ${gatewayName} -> ${destination.subset}`;
+    });
+    assert.deepEqual(routes, ["31400 tcp-echo-gateway -> v1", "31401 tcp-echo-gateway-v2 -> v2"]);
+  });
+
+  await t.step("every env var the manifests set is one the program reads", () => {
+    const known = new Set(CONFIG_VARIABLES.map((v) => v.name));
+    for (const deployment of [v1, v2]) {
+      const env: Manifest[] = container(deployment).env;
+      for (const { name } of env) assert.ok(known.has(name), `${name} is read by main.ts`);
+      const fields = Object.fromEntries(
+        env.filter((e) => e.valueFrom).map((e) => [e.name, e.valueFrom.fieldRef.fieldPath]),
+      );
+      assert.deepEqual(fields, {
+        NODE_NAME: "spec.nodeName",
+        POD_NAME: "metadata.name",
+        POD_NAMESPACE: "metadata.namespace",
+        POD_IP: "status.podIP",
+        SERVICE_ACCOUNT: "spec.serviceAccountName",
+        SERVICE_VERSION: "metadata.labels['version']",
+      });
+      const values = Object.fromEntries(
+        env.filter((e) => "value" in e).map((e) => [e.name, e.value]),
+      );
+      assert.doesNotThrow(() => loadConfig(values), "the values are valid configuration");
+    }
+  });
+
+  await t.step("probes, resources, security context and termination grace", () => {
+    for (const deployment of [v1, v2]) {
+      const pod = deployment.spec.template.spec;
+      const c = container(deployment);
+      assert.deepEqual(c.readinessProbe.tcpSocket, { port: "tcp" });
+      assert.deepEqual(c.livenessProbe.tcpSocket, { port: "tcp" });
+      assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
+      assert.ok(c.resources.limits.memory);
+      assert.equal(pod.securityContext.runAsNonRoot, true);
+      assert.equal(pod.securityContext.runAsUser, 65532);
+      assert.deepEqual(pod.securityContext.seccompProfile, { type: "RuntimeDefault" });
+      assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+      assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+      assert.deepEqual(c.securityContext.capabilities.drop, ["ALL"]);
+      const grace = c.env.find((e: Manifest) => e.name === "SHUTDOWN_GRACE")?.value;
+      const graceMs = grace === undefined ? DEFAULT_GRACE_MS : parseDuration(grace)!;
+      assert.ok(
+        pod.terminationGracePeriodSeconds * 1000 > graceMs,
+        "SIGKILL comes after the grace",
+      );
+      const accounts = deployments.filter((m) => m.kind === "ServiceAccount");
+      assert.deepEqual(accounts.map((a) => a.metadata.name), [pod.serviceAccountName]);
+    }
+  });
+});
+
+Deno.test("consistency: the Gateway API variant routes each listener to one version", async () => {
+  assert.equal(
+    await Deno.readTextFile(`${repoDir}k8s/gateway-api/deployment.yml`),
+    await Deno.readTextFile(`${repoDir}k8s/deployment.yml`),
+    "k8s/gateway-api/deployment.yml must be a copy of k8s/deployment.yml",
+  );
+  const deployments = await readManifests("k8s/deployment.yml");
+  const services = await readManifests("k8s/gateway-api/services.yaml");
+  const [gateway] = await readManifests("k8s/gateway-api/gateway.yaml");
+  const routes = await readManifests("k8s/gateway-api/tcp-routes.yaml");
+  assert.equal(gateway.spec.gatewayClassName, "istio");
+  const listeners = new Map(gateway.spec.listeners.map((l: Manifest) => [l.name, l]));
+  const paths = routes.map((route) => {
+    const [parent] = route.spec.parentRefs;
+    assert.equal(parent.name, gateway.metadata.name);
+    const listener = listeners.get(parent.sectionName) as Manifest;
+    assert.ok(listener, `listener ${parent.sectionName}`);
+    assert.equal(listener.protocol, "TCP");
+    const [backend] = route.spec.rules[0].backendRefs;
+    const service = find(services, "Service", backend.name);
+    const port = service.spec.ports.find((p: Manifest) => p.port === backend.port);
+    assert.ok(port, `${backend.name} has port ${backend.port}`);
+    assert.equal(port.appProtocol, "tcp");
+    const selected = deployments.filter((d) =>
+      d.kind === "Deployment" && selects(service.spec.selector, podLabels(d))
+    );
+    assert.equal(selected.length, 1, `${backend.name} selects one Deployment`);
+    assert.equal(resolveTargetPort(port.targetPort, selected[0]), DEFAULT_PORT);
+    return `${listener.port} -> ${selected[0].metadata.name}`;
+  });
+  assert.deepEqual(paths, ["31400 -> tcp-echo-v1", "31401 -> tcp-echo-v2"]);
+});
+
+Deno.test("consistency: image name and tag agree with deno.json's version", async () => {
+  for (const dir of ["k8s", "k8s/gateway-api"]) {
+    const [kustomization] = await readManifests(`${dir}/kustomization.yaml`);
+    assert.deepEqual(kustomization.images, [{
+      name: "tcp-echo",
+      newName: "tcp-echo",
+      newTag: VERSION,
+    }]);
+  }
+  const deployments = await readManifests("k8s/deployment.yml");
+  for (const d of deployments.filter((m) => m.kind === "Deployment")) {
+    assert.equal(container(d).image, `tcp-echo:${VERSION}`);
+  }
+});
+
+// ---------------------------------------------------------------------------
+// Dockerfile and tasks
+// ---------------------------------------------------------------------------
+
+/** The Dockerfile's instructions, continuation lines joined, comments dropped. */
+async function dockerInstructions(): Promise<string[]> {
+  const text = await Deno.readTextFile(`${repoDir}Dockerfile`);
+  return text.replaceAll(/\\\n\s*/g, " ").split("\n").map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
+}
+
+const permissionFlags = (task: string) =>
+  task.split(/\s+/).filter((w) => w.startsWith("--allow-")).sort();
+
+Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
+  const instructions = await dockerInstructions();
+  const ci = await Deno.readTextFile(`${repoDir}.ci/run`);
+  const ciDeno = /^DENO_VERSION=(\S+)$/m.exec(ci)?.[1];
+
+  await t.step("the build stage is the official image at CI's Deno version", () => {
+    assert.ok(ciDeno);
+    assert.ok(instructions.includes(`ARG DENO_VERSION=${ciDeno}`));
+    assert.equal(instructions.filter((i) => i.startsWith("FROM ")).length, 2);
+    assert.ok(instructions.includes("FROM denoland/deno:${DENO_VERSION} AS build"));
+    assert.ok(instructions.includes("RUN deno install --frozen"));
+    assert.ok(instructions.includes("RUN deno task compile"));
+  });
+
+  await t.step("the runtime stage is distroless cc nonroot, uid 65532, port and entrypoint", () => {
+    const runtimeAt = instructions.findLastIndex((i) => i.startsWith("FROM "));
+    const runtime = instructions.slice(runtimeAt);
+    assert.equal(runtime[0], "FROM gcr.io/distroless/cc-debian12:nonroot");
+    assert.ok(runtime.includes("USER 65532:65532"));
+    assert.ok(runtime.includes(`EXPOSE ${DEFAULT_PORT}`));
+    assert.ok(runtime.includes("ENV DENO_USE_CGROUPS=1"));
+    assert.ok(runtime.includes('ENTRYPOINT ["/tcp-echo"]'));
+    assert.ok(runtime.includes("COPY --from=build /src/tcp-echo /tcp-echo"));
+    assert.ok(runtime.includes(`ARG VERSION=${VERSION}`));
+    const labels = runtime.find((i) => i.startsWith("LABEL "))!;
+    for (const key of ["title", "description", "version"]) {
+      assert.match(labels, new RegExp(`org\\.opencontainers\\.image\\.${key}=`));
+    }
+  });
+
+  await t.step("compile grants exactly what start grants, writes ./tcp-echo, no code cache", () => {
+    const { start, compile } = denoJson.tasks;
+    assert.deepEqual(permissionFlags(compile), permissionFlags(start));
+    assert.match(compile, /^deno compile .*--no-code-cache .*--output tcp-echo main\.ts$/);
+    assert.match(start, /^deno run .* main\.ts$/);
+  });
+
+  await t.step(".dockerignore lets in every local module main.ts loads, and the lock", async () => {
+    const info = JSON.parse(await run(Deno.execPath(), ["info", "--json", "main.ts"]));
+    const local = info.modules
+      .map((m: Manifest) => m.specifier as string)
+      .filter((s: string) => s.startsWith("file://"))
+      .map((s: string) => s.slice(`file://${repoDir}`.length));
+    const allowed = (await Deno.readTextFile(`${repoDir}.dockerignore`)).split("\n")
+      .filter((l) => l.startsWith("!")).map((l) => l.slice(1));
+    for (const file of [...local, "deno.json", "deno.lock"]) {
+      assert.ok(allowed.includes(file), file);
+    }
+    const copied = instructions.filter((i) => i.startsWith("COPY ") && !i.includes("--from"))
+      .flatMap((i) => i.split(/\s+/).slice(1, -1));
+    assert.deepEqual(copied.sort(), [...local, "deno.json", "deno.lock"].sort());
+  });
+
+  await t.step("the pod's uid is the image's user", async () => {
+    const deployments = await readManifests("k8s/deployment.yml");
+    for (const d of deployments.filter((m) => m.kind === "Deployment")) {
+      assert.equal(d.spec.template.spec.securityContext.runAsUser, 65532);
+      assert.equal(container(d).ports[0].containerPort, DEFAULT_PORT);
+    }
+  });
+});
