@@ -16,7 +16,7 @@ import {
 } from "@kubernetes-models/istio/networking.istio.io/v1";
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 import { TCPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
-import { CONFIG_VARIABLES, loadConfig, parseDuration } from "./main.ts";
+import { CONFIG_VARIABLES, loadConfig } from "./main.ts";
 
 const repoDir = new URL(".", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -120,7 +120,7 @@ function resolveTargetPort(targetPort: string | number, deployment: Manifest): n
 const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
 const VERSION: string = denoJson.version;
 const DEFAULT_PORT = loadConfig({}).port;
-const DEFAULT_GRACE_MS = loadConfig({}).shutdownGraceMs;
+const DEFAULT_ADMIN_PORT = loadConfig({}).adminPort;
 
 const MANIFEST_FILES = [
   "k8s/deployment.yml",
@@ -325,8 +325,16 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
     for (const deployment of [v1, v2]) {
       const pod = deployment.spec.template.spec;
       const c = container(deployment);
-      assert.deepEqual(c.readinessProbe.tcpSocket, { port: "tcp" });
-      assert.deepEqual(c.livenessProbe.tcpSocket, { port: "tcp" });
+      const adminPort = c.ports.find((p: Manifest) => p.name === "http-admin");
+      const env = (name: string) => c.env.find((e: Manifest) => e.name === name)?.value;
+      assert.equal(adminPort?.containerPort, Number(env("ADMIN_PORT") ?? DEFAULT_ADMIN_PORT));
+      assert.deepEqual(c.readinessProbe.httpGet, { path: "/readyz", port: "http-admin" });
+      assert.deepEqual(c.livenessProbe.httpGet, { path: "/healthz", port: "http-admin" });
+      assert.deepEqual(deployment.spec.template.metadata.annotations, {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": String(adminPort.containerPort),
+        "prometheus.io/path": "/metrics",
+      });
       assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
       assert.ok(c.resources.limits.memory);
       assert.equal(pod.securityContext.runAsNonRoot, true);
@@ -335,11 +343,13 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
       assert.equal(c.securityContext.allowPrivilegeEscalation, false);
       assert.equal(c.securityContext.readOnlyRootFilesystem, true);
       assert.deepEqual(c.securityContext.capabilities.drop, ["ALL"]);
-      const grace = c.env.find((e: Manifest) => e.name === "SHUTDOWN_GRACE")?.value;
-      const graceMs = grace === undefined ? DEFAULT_GRACE_MS : parseDuration(grace)!;
+      const config = loadConfig(Object.fromEntries(
+        c.env.filter((e: Manifest) => "value" in e).map((e: Manifest) => [e.name, e.value]),
+      ));
+      const drainMs = config.drainDelayMs + config.shutdownGraceMs;
       assert.ok(
-        pod.terminationGracePeriodSeconds * 1000 > graceMs,
-        "SIGKILL comes after the grace",
+        pod.terminationGracePeriodSeconds * 1000 >= drainMs + 5_000,
+        "SIGKILL comes after DRAIN_DELAY + SHUTDOWN_GRACE + a 5 s margin",
       );
       const accounts = deployments.filter((m) => m.kind === "ServiceAccount");
       assert.deepEqual(accounts.map((a) => a.metadata.name), [pod.serviceAccountName]);
@@ -428,7 +438,7 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
     const runtime = instructions.slice(runtimeAt);
     assert.equal(runtime[0], "FROM gcr.io/distroless/cc-debian12:nonroot");
     assert.ok(runtime.includes("USER 65532:65532"));
-    assert.ok(runtime.includes(`EXPOSE ${DEFAULT_PORT}`));
+    assert.ok(runtime.includes(`EXPOSE ${DEFAULT_PORT} ${DEFAULT_ADMIN_PORT}`));
     assert.ok(runtime.includes("ENV DENO_USE_CGROUPS=1"));
     assert.ok(runtime.includes('ENTRYPOINT ["/tcp-echo"]'));
     assert.ok(runtime.includes("COPY --from=build /src/tcp-echo /tcp-echo"));
@@ -454,12 +464,11 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
       .map((s: string) => s.slice(`file://${repoDir}`.length));
     const allowed = (await Deno.readTextFile(`${repoDir}.dockerignore`)).split("\n")
       .filter((l) => l.startsWith("!")).map((l) => l.slice(1));
-    for (const file of [...local, "deno.json", "deno.lock"]) {
-      assert.ok(allowed.includes(file), file);
-    }
+    const needed = [...new Set([...local, "deno.json", "deno.lock"])].sort();
+    for (const file of needed) assert.ok(allowed.includes(file), file);
     const copied = instructions.filter((i) => i.startsWith("COPY ") && !i.includes("--from"))
       .flatMap((i) => i.split(/\s+/).slice(1, -1));
-    assert.deepEqual(copied.sort(), [...local, "deno.json", "deno.lock"].sort());
+    assert.deepEqual(copied.sort(), needed);
   });
 
   await t.step("the pod's uid is the image's user", async () => {

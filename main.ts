@@ -21,6 +21,8 @@
  *
  * @module
  */
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import denoConfig from "./deno.json" with { type: "json" };
 import {
   configure,
   getLogger,
@@ -35,6 +37,9 @@ import {
 // Types and configuration
 // ---------------------------------------------------------------------------
 
+/** This build's version (deno.json's `version`). */
+export const VERSION: string = denoConfig.version;
+
 /** Log levels accepted by `LOG_LEVEL`, lowest first. */
 export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
 /** A `LOG_LEVEL` value. */
@@ -47,6 +52,9 @@ export type LogFormat = typeof LOG_FORMATS[number];
 
 /** Largest accepted `LOG_DATA_BYTES`: one full read buffer. */
 export const MAX_LOG_DATA_BYTES = 65_536;
+
+/** Largest accepted `MAX_CONNECTIONS`. */
+export const MAX_CONNECTIONS_LIMIT = 1_000_000;
 
 /** The optional identity lines of the banner, as read from the environment. */
 export interface BannerFields {
@@ -71,6 +79,14 @@ export interface Config {
   readonly logDataBytes: number;
   /** How long open connections may go on after SIGTERM/SIGINT. */
   readonly shutdownGraceMs: number;
+  /** Port of the HTTP admin server (health, readiness, metrics); `undefined` = off. */
+  readonly adminPort: number | undefined;
+  /** After a shutdown signal: how long readiness fails while still accepting. */
+  readonly drainDelayMs: number;
+  /** Open echo connections at most; 0 = unlimited. */
+  readonly maxConnections: number;
+  /** Close a connection that received nothing for this long; 0 = never. */
+  readonly idleTimeoutMs: number;
 }
 
 /** One environment variable the program reads: its name, default, meaning. */
@@ -110,6 +126,26 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
     name: "SHUTDOWN_GRACE",
     defaultValue: "10s",
     meaning: "how long open connections may go on after SIGTERM/SIGINT (e.g. 500ms, 10s, 2m)",
+  },
+  {
+    name: "ADMIN_PORT",
+    defaultValue: "8080",
+    meaning: "HTTP port for /healthz, /readyz, /metrics, 1-65535; off disables it",
+  },
+  {
+    name: "DRAIN_DELAY",
+    defaultValue: "0s",
+    meaning: "after SIGTERM/SIGINT: /readyz fails at once, accepting goes on this long",
+  },
+  {
+    name: "MAX_CONNECTIONS",
+    defaultValue: "10000",
+    meaning: `open echo connections at most, 0-${MAX_CONNECTIONS_LIMIT}; 0 = unlimited`,
+  },
+  {
+    name: "IDLE_TIMEOUT",
+    defaultValue: "0s",
+    meaning: "close a connection that received nothing for this long; 0s = never",
   },
 ];
 
@@ -186,6 +222,17 @@ function readDuration(env: Environment, name: string, fallback: string): number 
   return ms;
 }
 
+function readPortOrOff(env: Environment, name: string, fallback: number): number | undefined {
+  if (env[name]?.trim().toLowerCase() === "off") return undefined;
+  const text = env[name]?.trim();
+  if (text === undefined || text === "") return fallback;
+  const value = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  if (!(value >= 1 && value <= 65_535)) {
+    throw invalid(name, env[name]!, "allowed: an integer from 1 to 65535, or off");
+  }
+  return value;
+}
+
 function readOptional(env: Environment, name: string): string | undefined {
   const value = env[name];
   return value === undefined || value === "" ? undefined : value;
@@ -227,6 +274,10 @@ export function loadConfig(env: Environment): Config {
     logFormat: readChoice(env, "LOG_FORMAT", LOG_FORMATS, "text"),
     logDataBytes: readInteger(env, "LOG_DATA_BYTES", 1024, 0, MAX_LOG_DATA_BYTES),
     shutdownGraceMs: readDuration(env, "SHUTDOWN_GRACE", "10s"),
+    adminPort: readPortOrOff(env, "ADMIN_PORT", 8080),
+    drainDelayMs: readDuration(env, "DRAIN_DELAY", "0s"),
+    maxConnections: readInteger(env, "MAX_CONNECTIONS", 10_000, 0, MAX_CONNECTIONS_LIMIT),
+    idleTimeoutMs: readDuration(env, "IDLE_TIMEOUT", "0s"),
   };
   return Object.freeze(config);
 }
@@ -528,11 +579,137 @@ export async function setupLogging(
 }
 
 // ---------------------------------------------------------------------------
-// Connection handling
+// Metrics
 // ---------------------------------------------------------------------------
 
-/** Why a connection ended, as logged in `reason=`. */
-export type CloseReason = "eof" | "reset" | "shutdown" | "error";
+/** Why a connection ended, as logged in `reason=` and counted in metrics. */
+export const CLOSE_REASONS = ["eof", "reset", "idle", "shutdown", "error"] as const;
+/** A {@linkcode CLOSE_REASONS} value. */
+export type CloseReason = typeof CLOSE_REASONS[number];
+
+/** Why a connection was closed right after accept, without a banner. */
+export const REJECT_REASONS = ["max_connections"] as const;
+/** A {@linkcode REJECT_REASONS} value. */
+export type RejectReason = typeof REJECT_REASONS[number];
+
+/** Upper bounds (seconds) of the connection duration histogram. */
+const DURATION_BUCKETS_S = [0.001, 0.01, 0.1, 1, 10, 60, 300, 1_800, 3_600];
+
+/**
+ * The server's counters as plain numbers: the echo path only adds to them;
+ * the Prometheus exporter reads them when scraped.
+ */
+export class ServerStats {
+  /** Admitted connections, by listening port. */
+  readonly accepted: Map<number, number> = new Map();
+  /** Open connections, by listening port. */
+  readonly active: Map<number, number> = new Map();
+  readonly rejected: Record<RejectReason, number> = { max_connections: 0 };
+  readonly closed: Record<CloseReason, number> = {
+    eof: 0,
+    reset: 0,
+    idle: 0,
+    shutdown: 0,
+    error: 0,
+  };
+  bytesReceived = 0;
+  bytesSent = 0;
+}
+
+/** The Prometheus side of the metrics: a registry whose values come from `stats`. */
+export interface MetricsExporter {
+  /** The exposition, in Prometheus text format. */
+  render(): Promise<string>;
+  /** The Content-Type of {@linkcode MetricsExporter.render}'s text. */
+  readonly contentType: string;
+  /** Records one finished connection's duration. */
+  observeDuration(seconds: number): void;
+}
+
+/** Builds the exporter (prom-client) over `stats`; nothing is counted twice. */
+export function createMetricsExporter(stats: ServerStats): MetricsExporter {
+  const registry = new Registry();
+  const registers = [registry];
+  new Counter({
+    name: "tcp_echo_connections_total",
+    help: "Echo connections admitted, by listening port.",
+    labelNames: ["port"],
+    registers,
+    collect() {
+      this.reset();
+      for (const [port, count] of stats.accepted) this.inc({ port }, count);
+    },
+  });
+  new Gauge({
+    name: "tcp_echo_connections_active",
+    help: "Echo connections open now, by listening port.",
+    labelNames: ["port"],
+    registers,
+    collect() {
+      this.reset();
+      for (const [port, count] of stats.active) this.set({ port }, count);
+    },
+  });
+  new Counter({
+    name: "tcp_echo_connections_rejected_total",
+    help: "Connections closed right after accept, by reason.",
+    labelNames: ["reason"],
+    registers,
+    collect() {
+      this.reset();
+      for (const reason of REJECT_REASONS) this.inc({ reason }, stats.rejected[reason]);
+    },
+  });
+  new Counter({
+    name: "tcp_echo_connections_closed_total",
+    help: "Echo connections ended, by reason.",
+    labelNames: ["reason"],
+    registers,
+    collect() {
+      this.reset();
+      for (const reason of CLOSE_REASONS) this.inc({ reason }, stats.closed[reason]);
+    },
+  });
+  new Counter({
+    name: "tcp_echo_received_bytes_total",
+    help: "Bytes received from clients.",
+    registers,
+    collect() {
+      this.reset();
+      this.inc(stats.bytesReceived);
+    },
+  });
+  new Counter({
+    name: "tcp_echo_sent_bytes_total",
+    help: "Bytes sent to clients (banners and echoes).",
+    registers,
+    collect() {
+      this.reset();
+      this.inc(stats.bytesSent);
+    },
+  });
+  const duration = new Histogram({
+    name: "tcp_echo_connection_duration_seconds",
+    help: "How long echo connections stayed open.",
+    buckets: DURATION_BUCKETS_S,
+    registers,
+  });
+  new Gauge({
+    name: "tcp_echo_build_info",
+    help: "Always 1; the labels say which build runs.",
+    labelNames: ["version", "deno"],
+    registers,
+  }).set({ version: VERSION, deno: Deno.version.deno }, 1);
+  return {
+    render: () => registry.metrics(),
+    contentType: registry.contentType,
+    observeDuration: (seconds) => duration.observe(seconds),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Connection handling
+// ---------------------------------------------------------------------------
 
 /** First read buffer of a connection; idle connections keep only this much. */
 const INITIAL_BUFFER_BYTES = 1_024;
@@ -546,19 +723,49 @@ const PEER_GONE_ERRORS = [
   Deno.errors.UnexpectedEof,
 ];
 
+const NO_BYTES = new Uint8Array(0);
+
+/** One accepted echo connection and what is known about it. */
+class EchoConnection {
+  readonly id = crypto.randomUUID();
+  readonly startedAt = performance.now();
+  lastReceivedAt = this.startedAt;
+  bytesIn = 0;
+  bytesOut = 0;
+  /** Set when the server closes the socket from outside (idle, shutdown). */
+  closedBy: CloseReason | undefined;
+
+  constructor(readonly conn: Deno.TcpConn, readonly port: number) {}
+
+  /** Closes the socket from outside; the pending read or write then fails. */
+  closeFor(reason: CloseReason): void {
+    if (this.closedBy !== undefined) return;
+    this.closedBy = reason;
+    try {
+      this.conn.close();
+    } catch {
+      // It ended on its own meanwhile.
+    }
+  }
+}
+
 /** What the connection handler needs from its server. */
 interface ConnectionContext {
   readonly banner: Uint8Array;
   readonly logDataBytes: number;
-  /** True once shutdown has decided to close the remaining connections. */
-  readonly forcingClose: () => boolean;
+  readonly idleTimeoutMs: number;
+  readonly stats: ServerStats;
+  readonly metrics: MetricsExporter;
 }
 
-const NO_BYTES = new Uint8Array(0);
-
-async function writeAll(conn: Deno.TcpConn, bytes: Uint8Array): Promise<void> {
+async function writeAll(c: EchoConnection, bytes: Uint8Array, stats: ServerStats): Promise<void> {
   let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
+  while (written < bytes.length) {
+    const n = await c.conn.write(bytes.subarray(written));
+    written += n;
+    c.bytesOut += n;
+    stats.bytesSent += n;
+  }
 }
 
 function logReceived(id: string, chunk: Uint8Array, limit: number): void {
@@ -573,26 +780,36 @@ function logReceived(id: string, chunk: Uint8Array, limit: number): void {
   });
 }
 
+/** Closes `c` once it has received nothing for `timeoutMs`; returns a canceller. */
+function watchIdle(c: EchoConnection, timeoutMs: number): () => void {
+  let timer: ReturnType<typeof setTimeout>;
+  const check = () => {
+    // Reads only stamp the time; the one timer re-arms itself for the rest.
+    const idleMs = performance.now() - c.lastReceivedAt;
+    if (idleMs >= timeoutMs) c.closeFor("idle");
+    else timer = setTimeout(check, timeoutMs - idleMs);
+  };
+  timer = setTimeout(check, timeoutMs);
+  return () => clearTimeout(timer);
+}
+
 /**
  * Serves one connection: banner, then a read/echo loop on one buffer, so at
  * most one buffer of data is in flight (a client that never reads stops the
  * server from reading). Never throws: every ending is logged with a reason.
  */
-async function serveConnection(
-  conn: Deno.TcpConn,
-  context: ConnectionContext,
-): Promise<void> {
-  const id = crypto.randomUUID();
-  const startedAt = performance.now();
+async function serveConnection(c: EchoConnection, context: ConnectionContext): Promise<void> {
+  const { conn } = c;
+  const { stats } = context;
   const logData = context.logDataBytes > 0 && log.isEnabledFor("info");
-  let bytesIn = 0;
-  let bytesOut = 0;
+  const trackIdle = context.idleTimeoutMs > 0;
+  const stopWatchingIdle = trackIdle ? watchIdle(c, context.idleTimeoutMs) : () => {};
   let reason: CloseReason = "eof";
   let failure: unknown;
-  log.info("TCP connection open.", { id, client: formatAddress(conn.remoteAddr) });
+  log.info("TCP connection open.", { id: c.id, client: formatAddress(conn.remoteAddr) });
   try {
     conn.setNoDelay(true);
-    if (context.banner.length > 0) await writeAll(conn, context.banner);
+    if (context.banner.length > 0) await writeAll(c, context.banner, stats);
     let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
     while (true) {
       const n = await conn.read(buffer);
@@ -602,60 +819,140 @@ async function serveConnection(
         await conn.write(NO_BYTES);
         break;
       }
-      bytesIn += n;
+      c.bytesIn += n;
+      stats.bytesReceived += n;
+      if (trackIdle) c.lastReceivedAt = performance.now();
       const chunk = buffer.subarray(0, n);
-      if (logData) logReceived(id, chunk, context.logDataBytes);
-      await writeAll(conn, chunk);
-      bytesOut += n;
+      if (logData) logReceived(c.id, chunk, context.logDataBytes);
+      await writeAll(c, chunk, stats);
       if (n === buffer.length && buffer.length < MAX_BUFFER_BYTES) {
         buffer = new Uint8Array(buffer.length * 4);
       }
     }
   } catch (error) {
-    if (context.forcingClose()) reason = "shutdown";
+    if (c.closedBy !== undefined) reason = c.closedBy;
     else if (PEER_GONE_ERRORS.some((type) => error instanceof type)) reason = "reset";
     else {
       reason = "error";
       failure = error;
     }
   } finally {
-    try {
-      conn.close();
-    } catch {
-      // Already closed by shutdown.
-    }
+    stopWatchingIdle();
+    if (c.closedBy === undefined) c.closeFor(reason);
   }
+  const durationMs = performance.now() - c.startedAt;
+  stats.closed[reason]++;
+  context.metrics.observeDuration(durationMs / 1_000);
   const facts: Record<string, unknown> = {
-    id,
+    id: c.id,
     reason,
-    bytes_in: bytesIn,
-    bytes_out: bytesOut,
-    duration_ms: Math.round(performance.now() - startedAt),
+    bytes_in: c.bytesIn,
+    bytes_out: c.bytesOut,
+    duration_ms: Math.round(durationMs),
   };
   if (failure !== undefined) facts.error = failure;
   log.info("TCP connection closed.", facts);
 }
 
 // ---------------------------------------------------------------------------
+// Admin HTTP server: health, readiness, metrics
+// ---------------------------------------------------------------------------
+
+/** What the admin endpoints report on. */
+interface AdminState {
+  isReady(): boolean;
+  readonly metrics: MetricsExporter;
+}
+
+const textResponse = (status: number, body: string, headers: Record<string, string> = {}) =>
+  new Response(body, {
+    status,
+    headers: { "content-type": "text/plain; charset=utf-8", ...headers },
+  });
+
+/**
+ * Answers one admin request: `GET /healthz` (200 while the process works),
+ * `GET /readyz` (200 while accepting and not draining, else 503),
+ * `GET /metrics` (Prometheus text). Other paths 404, other methods 405.
+ */
+export async function handleAdminRequest(request: Request, state: AdminState): Promise<Response> {
+  const { pathname } = new URL(request.url);
+  if (!["/healthz", "/readyz", "/metrics"].includes(pathname)) {
+    return textResponse(404, "not found\n");
+  }
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    return textResponse(405, "method not allowed\n", { allow: "GET, HEAD" });
+  }
+  if (pathname === "/healthz") return textResponse(200, "ok\n");
+  if (pathname === "/readyz") {
+    return state.isReady() ? textResponse(200, "ready\n") : textResponse(503, "not ready\n");
+  }
+  return new Response(await state.metrics.render(), {
+    headers: { "content-type": state.metrics.contentType },
+  });
+}
+
+function startAdminServer(
+  hostname: string,
+  port: number,
+  state: AdminState,
+): Deno.HttpServer<Deno.NetAddr> {
+  return Deno.serve({
+    hostname,
+    port,
+    onListen: (addr) =>
+      log.info("Admin HTTP on port {port}", { port: addr.port, address: formatAddress(addr) }),
+    onError: (error) => {
+      log.error("Admin request failed.", { error });
+      return textResponse(500, "internal error\n");
+    },
+  }, async (request) => {
+    const response = await handleAdminRequest(request, state);
+    log.debug("Admin request.", {
+      method: request.method,
+      path: new URL(request.url).pathname,
+      status: response.status,
+    });
+    return response;
+  });
+}
+
+// ---------------------------------------------------------------------------
 // Server lifecycle
 // ---------------------------------------------------------------------------
+
+/** How {@linkcode EchoServer.shutdown} stops; defaults come from the config. */
+export interface ShutdownOptions {
+  /** Readiness fails and accepting goes on this long. */
+  readonly drainDelayMs?: number;
+  /** Open connections may go on this long after accepting stopped. */
+  readonly graceMs?: number;
+}
 
 /** A running echo server. */
 export interface EchoServer {
   /** The addresses it listens on (with the real port when `port` was 0). */
   readonly addresses: readonly Deno.NetAddr[];
+  /** The admin HTTP server's address, when it runs. */
+  readonly adminAddress: Deno.NetAddr | undefined;
   /** Connections open right now. */
   readonly activeConnections: number;
+  /** True while every listener accepts and no drain has begun. */
+  readonly ready: boolean;
+  /** The counters, as the metrics endpoint reports them. */
+  readonly stats: ServerStats;
   /**
-   * Stops accepting, lets open connections go on for up to `graceMs`, then
-   * closes the rest (reason `shutdown`). Resolves when every connection has
-   * ended. Calling it again returns the same promise.
+   * Drains and stops: readiness fails at once; accepting goes on for
+   * `drainDelayMs`, then stops; open connections may go on for `graceMs`,
+   * then the rest are closed (reason `shutdown`); then the admin server stops.
+   * Resolves when all is closed. Calling it again returns the same promise.
    */
-  shutdown(graceMs?: number): Promise<void>;
+  shutdown(options?: ShutdownOptions): Promise<void>;
 }
 
 const ACCEPT_BACKOFF_MIN_MS = 5;
 const ACCEPT_BACKOFF_MAX_MS = 1_000;
+const REJECT_WARNING_INTERVAL_MS = 1_000;
 
 /** Listens as configured: dual-stack `::` by default, `0.0.0.0` without IPv6. */
 function listen(config: Config): Deno.TcpListener {
@@ -671,37 +968,75 @@ function listen(config: Config): Deno.TcpListener {
 }
 
 /** Waits `ms`, or less when `signal` aborts. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done, { once: true });
+    signal?.addEventListener("abort", done, { once: true });
     function done() {
       clearTimeout(timer);
-      signal.removeEventListener("abort", done);
+      signal?.removeEventListener("abort", done);
       resolve();
     }
   });
 }
 
 /**
- * Starts listening and serving. Throws if the address cannot be bound
- * (e.g. `Deno.errors.AddrInUse`); everything after that is logged, never
- * thrown.
+ * Starts listening and serving (and the admin server, unless it is off).
+ * Throws if an address cannot be bound (e.g. `Deno.errors.AddrInUse`);
+ * everything after that is logged, never thrown.
  */
 export function startServer(config: Config): EchoServer {
   const listener = listen(config);
   const address = listener.addr as Deno.NetAddr;
-  const banner = renderBanner(config.banner);
-  const connections = new Map<Deno.TcpConn, Promise<void>>();
+  const stats = new ServerStats();
+  const metrics = createMetricsExporter(stats);
+  const connections = new Map<EchoConnection, Promise<void>>();
   const stopping = new AbortController();
-  let forcing = false;
+  const backingOff = new Set<Deno.TcpListener>();
+  let draining = false;
   const context: ConnectionContext = {
-    banner,
+    banner: renderBanner(config.banner),
     logDataBytes: config.logDataBytes,
-    forcingClose: () => forcing,
+    idleTimeoutMs: config.idleTimeoutMs,
+    stats,
+    metrics,
   };
+  stats.accepted.set(address.port, 0);
+  stats.active.set(address.port, 0);
 
-  async function acceptLoop(): Promise<void> {
+  let rejectedSinceWarning = 0;
+  let lastRejectWarningAt = -Infinity;
+  function reject(conn: Deno.TcpConn, reason: RejectReason): void {
+    try {
+      conn.close();
+    } catch {
+      // Nothing to do: it is gone either way.
+    }
+    stats.rejected[reason]++;
+    rejectedSinceWarning++;
+    const now = performance.now();
+    if (now - lastRejectWarningAt >= REJECT_WARNING_INTERVAL_MS) {
+      log.warn("Connection limit reached, refusing connections.", {
+        limit: config.maxConnections,
+        refused: rejectedSinceWarning,
+      });
+      rejectedSinceWarning = 0;
+      lastRejectWarningAt = now;
+    }
+  }
+
+  function admit(conn: Deno.TcpConn, port: number): void {
+    const c = new EchoConnection(conn, port);
+    stats.accepted.set(port, stats.accepted.get(port)! + 1);
+    stats.active.set(port, stats.active.get(port)! + 1);
+    const served = serveConnection(c, context).finally(() => {
+      connections.delete(c);
+      stats.active.set(port, stats.active.get(port)! - 1);
+    });
+    connections.set(c, served);
+  }
+
+  async function acceptLoop(listener: Deno.TcpListener, port: number): Promise<void> {
     let backoffMs = ACCEPT_BACKOFF_MIN_MS;
     let failures = 0;
     while (!stopping.signal.aborted) {
@@ -713,6 +1048,7 @@ export function startServer(config: Config): EchoServer {
         // EMFILE and friends: the listener is still good, so wait and retry.
         // One warning per streak keeps a flood from flooding the log too.
         failures++;
+        backingOff.add(listener);
         if (failures === 1) log.warn("Accept failed, backing off.", { error, retry_ms: backoffMs });
         else log.debug("Accept failed again.", { error, retry_ms: backoffMs });
         await pause(backoffMs, stopping.signal);
@@ -722,16 +1058,33 @@ export function startServer(config: Config): EchoServer {
       if (failures > 0) log.info("Accepting again.", { failed_attempts: failures });
       failures = 0;
       backoffMs = ACCEPT_BACKOFF_MIN_MS;
-      const served = serveConnection(conn, context).finally(() => connections.delete(conn));
-      connections.set(conn, served);
+      backingOff.delete(listener);
+      if (config.maxConnections > 0 && connections.size >= config.maxConnections) {
+        reject(conn, "max_connections");
+      } else {
+        admit(conn, port);
+      }
     }
   }
 
   log.info("Listening on TCP port {port}", { port: address.port, address: formatAddress(address) });
-  const accepting = acceptLoop();
+  const accepting = acceptLoop(listener, address.port);
+  const admin = config.adminPort === undefined ? undefined : startAdminServer(
+    address.hostname,
+    config.adminPort,
+    { isReady: () => !draining && backingOff.size === 0, metrics },
+  );
   let shutdownPromise: Promise<void> | undefined;
 
-  async function drain(graceMs: number): Promise<void> {
+  async function drain(drainDelayMs: number, graceMs: number): Promise<void> {
+    draining = true;
+    if (drainDelayMs > 0) {
+      log.info("Draining: readiness fails, still accepting.", {
+        drain_delay_ms: drainDelayMs,
+        open_connections: connections.size,
+      });
+      await pause(drainDelayMs);
+    }
     stopping.abort();
     listener.close();
     await accepting;
@@ -746,32 +1099,40 @@ export function startServer(config: Config): EchoServer {
       clearTimeout(timer);
     }
     if (connections.size > 0) {
-      forcing = true;
       log.info("Shutting down: grace period over, closing connections.", {
         open_connections: connections.size,
       });
-      for (const conn of connections.keys()) {
-        try {
-          conn.close();
-        } catch {
-          // It ended on its own meanwhile.
-        }
-      }
+      for (const c of connections.keys()) c.closeFor("shutdown");
       await Promise.all(connections.values());
     }
-    log.info("Shutdown complete.");
+    await admin?.shutdown();
+    log.info("Shutdown complete.", { connections_served: sum(stats.accepted.values()) });
   }
 
   return {
     addresses: [address],
+    adminAddress: admin?.addr,
     get activeConnections() {
       return connections.size;
     },
-    shutdown(graceMs = config.shutdownGraceMs) {
-      shutdownPromise ??= drain(graceMs);
+    get ready() {
+      return !draining && backingOff.size === 0;
+    },
+    stats,
+    shutdown(options = {}) {
+      shutdownPromise ??= drain(
+        options.drainDelayMs ?? config.drainDelayMs,
+        options.graceMs ?? config.shutdownGraceMs,
+      );
       return shutdownPromise;
     },
   };
+}
+
+function sum(values: Iterable<number>): number {
+  let total = 0;
+  for (const value of values) total += value;
+  return total;
 }
 
 // ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import {
   setupLogging,
   startServer,
   unmapIPv4,
+  VERSION,
 } from "./main.ts";
 
 // ---------------------------------------------------------------------------
@@ -80,7 +81,14 @@ interface TestServer extends AsyncDisposable {
 
 /** Starts a server on 127.0.0.1, port 0, with logs captured in memory. */
 async function startTestServer(env: Environment = {}): Promise<TestServer> {
-  const config: Config = { ...loadConfig({ HOST: "127.0.0.1", ...env }), port: 0 };
+  const wantsAdmin = env.ADMIN_PORT === "any";
+  const loaded = loadConfig({ HOST: "127.0.0.1", ...env, ADMIN_PORT: "off" });
+  // Port 0 (any free port) is for tests only: the program refuses it.
+  const config: Config = {
+    ...loaded,
+    port: 0,
+    adminPort: wantsAdmin ? 0 : undefined,
+  };
   const logs = new LogCapture();
   const detach = await setupLogging(config.logLevel, logs.sink);
   const server = startServer(config);
@@ -95,7 +103,7 @@ async function startTestServer(env: Environment = {}): Promise<TestServer> {
       return String((await logs.waitFor(nth, `connection ${n} open`)).properties.id);
     },
     async [Symbol.asyncDispose]() {
-      await server.shutdown(0);
+      await server.shutdown({ graceMs: 0 });
       await detach();
     },
   };
@@ -259,7 +267,7 @@ async function spawnServer(env: Record<string, string>): Promise<ServerProcess> 
   const child = new Deno.Command(Deno.execPath(), {
     args: await startTaskArgs(),
     cwd: repoDir,
-    env: { HOST: "127.0.0.1", TCP_PORT: String(port), NO_COLOR: "1", ...env },
+    env: { HOST: "127.0.0.1", TCP_PORT: String(port), ADMIN_PORT: "off", NO_COLOR: "1", ...env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -304,6 +312,10 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       logFormat: "text",
       logDataBytes: 1024,
       shutdownGraceMs: 10_000,
+      adminPort: 8080,
+      drainDelayMs: 0,
+      maxConnections: 10_000,
+      idleTimeoutMs: 0,
     });
     assert.ok(Object.isFrozen(config) && Object.isFrozen(config.banner));
   });
@@ -355,6 +367,23 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
         'invalid SHUTDOWN_GRACE="soon": allowed: a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m',
       ],
       [
+        { ADMIN_PORT: "abc" },
+        'invalid ADMIN_PORT="abc": allowed: an integer from 1 to 65535, or off',
+      ],
+      [{ ADMIN_PORT: "0" }, 'invalid ADMIN_PORT="0": allowed: an integer from 1 to 65535, or off'],
+      [
+        { DRAIN_DELAY: "later" },
+        'invalid DRAIN_DELAY="later": allowed: a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m',
+      ],
+      [
+        { MAX_CONNECTIONS: "-1" },
+        'invalid MAX_CONNECTIONS="-1": allowed: an integer from 0 to 1000000',
+      ],
+      [
+        { IDLE_TIMEOUT: "forever" },
+        'invalid IDLE_TIMEOUT="forever": allowed: a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m',
+      ],
+      [
         { HOST: "a b" },
         'invalid HOST="a b": allowed: an IPv4 or IPv6 address or a host name',
       ],
@@ -376,6 +405,8 @@ Deno.test("program: bad configuration exits 2 with one line on stderr, no stack 
     ["TCP_PORT", "70000", "an integer from 1 to 65535"],
     ["LOG_LEVEL", "loud", "debug, info, warn, error"],
     ["SHUTDOWN_GRACE", "soon", "e.g. 500ms, 10s, 2m"],
+    ["ADMIN_PORT", "http", "an integer from 1 to 65535, or off"],
+    ["MAX_CONNECTIONS", "lots", "an integer from 0 to 1000000"],
   ];
   for (const [name, value, allowed] of cases) {
     await t.step(`${name}=${value}`, async () => {
@@ -732,7 +763,7 @@ Deno.test("dual-stack listener shows IPv4-mapped clients as plain IPv4", async (
   const detach = await setupLogging("info", logs.sink);
   let server: EchoServer;
   try {
-    server = startServer({ ...loadConfig({}), port: 0 });
+    server = startServer({ ...loadConfig({ ADMIN_PORT: "off" }), port: 0 });
   } catch (error) {
     await detach();
     if (error instanceof Deno.errors.AddrNotAvailable) return; // No IPv6 here: nothing to show.
@@ -744,7 +775,7 @@ Deno.test("dual-stack listener shows IPv4-mapped clients as plain IPv4", async (
     const open = await logs.waitFor(isOpen, "open record");
     assert.equal(open.properties.client, `127.0.0.1:${conn.localAddr.port}`);
   } finally {
-    await server.shutdown(0);
+    await server.shutdown({ graceMs: 0 });
     await detach();
   }
 });
@@ -758,7 +789,7 @@ Deno.test("shutdown: open connections finish within the grace, the rest are clos
     await using s = await startTestServer();
     const conn = await s.connect();
     const id = await s.connectionId(0);
-    const done = s.server.shutdown(5_000);
+    const done = s.server.shutdown({ graceMs: 5_000 });
     assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("still here"))), "still here");
     await assert.rejects(s.connect(), Deno.errors.ConnectionRefused);
     await conn.closeWrite();
@@ -774,7 +805,7 @@ Deno.test("shutdown: open connections finish within the grace, the rest are clos
       await using s = await startTestServer();
       using conn = await s.connect();
       const id = await s.connectionId(0);
-      await within(2_000, "shutdown", s.server.shutdown(50));
+      await within(2_000, "shutdown", s.server.shutdown({ graceMs: 50 }));
       assert.equal(
         (await s.logs.waitFor(isClosedRecord(id), "closed")).properties.reason,
         "shutdown",
@@ -810,7 +841,7 @@ Deno.test("SIGTERM: data already sent is echoed, then exit 0 within the grace", 
   const lines = await p.stdout.rest();
   assert.ok(lines.some((l) => l.endsWith("Received SIGTERM, shutting down.")), lines.join("\n"));
   assert.ok(lines.some((l) => l.includes("TCP connection closed. reason=eof bytes_in=14")));
-  assert.ok(lines.at(-1)!.endsWith("Shutdown complete."), lines.join("\n"));
+  assert.ok(lines.at(-1)!.endsWith("Shutdown complete. connections_served=1"), lines.join("\n"));
 });
 
 Deno.test("SIGTERM: a connection open past the grace is closed, exit 0; a second signal exits at once", async (t) => {
@@ -864,7 +895,13 @@ Deno.test({
     const child = new Deno.Command("prlimit", {
       args: ["--nofile=64:64", Deno.execPath(), ...await startTaskArgs()],
       cwd: repoDir,
-      env: { HOST: "127.0.0.1", TCP_PORT: String(port), NODE_NAME: "n", NO_COLOR: "1" },
+      env: {
+        HOST: "127.0.0.1",
+        TCP_PORT: String(port),
+        ADMIN_PORT: "off",
+        NODE_NAME: "n",
+        NO_COLOR: "1",
+      },
       stdin: "null",
       stdout: "piped",
       stderr: "null",
@@ -900,4 +937,256 @@ Deno.test({
       await stdout.rest();
     }
   },
+});
+
+// ---------------------------------------------------------------------------
+// Operations: admin HTTP, metrics, drain, limits, idle timeout
+// ---------------------------------------------------------------------------
+
+/** GETs (or sends `method` to) an admin path; returns status, content type and body. */
+async function adminRequest(
+  address: Deno.NetAddr,
+  path: string,
+  method = "GET",
+): Promise<{ status: number; type: string | null; body: string }> {
+  const response = await fetch(`http://127.0.0.1:${address.port}${path}`, { method });
+  return {
+    status: response.status,
+    type: response.headers.get("content-type"),
+    body: await response.text(),
+  };
+}
+
+/** One sample as the official Python client's parser reads it. */
+interface ParsedSample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+const PROMETHEUS_PARSER = `
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+print(json.dumps([
+  {"name": s.name, "labels": s.labels, "value": s.value}
+  for family in text_string_to_metric_families(sys.stdin.read()) for s in family.samples
+]))
+`;
+
+/** Pipes `text` through `command` and returns its stdout; fails on a non-zero exit. */
+async function pipeThrough(command: string, args: string[], text: string): Promise<string> {
+  const child = new Deno.Command(command, {
+    args,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(encoder.encode(text));
+  await writer.close();
+  const output = await child.output();
+  const all = decoder.decode(output.stdout) + decoder.decode(output.stderr);
+  assert.equal(output.code, 0, `${command} ${args.join(" ")}: ${all}`);
+  return decoder.decode(output.stdout);
+}
+
+/** Parses Prometheus text with the official Python client (Debian python3-prometheus-client). */
+async function parsePrometheus(text: string): Promise<ParsedSample[]> {
+  return JSON.parse(await pipeThrough("/usr/bin/python3", ["-c", PROMETHEUS_PARSER], text));
+}
+
+const pythonParserMissing = await new Deno.Command("/usr/bin/python3", {
+  args: ["-c", "import prometheus_client"],
+  stdout: "null",
+  stderr: "null",
+}).output().then((o) => !o.success, () => true);
+
+Deno.test("admin HTTP: healthz, readyz, 404 and 405", async () => {
+  await using s = await startTestServer({ ADMIN_PORT: "any" });
+  const admin = s.server.adminAddress!;
+  assert.deepEqual(await adminRequest(admin, "/healthz"), {
+    status: 200,
+    type: "text/plain; charset=utf-8",
+    body: "ok\n",
+  });
+  assert.equal((await adminRequest(admin, "/readyz")).status, 200);
+  assert.equal((await adminRequest(admin, "/readyz", "HEAD")).status, 200);
+  assert.equal((await adminRequest(admin, "/nope")).status, 404);
+  const post = await fetch(`http://127.0.0.1:${admin.port}/healthz`, { method: "POST" });
+  await post.body?.cancel();
+  assert.equal(post.status, 405);
+  assert.equal(post.headers.get("allow"), "GET, HEAD");
+  const probes = s.logs.records.filter((r) => r.rawMessage === "Admin request.");
+  assert.ok(probes.every((r) => r.level === "debug"), "probe requests are not info records");
+  assert.deepEqual(
+    s.logs.records.filter((r) => r.level === "info" && String(r.rawMessage).startsWith("Admin"))
+      .map((r) => String(r.rawMessage)),
+    ["Admin HTTP on port {port}"],
+  );
+});
+
+Deno.test("metrics: exact values after a known set of connections, read by real parsers", async (t) => {
+  await using s = await startTestServer({ ADMIN_PORT: "any", NODE_NAME: "m" });
+  const bannerLength = renderBanner(loadConfig({ NODE_NAME: "m" }).banner).length;
+  // Three connections that echo 5 bytes and close, one that resets, one still open.
+  for (let i = 0; i < 3; i++) {
+    const conn = await s.connect();
+    await readExactly(conn, bannerLength);
+    await roundTrip(conn, encoder.encode("12345"));
+    await conn.closeWrite();
+    await readToEnd(conn);
+    conn.close();
+    await s.logs.waitFor(isClosedRecord(await s.connectionId(i)), `connection ${i} closed`);
+  }
+  using open = await s.connect();
+  await readExactly(open, bannerLength);
+  await roundTrip(open, encoder.encode("abc"));
+
+  const response = await fetch(`http://127.0.0.1:${s.server.adminAddress!.port}/metrics`);
+  assert.equal(response.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+  const text = await response.text();
+  const port = String(s.port);
+
+  await t.step("exact values (official Python client parser)", async () => {
+    if (pythonParserMissing && Deno.env.get("CI") !== "true") {
+      console.warn("ignored step: needs Debian's python3-prometheus-client (.ci/run installs it)");
+      return;
+    }
+    const samples = await parsePrometheus(text);
+    const value = (name: string, labels: Record<string, string> = {}) => {
+      const found = samples.filter((x) =>
+        x.name === name && JSON.stringify(x.labels) === JSON.stringify(labels)
+      );
+      assert.equal(found.length, 1, `${name} ${JSON.stringify(labels)}`);
+      return found[0].value;
+    };
+    assert.equal(value("tcp_echo_connections_total", { port }), 4);
+    assert.equal(value("tcp_echo_connections_active", { port }), 1);
+    assert.equal(value("tcp_echo_connections_rejected_total", { reason: "max_connections" }), 0);
+    assert.equal(value("tcp_echo_connections_closed_total", { reason: "eof" }), 3);
+    for (const reason of ["reset", "idle", "shutdown", "error"]) {
+      assert.equal(value("tcp_echo_connections_closed_total", { reason }), 0, reason);
+    }
+    assert.equal(value("tcp_echo_received_bytes_total"), 3 * 5 + 3);
+    assert.equal(value("tcp_echo_sent_bytes_total"), 4 * bannerLength + 3 * 5 + 3);
+    assert.equal(value("tcp_echo_connection_duration_seconds_count"), 3);
+    assert.equal(value("tcp_echo_connection_duration_seconds_bucket", { le: "+Inf" }), 3);
+    assert.equal(value("tcp_echo_build_info", { version: VERSION, deno: Deno.version.deno }), 1);
+  });
+
+  await t.step("promtool check metrics finds no problem", async () => {
+    if (await ignoreWithout("promtool", "promtool's metrics lint")) return;
+    await pipeThrough("promtool", ["check", "metrics"], text);
+  });
+});
+
+Deno.test("MAX_CONNECTIONS: the next connection is closed at once, counted, and admitted later", async () => {
+  await using s = await startTestServer({
+    ADMIN_PORT: "any",
+    MAX_CONNECTIONS: "2",
+    NODE_NAME: "x",
+  });
+  const banner = "Welcome, you are connected to node x.\n";
+  const first = await s.connect();
+  using second = await s.connect();
+  assert.equal(decoder.decode(await readExactly(first, banner.length)), banner);
+  assert.equal(decoder.decode(await readExactly(second, banner.length)), banner);
+  for (let i = 0; i < 2; i++) {
+    using refused = await s.connect();
+    assert.equal((await readToEnd(refused)).length, 0, "closed with no banner");
+  }
+  const warnings = s.logs.records.filter((r) => r.level === "warning");
+  assert.deepEqual(warnings.map(formatTextRecord).map((l) => l.slice(20)), [
+    "Connection limit reached, refusing connections. limit=2 refused=1 level=warn\n",
+  ]);
+  assert.equal(s.server.stats.rejected.max_connections, 2);
+  assert.equal((await adminRequest(s.server.adminAddress!, "/healthz")).status, 200);
+  assert.equal(decoder.decode(await roundTrip(second, encoder.encode("still"))), "still");
+  first.close();
+  await s.logs.waitFor(isClosedRecord(await s.connectionId(0)), "first closed");
+  using third = await s.connect();
+  assert.equal(decoder.decode(await readExactly(third, banner.length)), banner);
+  assert.equal(s.server.activeConnections, 2);
+});
+
+Deno.test("IDLE_TIMEOUT closes a silent connection with reason idle, not a talking one", async () => {
+  await using s = await startTestServer({ IDLE_TIMEOUT: "300ms" });
+  const silent = await s.connect();
+  const silentId = await s.connectionId(0);
+  using talking = await s.connect();
+  const talkingId = await s.connectionId(1);
+  const silentClosed = s.logs.waitFor(isClosedRecord(silentId), "silent closed");
+  // The talking client sends every 100 ms until the silent one is closed.
+  let rounds = 0;
+  let closed = false;
+  silentClosed.then(() => closed = true, () => {});
+  while (!closed && rounds < 30) {
+    assert.equal(decoder.decode(await roundTrip(talking, encoder.encode("."))), ".");
+    rounds++;
+    await within(200, "tick", new Promise<void>((resolve) => setTimeout(resolve, 100)));
+  }
+  const record = await silentClosed;
+  assert.equal(record.properties.reason, "idle");
+  assert.ok(
+    Number(record.properties.duration_ms) >= 300,
+    `closed after ${record.properties.duration_ms} ms`,
+  );
+  assert.ok(rounds >= 3, `the talking connection outlived the timeout (${rounds} rounds)`);
+  assert.equal((await readToEnd(silent)).length, 0);
+  silent.close();
+  assert.equal(s.logs.records.find(isClosedRecord(talkingId)), undefined);
+  assert.equal(decoder.decode(await roundTrip(talking, encoder.encode("alive"))), "alive");
+  assert.equal(s.server.stats.closed.idle, 1);
+});
+
+Deno.test("drain on SIGTERM: readyz 503, accepting during DRAIN_DELAY, grace, exit 0", async () => {
+  const adminPort = freePort();
+  await using p = await spawnServer({
+    ADMIN_PORT: String(adminPort),
+    DRAIN_DELAY: "400ms",
+    SHUTDOWN_GRACE: "5s",
+    NODE_NAME: "d",
+  });
+  await p.stdout.waitFor((l) => l.includes("Admin HTTP on port"), "admin listening");
+  const admin: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: adminPort };
+  assert.equal((await adminRequest(admin, "/readyz")).status, 200);
+  const banner = "Welcome, you are connected to node d.\n";
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port: p.port });
+  assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+
+  p.child.kill("SIGTERM");
+  await p.stdout.waitFor((l) => l.includes("Draining: readiness fails, still accepting."), "drain");
+  assert.deepEqual(await adminRequest(admin, "/readyz"), {
+    status: 503,
+    type: "text/plain; charset=utf-8",
+    body: "not ready\n",
+  });
+  assert.equal((await adminRequest(admin, "/healthz")).status, 200);
+  {
+    using during = await Deno.connect({ hostname: "127.0.0.1", port: p.port });
+    assert.equal(
+      decoder.decode(await readExactly(during, banner.length)),
+      banner,
+      "still accepting",
+    );
+  }
+  await p.stdout.waitFor((l) => l.includes("Shutting down: stopped accepting."), "stopped");
+  await assert.rejects(
+    Deno.connect({ hostname: "127.0.0.1", port: p.port }),
+    Deno.errors.ConnectionRefused,
+  );
+  assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("grace"))), "grace");
+  await conn.closeWrite();
+  await readToEnd(conn);
+  assert.equal((await within(5_000, "exit", p.child.status)).code, 0);
+  const lines = await p.stdout.rest();
+  const phases = lines.map((l) => l.slice(20).replace(/ \S+=.*/, ""))
+    .filter((l) => /^(Received SIG|Draining|Shutting down|Shutdown)/.test(l));
+  assert.deepEqual(phases, [
+    "Received SIGTERM, shutting down.",
+    "Draining: readiness fails, still accepting.",
+    "Shutting down: stopped accepting.",
+    "Shutdown complete.",
+  ]);
+  assert.ok(lines.some((l) => l.includes("stopped accepting. open_connections=1 grace_ms=5000")));
 });
