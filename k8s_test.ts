@@ -119,7 +119,7 @@ function resolveTargetPort(targetPort: string | number, deployment: Manifest): n
 
 const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
 const VERSION: string = denoJson.version;
-const DEFAULT_PORT = loadConfig({}).port;
+const DEFAULT_PORT = loadConfig({}).ports[0];
 const DEFAULT_ADMIN_PORT = loadConfig({}).adminPort;
 
 const MANIFEST_FILES = [

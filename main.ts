@@ -24,6 +24,13 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import denoConfig from "./deno.json" with { type: "json" };
 import {
+  type Cidr,
+  isTrusted,
+  parseCidr,
+  parseProxyHeader,
+  V2_MAX_BYTES,
+} from "./proxy_protocol.ts";
+import {
   configure,
   getLogger,
   getStreamSink,
@@ -66,10 +73,26 @@ export interface BannerFields {
   readonly serviceVersion?: string;
 }
 
+/** Values of `PROXY_PROTOCOL`. */
+export const PROXY_MODES = ["off", "v1", "v2", "any", "optional"] as const;
+/** A `PROXY_PROTOCOL` value. */
+export type ProxyMode = typeof PROXY_MODES[number];
+
+/** Values of `BANNER_MODE`. */
+export const BANNER_MODES = ["connect", "first-data", "off"] as const;
+/** A `BANNER_MODE` value. */
+export type BannerMode = typeof BANNER_MODES[number];
+
+/** Lines longer than this are answered in pieces of this size in `ECHO_PREFIX` mode. */
+export const MAX_LINE_BYTES = 65_536;
+
+/** How long a PROXY header may take to arrive. */
+export const PROXY_HEADER_TIMEOUT_MS = 5_000;
+
 /** The whole configuration of the server: built once, frozen, never re-read. */
 export interface Config {
-  /** TCP port to listen on; `0` (tests only) picks a free port. */
-  readonly port: number;
+  /** TCP ports to listen on, one listener each; `0` (tests only) picks a free port. */
+  readonly ports: readonly number[];
   /** Listen address; `undefined` means dual-stack `::`, else `0.0.0.0`. */
   readonly host: string | undefined;
   readonly banner: BannerFields;
@@ -87,6 +110,20 @@ export interface Config {
   readonly maxConnections: number;
   /** Close a connection that received nothing for this long; 0 = never. */
   readonly idleTimeoutMs: number;
+  /** Add `Your address is IP:PORT.` to the banner. */
+  readonly showClientAddress: boolean;
+  /** When the banner is sent: on connect, just before the first echo, or never. */
+  readonly bannerMode: BannerMode;
+  /** Which PROXY protocol headers connections must or may start with. */
+  readonly proxyProtocol: ProxyMode;
+  /** Peers allowed to send a PROXY header; `undefined` = any peer. */
+  readonly proxyTrusted: readonly Cidr[] | undefined;
+  /** Line mode: answer each line as `${prefix} ${line}`; `undefined` = byte-exact echo. */
+  readonly echoPrefix: string | undefined;
+  /** Fault: wait this long before each echo. */
+  readonly echoDelayMs: number;
+  /** Fault: close after echoing this many bytes (reason `fault`); 0 = never. */
+  readonly closeAfterBytes: number;
 }
 
 /** One environment variable the program reads: its name, default, meaning. */
@@ -102,7 +139,11 @@ export interface ConfigVariable {
  * README table the tests check.
  */
 export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
-  { name: "TCP_PORT", defaultValue: "3333", meaning: "port to listen on, 1-65535" },
+  {
+    name: "TCP_PORT",
+    defaultValue: "3333",
+    meaning: "port to listen on, 1-65535, or a comma list (9000,9001): one listener each",
+  },
   {
     name: "HOST",
     defaultValue: "all interfaces",
@@ -146,6 +187,41 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
     name: "IDLE_TIMEOUT",
     defaultValue: "0s",
     meaning: "close a connection that received nothing for this long; 0s = never",
+  },
+  {
+    name: "SHOW_CLIENT_ADDRESS",
+    defaultValue: "false",
+    meaning: "true adds the banner line: Your address is IP:PORT.",
+  },
+  {
+    name: "BANNER_MODE",
+    defaultValue: "connect",
+    meaning: "connect (on accept), first-data (just before the first echo) or off",
+  },
+  {
+    name: "PROXY_PROTOCOL",
+    defaultValue: "off",
+    meaning: "off, v1, v2, any (a header is required) or optional",
+  },
+  {
+    name: "PROXY_PROTOCOL_TRUSTED",
+    defaultValue: "any peer",
+    meaning: "comma list of CIDRs allowed to send a PROXY header",
+  },
+  {
+    name: "ECHO_PREFIX",
+    defaultValue: "unset",
+    meaning: "line mode: answer each line as PREFIX LINE (Istio's tcp-echo)",
+  },
+  {
+    name: "ECHO_DELAY",
+    defaultValue: "0s",
+    meaning: "fault: wait this long before each echo",
+  },
+  {
+    name: "CLOSE_AFTER_BYTES",
+    defaultValue: "0",
+    meaning: "fault: close after echoing this many bytes (reason fault); 0 = never",
   },
 ];
 
@@ -233,6 +309,52 @@ function readPortOrOff(env: Environment, name: string, fallback: number): number
   return value;
 }
 
+function readPorts(env: Environment): number[] {
+  const text = env.TCP_PORT?.trim();
+  if (text === undefined || text === "") return [3333];
+  const ports = text.split(",").map((part) => /^\d{1,5}$/.test(part.trim()) ? Number(part) : NaN);
+  const valid = ports.every((port) => port >= 1 && port <= 65_535);
+  if (!valid || new Set(ports).size !== ports.length) {
+    throw invalid(
+      "TCP_PORT",
+      env.TCP_PORT!,
+      "allowed: an integer from 1 to 65535, or a comma list of different ones",
+    );
+  }
+  return ports;
+}
+
+function readBoolean(env: Environment, name: string, fallback: boolean): boolean {
+  const text = env[name]?.trim().toLowerCase();
+  if (text === undefined || text === "") return fallback;
+  if (text === "true") return true;
+  if (text === "false") return false;
+  throw invalid(name, env[name]!, "allowed: true, false");
+}
+
+function readTrustedRanges(env: Environment): Cidr[] | undefined {
+  const text = env.PROXY_PROTOCOL_TRUSTED?.trim();
+  if (text === undefined || text === "") return undefined;
+  const ranges = text.split(",").map(parseCidr);
+  if (ranges.some((range) => range === undefined)) {
+    throw invalid(
+      "PROXY_PROTOCOL_TRUSTED",
+      env.PROXY_PROTOCOL_TRUSTED!,
+      "allowed: a comma list of IP addresses or CIDR ranges, e.g. 10.0.0.0/8,::1",
+    );
+  }
+  return ranges as Cidr[];
+}
+
+function readPrefix(env: Environment): string | undefined {
+  const value = readOptional(env, "ECHO_PREFIX");
+  // deno-lint-ignore no-control-regex
+  if (value !== undefined && /[\x00-\x1f\x7f]/.test(value)) {
+    throw invalid("ECHO_PREFIX", value, "allowed: text without control characters");
+  }
+  return value;
+}
+
 function readOptional(env: Environment, name: string): string | undefined {
   const value = env[name];
   return value === undefined || value === "" ? undefined : value;
@@ -260,7 +382,7 @@ function readHost(env: Environment): string | undefined {
  */
 export function loadConfig(env: Environment): Config {
   const config: Config = {
-    port: readInteger(env, "TCP_PORT", 3333, 1, 65_535),
+    ports: Object.freeze(readPorts(env)),
     host: readHost(env),
     banner: Object.freeze({
       nodeName: readOptional(env, "NODE_NAME"),
@@ -278,8 +400,34 @@ export function loadConfig(env: Environment): Config {
     drainDelayMs: readDuration(env, "DRAIN_DELAY", "0s"),
     maxConnections: readInteger(env, "MAX_CONNECTIONS", 10_000, 0, MAX_CONNECTIONS_LIMIT),
     idleTimeoutMs: readDuration(env, "IDLE_TIMEOUT", "0s"),
+    showClientAddress: readBoolean(env, "SHOW_CLIENT_ADDRESS", false),
+    bannerMode: readChoice(env, "BANNER_MODE", BANNER_MODES, "connect"),
+    proxyProtocol: readChoice(env, "PROXY_PROTOCOL", PROXY_MODES, "off"),
+    proxyTrusted: readTrustedRanges(env),
+    echoPrefix: readPrefix(env),
+    echoDelayMs: readDuration(env, "ECHO_DELAY", "0s"),
+    closeAfterBytes: readInteger(env, "CLOSE_AFTER_BYTES", 0, 0, 999_999_999),
   };
   return Object.freeze(config);
+}
+
+/**
+ * Applies positional arguments as Istio's tcp-echo server takes them:
+ * `tcp-echo 9000,9001 hello` means `TCP_PORT=9000,9001 ECHO_PREFIX=hello`.
+ * Arguments win over the environment.
+ */
+export function applyArguments(args: readonly string[], env: Environment): Environment {
+  if (args.length > 2) {
+    throw new ConfigError(
+      `unexpected argument ${JSON.stringify(args[2])}: allowed: [PORTS [PREFIX]]; see --help`,
+    );
+  }
+  const [ports, prefix] = args;
+  return {
+    ...env,
+    ...(ports === undefined ? {} : { TCP_PORT: ports }),
+    ...(prefix === undefined ? {} : { ECHO_PREFIX: prefix }),
+  };
 }
 
 /** Renders the `--help` text: usage and the table of variables. */
@@ -292,7 +440,9 @@ export function renderHelp(): string {
   return [
     "tcp-echo: a TCP echo server that says which node, pod and version answered.",
     "",
-    "Usage: tcp-echo [--help]",
+    "Usage: tcp-echo [--help] [PORTS [PREFIX]]",
+    "",
+    "PORTS and PREFIX, as Istio's tcp-echo takes them, set TCP_PORT and ECHO_PREFIX.",
     "",
     "Configuration is read from environment variables:",
     `  ${"VARIABLE".padEnd(width)}  ${"DEFAULT".padEnd(defaultWidth)}  MEANING`,
@@ -583,12 +733,18 @@ export async function setupLogging(
 // ---------------------------------------------------------------------------
 
 /** Why a connection ended, as logged in `reason=` and counted in metrics. */
-export const CLOSE_REASONS = ["eof", "reset", "idle", "shutdown", "error"] as const;
+export const CLOSE_REASONS = ["eof", "reset", "idle", "shutdown", "fault", "error"] as const;
 /** A {@linkcode CLOSE_REASONS} value. */
 export type CloseReason = typeof CLOSE_REASONS[number];
 
 /** Why a connection was closed right after accept, without a banner. */
-export const REJECT_REASONS = ["max_connections"] as const;
+export const REJECT_REASONS = [
+  "max_connections",
+  "proxy_untrusted",
+  "proxy_invalid",
+  "proxy_missing",
+  "proxy_timeout",
+] as const;
 /** A {@linkcode REJECT_REASONS} value. */
 export type RejectReason = typeof REJECT_REASONS[number];
 
@@ -604,12 +760,19 @@ export class ServerStats {
   readonly accepted: Map<number, number> = new Map();
   /** Open connections, by listening port. */
   readonly active: Map<number, number> = new Map();
-  readonly rejected: Record<RejectReason, number> = { max_connections: 0 };
+  readonly rejected: Record<RejectReason, number> = {
+    max_connections: 0,
+    proxy_untrusted: 0,
+    proxy_invalid: 0,
+    proxy_missing: 0,
+    proxy_timeout: 0,
+  };
   readonly closed: Record<CloseReason, number> = {
     eof: 0,
     reset: 0,
     idle: 0,
     shutdown: 0,
+    fault: 0,
     error: 0,
   };
   bytesReceived = 0;
@@ -724,6 +887,8 @@ const PEER_GONE_ERRORS = [
 ];
 
 const NO_BYTES = new Uint8Array(0);
+const NEWLINE = 0x0a;
+const encoder = new TextEncoder();
 
 /** One accepted echo connection and what is known about it. */
 class EchoConnection {
@@ -732,6 +897,8 @@ class EchoConnection {
   lastReceivedAt = this.startedAt;
   bytesIn = 0;
   bytesOut = 0;
+  /** Echoed bytes (not the banner), for `CLOSE_AFTER_BYTES`. */
+  bytesEchoed = 0;
   /** Set when the server closes the socket from outside (idle, shutdown). */
   closedBy: CloseReason | undefined;
 
@@ -751,12 +918,114 @@ class EchoConnection {
 
 /** What the connection handler needs from its server. */
 interface ConnectionContext {
+  readonly config: Config;
+  /** The banner lines that do not depend on the connection. */
   readonly banner: Uint8Array;
-  readonly logDataBytes: number;
-  readonly idleTimeoutMs: number;
+  /** `ECHO_PREFIX` and a space, encoded; `undefined` for byte-exact echo. */
+  readonly linePrefix: Uint8Array | undefined;
   readonly stats: ServerStats;
   readonly metrics: MetricsExporter;
 }
+
+/** A connection refused after accept because of its PROXY header (or lack of one). */
+class ProxyRefusal extends Error {
+  constructor(readonly reason: RejectReason, readonly detail: string) {
+    super(detail);
+  }
+}
+
+/** Where a connection comes from, once any PROXY header is read. */
+interface ConnectionOrigin {
+  /** The original client (from the header), else the socket's peer. */
+  readonly client: Deno.NetAddr;
+  /** The proxy's address, when a header named another client. */
+  readonly proxy: Deno.NetAddr | undefined;
+  /** Bytes that came after the header: the first data to echo. */
+  readonly firstData: Uint8Array;
+  /** A read still pending when an optional header's wait ran out. */
+  readonly pendingRead: Promise<Uint8Array | null> | undefined;
+}
+
+/**
+ * Reads the PROXY header the configuration asks for, within
+ * {@linkcode PROXY_HEADER_TIMEOUT_MS}. Throws {@linkcode ProxyRefusal} when the
+ * connection must be refused.
+ */
+async function readOrigin(c: EchoConnection, config: Config): Promise<ConnectionOrigin> {
+  const peer = c.conn.remoteAddr;
+  const mode = config.proxyProtocol;
+  if (mode === "off") {
+    return { client: peer, proxy: undefined, firstData: NO_BYTES, pendingRead: undefined };
+  }
+  const trusted = config.proxyTrusted === undefined ||
+    isTrusted(peer.hostname, config.proxyTrusted);
+  if (!trusted && mode !== "optional") {
+    throw new ProxyRefusal("proxy_untrusted", "peer not in PROXY_PROTOCOL_TRUSTED");
+  }
+  const accept = mode === "optional" ? "any" : mode;
+  const buffer = new Uint8Array(V2_MAX_BYTES);
+  let filled = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), PROXY_HEADER_TIMEOUT_MS);
+  });
+  try {
+    while (true) {
+      const result = parseProxyHeader(buffer.subarray(0, filled), accept);
+      if (result.status === "ok") {
+        if (!trusted) {
+          throw new ProxyRefusal("proxy_untrusted", "PROXY header from an untrusted peer");
+        }
+        const source = result.header.source;
+        return {
+          client: source ? { transport: "tcp", ...source } : peer,
+          proxy: source ? peer : undefined,
+          firstData: buffer.slice(result.length, filled),
+          pendingRead: undefined,
+        };
+      }
+      if (result.status === "invalid") throw new ProxyRefusal("proxy_invalid", result.reason);
+      if (result.status === "absent") {
+        if (mode !== "optional") throw new ProxyRefusal("proxy_missing", "no PROXY header");
+        return {
+          client: peer,
+          proxy: undefined,
+          firstData: buffer.slice(0, filled),
+          pendingRead: undefined,
+        };
+      }
+      const read = c.conn.read(buffer.subarray(filled));
+      const outcome = await Promise.race([read, deadline]);
+      if (outcome === TIMED_OUT) {
+        if (mode === "optional" && filled === 0) {
+          // No header started in time: go on without one; the read goes on too.
+          const pendingRead = read.then((n) => n === null ? null : buffer.slice(0, n));
+          return { client: peer, proxy: undefined, firstData: NO_BYTES, pendingRead };
+        }
+        read.catch(() => {}); // It fails when the socket is closed just below.
+        c.closeFor("error");
+        throw new ProxyRefusal(
+          "proxy_timeout",
+          `no complete PROXY header in ${PROXY_HEADER_TIMEOUT_MS} ms`,
+        );
+      }
+      if (outcome === null) {
+        throw new ProxyRefusal("proxy_missing", "connection ended before a PROXY header");
+      }
+      filled += outcome;
+    }
+  } catch (error) {
+    if (error instanceof ProxyRefusal) throw error;
+    throw new ProxyRefusal(
+      "proxy_missing",
+      `connection failed before a PROXY header: ${(error as Error).message}`,
+    );
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const TIMED_OUT = Symbol("timed out");
 
 async function writeAll(c: EchoConnection, bytes: Uint8Array, stats: ServerStats): Promise<void> {
   let written = 0;
@@ -793,44 +1062,186 @@ function watchIdle(c: EchoConnection, timeoutMs: number): () => void {
   return () => clearTimeout(timer);
 }
 
+/** Joins byte arrays into one. */
+function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
 /**
- * Serves one connection: banner, then a read/echo loop on one buffer, so at
- * most one buffer of data is in flight (a client that never reads stops the
- * server from reading). Never throws: every ending is logged with a reason.
+ * Line mode (`ECHO_PREFIX`): collects received bytes into lines and answers
+ * each complete line as `prefix + " " + line` (its `\n` or `\r\n` kept).
+ * A line that reaches {@linkcode MAX_LINE_BYTES} is answered in pieces; what
+ * is left at the end is answered as a line of its own. Pure: bytes in, answers
+ * out.
+ */
+export class LineAnswerer {
+  #pending: Uint8Array | undefined;
+  #pendingLength = 0;
+
+  constructor(readonly prefix: Uint8Array, readonly maxLineBytes: number = MAX_LINE_BYTES) {}
+
+  /** The answers to the lines that `chunk` completes. */
+  push(chunk: Uint8Array): Uint8Array {
+    const answers: Uint8Array[] = [];
+    let start = 0;
+    while (start < chunk.length) {
+      const room = this.maxLineBytes - this.#pendingLength;
+      const window = chunk.subarray(start, start + room);
+      const newline = window.indexOf(NEWLINE);
+      if (newline >= 0) {
+        answers.push(this.#answer(window.subarray(0, newline + 1), false));
+        start += newline + 1;
+      } else if (window.length === room) {
+        answers.push(this.#answer(window, true));
+        start += room;
+      } else {
+        this.#keep(window);
+        start = chunk.length;
+      }
+    }
+    return concatBytes(answers);
+  }
+
+  /** The answer to a last line without `\n` (at half-close), else nothing. */
+  finish(): Uint8Array {
+    return this.#pendingLength > 0 ? this.#answer(NO_BYTES, true) : NO_BYTES;
+  }
+
+  #keep(bytes: Uint8Array): void {
+    this.#pending ??= new Uint8Array(this.maxLineBytes);
+    this.#pending.set(bytes, this.#pendingLength);
+    this.#pendingLength += bytes.length;
+  }
+
+  #answer(rest: Uint8Array, addNewline: boolean): Uint8Array {
+    const kept = this.#pending?.subarray(0, this.#pendingLength) ?? NO_BYTES;
+    const answer = concatBytes([
+      this.prefix,
+      kept,
+      rest,
+      addNewline ? Uint8Array.of(NEWLINE) : NO_BYTES,
+    ]);
+    this.#pendingLength = 0;
+    return answer;
+  }
+}
+
+/** Signals that `CLOSE_AFTER_BYTES` was reached. */
+class FaultClose extends Error {}
+
+/**
+ * Serves one connection: PROXY header (if configured), banner, then a
+ * read/echo loop on one buffer, so at most one buffer of data is in flight
+ * (a client that never reads stops the server from reading). Never throws:
+ * every ending is logged with a reason.
  */
 async function serveConnection(c: EchoConnection, context: ConnectionContext): Promise<void> {
   const { conn } = c;
-  const { stats } = context;
-  const logData = context.logDataBytes > 0 && log.isEnabledFor("info");
-  const trackIdle = context.idleTimeoutMs > 0;
-  const stopWatchingIdle = trackIdle ? watchIdle(c, context.idleTimeoutMs) : () => {};
-  let reason: CloseReason = "eof";
-  let failure: unknown;
-  log.info("TCP connection open.", { id: c.id, client: formatAddress(conn.remoteAddr) });
+  const { stats, config } = context;
+  let origin: ConnectionOrigin;
   try {
     conn.setNoDelay(true);
-    if (context.banner.length > 0) await writeAll(c, context.banner, stats);
+    origin = await readOrigin(c, config);
+  } catch (error) {
+    const refusal = error instanceof ProxyRefusal
+      ? error
+      : new ProxyRefusal("proxy_missing", String(error));
+    stats.rejected[refusal.reason]++;
+    log.info("Connection refused: {detail}", {
+      id: c.id,
+      peer: formatAddress(conn.remoteAddr),
+      port: c.port,
+      reason: refusal.reason,
+      detail: refusal.detail,
+    });
+    c.closeFor("error");
+    return;
+  }
+  stats.accepted.set(c.port, stats.accepted.get(c.port)! + 1);
+  stats.active.set(c.port, stats.active.get(c.port)! + 1);
+  try {
+    await echo(c, context, origin);
+  } finally {
+    stats.active.set(c.port, stats.active.get(c.port)! - 1);
+  }
+}
+
+async function echo(
+  c: EchoConnection,
+  context: ConnectionContext,
+  origin: ConnectionOrigin,
+): Promise<void> {
+  const { conn } = c;
+  const { stats, config } = context;
+  const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
+  const trackIdle = config.idleTimeoutMs > 0;
+  const stopWatchingIdle = trackIdle ? watchIdle(c, config.idleTimeoutMs) : () => {};
+  const lines = context.linePrefix && new LineAnswerer(context.linePrefix);
+  const echoLimit = config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity;
+  let bannerDue = config.bannerMode !== "off";
+  let reason: CloseReason = "eof";
+  let failure: unknown;
+
+  const client = formatAddress(origin.client);
+  const opened: Record<string, unknown> = { id: c.id, client, port: c.port };
+  if (origin.proxy) opened.peer = formatAddress(origin.proxy);
+  log.info("TCP connection open.", opened);
+
+  const sendBanner = async () => {
+    bannerDue = false;
+    const banner = config.showClientAddress
+      ? concatBytes([context.banner, encoder.encode(`Your address is ${client}.\n`)])
+      : context.banner;
+    if (banner.length > 0) await writeAll(c, banner, stats);
+  };
+  const answer = async (bytes: Uint8Array) => {
+    if (bytes.length === 0) return;
+    const allowed = Math.min(bytes.length, echoLimit - c.bytesEchoed);
+    await writeAll(c, allowed < bytes.length ? bytes.subarray(0, allowed) : bytes, stats);
+    c.bytesEchoed += allowed;
+    if (c.bytesEchoed >= echoLimit) throw new FaultClose();
+  };
+  const received = async (chunk: Uint8Array) => {
+    c.bytesIn += chunk.length;
+    stats.bytesReceived += chunk.length;
+    if (trackIdle) c.lastReceivedAt = performance.now();
+    if (logData) logReceived(c.id, chunk, config.logDataBytes);
+    if (bannerDue) await sendBanner();
+    if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
+    await answer(lines ? lines.push(chunk) : chunk);
+  };
+
+  try {
+    if (bannerDue && config.bannerMode === "connect") await sendBanner();
+    if (origin.firstData.length > 0) await received(origin.firstData);
+    let ended = false;
+    if (origin.pendingRead) {
+      const first = await origin.pendingRead;
+      if (first === null) ended = true;
+      else await received(first);
+    }
     let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
-    while (true) {
+    while (!ended) {
       const n = await conn.read(buffer);
-      if (n === null) {
-        // Deno reports a reset during read as end of stream. A zero-length
-        // write sends nothing, succeeds after a FIN and fails after a RST.
-        await conn.write(NO_BYTES);
-        break;
-      }
-      c.bytesIn += n;
-      stats.bytesReceived += n;
-      if (trackIdle) c.lastReceivedAt = performance.now();
-      const chunk = buffer.subarray(0, n);
-      if (logData) logReceived(c.id, chunk, context.logDataBytes);
-      await writeAll(c, chunk, stats);
+      if (n === null) break;
+      await received(buffer.subarray(0, n));
       if (n === buffer.length && buffer.length < MAX_BUFFER_BYTES) {
         buffer = new Uint8Array(buffer.length * 4);
       }
     }
+    // Deno reports a reset during read as end of stream. A zero-length
+    // write sends nothing, succeeds after a FIN and fails after a RST.
+    await conn.write(NO_BYTES);
+    if (lines) await answer(lines.finish());
   } catch (error) {
-    if (c.closedBy !== undefined) reason = c.closedBy;
+    if (error instanceof FaultClose) reason = "fault";
+    else if (c.closedBy !== undefined) reason = c.closedBy;
     else if (PEER_GONE_ERRORS.some((type) => error instanceof type)) reason = "reset";
     else {
       reason = "error";
@@ -838,7 +1249,7 @@ async function serveConnection(c: EchoConnection, context: ConnectionContext): P
     }
   } finally {
     stopWatchingIdle();
-    if (c.closedBy === undefined) c.closeFor(reason);
+    c.closeFor(reason);
   }
   const durationMs = performance.now() - c.startedAt;
   stats.closed[reason]++;
@@ -849,6 +1260,7 @@ async function serveConnection(c: EchoConnection, context: ConnectionContext): P
     bytes_in: c.bytesIn,
     bytes_out: c.bytesOut,
     duration_ms: Math.round(durationMs),
+    port: c.port,
   };
   if (failure !== undefined) facts.error = failure;
   log.info("TCP connection closed.", facts);
@@ -954,17 +1366,27 @@ const ACCEPT_BACKOFF_MIN_MS = 5;
 const ACCEPT_BACKOFF_MAX_MS = 1_000;
 const REJECT_WARNING_INTERVAL_MS = 1_000;
 
-/** Listens as configured: dual-stack `::` by default, `0.0.0.0` without IPv6. */
-function listen(config: Config): Deno.TcpListener {
-  if (config.host !== undefined) return Deno.listen({ hostname: config.host, port: config.port });
+/** The listen address: `HOST`, else dual-stack `::` where the host has IPv6, else `0.0.0.0`. */
+function chooseHostname(config: Config): string {
+  if (config.host !== undefined) return config.host;
   try {
-    return Deno.listen({ hostname: "::", port: config.port });
-  } catch (error) {
-    if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.NotCapable) {
-      throw error;
-    }
-    return Deno.listen({ hostname: "0.0.0.0", port: config.port });
+    Deno.listen({ hostname: "::", port: 0 }).close();
+    return "::";
+  } catch {
+    return "0.0.0.0";
   }
+}
+
+/** Opens one listener per port, or none: on failure the ones opened are closed. */
+function listenAll(hostname: string, ports: readonly number[]): Deno.TcpListener[] {
+  const listeners: Deno.TcpListener[] = [];
+  try {
+    for (const port of ports) listeners.push(Deno.listen({ hostname, port }));
+  } catch (error) {
+    for (const listener of listeners) listener.close();
+    throw error;
+  }
+  return listeners;
 }
 
 /** Waits `ms`, or less when `signal` aborts. */
@@ -986,8 +1408,9 @@ function pause(ms: number, signal?: AbortSignal): Promise<void> {
  * everything after that is logged, never thrown.
  */
 export function startServer(config: Config): EchoServer {
-  const listener = listen(config);
-  const address = listener.addr as Deno.NetAddr;
+  const hostname = chooseHostname(config);
+  const listeners = listenAll(hostname, config.ports);
+  const addresses = listeners.map((listener) => listener.addr);
   const stats = new ServerStats();
   const metrics = createMetricsExporter(stats);
   const connections = new Map<EchoConnection, Promise<void>>();
@@ -995,14 +1418,18 @@ export function startServer(config: Config): EchoServer {
   const backingOff = new Set<Deno.TcpListener>();
   let draining = false;
   const context: ConnectionContext = {
+    config,
     banner: renderBanner(config.banner),
-    logDataBytes: config.logDataBytes,
-    idleTimeoutMs: config.idleTimeoutMs,
+    linePrefix: config.echoPrefix === undefined
+      ? undefined
+      : encoder.encode(`${config.echoPrefix} `),
     stats,
     metrics,
   };
-  stats.accepted.set(address.port, 0);
-  stats.active.set(address.port, 0);
+  for (const { port } of addresses) {
+    stats.accepted.set(port, 0);
+    stats.active.set(port, 0);
+  }
 
   let rejectedSinceWarning = 0;
   let lastRejectWarningAt = -Infinity;
@@ -1027,13 +1454,7 @@ export function startServer(config: Config): EchoServer {
 
   function admit(conn: Deno.TcpConn, port: number): void {
     const c = new EchoConnection(conn, port);
-    stats.accepted.set(port, stats.accepted.get(port)! + 1);
-    stats.active.set(port, stats.active.get(port)! + 1);
-    const served = serveConnection(c, context).finally(() => {
-      connections.delete(c);
-      stats.active.set(port, stats.active.get(port)! - 1);
-    });
-    connections.set(c, served);
+    connections.set(c, serveConnection(c, context).finally(() => connections.delete(c)));
   }
 
   async function acceptLoop(listener: Deno.TcpListener, port: number): Promise<void> {
@@ -1067,10 +1488,18 @@ export function startServer(config: Config): EchoServer {
     }
   }
 
-  log.info("Listening on TCP port {port}", { port: address.port, address: formatAddress(address) });
-  const accepting = acceptLoop(listener, address.port);
+  for (const address of addresses) {
+    log.info("Listening on TCP port {port}", {
+      port: address.port,
+      address: formatAddress(address),
+    });
+  }
+  logActiveFaults(config);
+  const accepting = Promise.all(
+    listeners.map((listener, i) => acceptLoop(listener, addresses[i].port)),
+  );
   const admin = config.adminPort === undefined ? undefined : startAdminServer(
-    address.hostname,
+    hostname,
     config.adminPort,
     { isReady: () => !draining && backingOff.size === 0, metrics },
   );
@@ -1086,7 +1515,7 @@ export function startServer(config: Config): EchoServer {
       await pause(drainDelayMs);
     }
     stopping.abort();
-    listener.close();
+    for (const listener of listeners) listener.close();
     await accepting;
     log.info("Shutting down: stopped accepting.", {
       open_connections: connections.size,
@@ -1110,7 +1539,7 @@ export function startServer(config: Config): EchoServer {
   }
 
   return {
-    addresses: [address],
+    addresses,
     adminAddress: admin?.addr,
     get activeConnections() {
       return connections.size;
@@ -1127,6 +1556,14 @@ export function startServer(config: Config): EchoServer {
       return shutdownPromise;
     },
   };
+}
+
+/** Logs, at start, the faults `ECHO_DELAY` and `CLOSE_AFTER_BYTES` inject. */
+function logActiveFaults(config: Config): void {
+  const faults: Record<string, number> = {};
+  if (config.echoDelayMs > 0) faults.echo_delay_ms = config.echoDelayMs;
+  if (config.closeAfterBytes > 0) faults.close_after_bytes = config.closeAfterBytes;
+  if (Object.keys(faults).length > 0) log.warn("Fault injection active.", faults);
 }
 
 function sum(values: Iterable<number>): number {
@@ -1163,7 +1600,8 @@ function firstShutdownSignal(): Promise<Deno.Signal> {
 
 /**
  * Runs the program: `--help`, configuration, logging, server, and a graceful
- * shutdown on SIGTERM/SIGINT. Returns the exit code: 0 after a clean
+ * shutdown on SIGTERM/SIGINT. `args` are `--help`, or the ports and prefix
+ * of {@linkcode applyArguments}. Returns the exit code: 0 after a clean
  * shutdown, 2 for bad arguments or configuration, 1 when it cannot listen.
  */
 export async function main(args: readonly string[]): Promise<number> {
@@ -1171,13 +1609,9 @@ export async function main(args: readonly string[]): Promise<number> {
     await Deno.stdout.write(new TextEncoder().encode(renderHelp()));
     return 0;
   }
-  if (args.length > 0) {
-    console.error(`tcp-echo: unexpected argument ${JSON.stringify(args[0])}; see tcp-echo --help`);
-    return 2;
-  }
   let config: Config;
   try {
-    config = loadConfig(readEnvironment());
+    config = loadConfig(applyArguments(args, readEnvironment()));
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     console.error(`tcp-echo: ${error.message}`);
@@ -1193,7 +1627,7 @@ export async function main(args: readonly string[]): Promise<number> {
   } catch (error) {
     await detachLogging();
     await sink[Symbol.asyncDispose]();
-    const where = `${config.host ?? "[::]"}:${config.port}`;
+    const where = `${config.host ?? "[::]"}:${config.ports.join(",")}`;
     console.error(`tcp-echo: cannot listen on ${where}: ${(error as Error).message}`);
     return 1;
   }

@@ -86,7 +86,7 @@ async function startTestServer(env: Environment = {}): Promise<TestServer> {
   // Port 0 (any free port) is for tests only: the program refuses it.
   const config: Config = {
     ...loaded,
-    port: 0,
+    ports: [0],
     adminPort: wantsAdmin ? 0 : undefined,
   };
   const logs = new LogCapture();
@@ -294,11 +294,13 @@ async function spawnServer(env: Record<string, string>): Promise<ServerProcess> 
 // Configuration
 // ---------------------------------------------------------------------------
 
+const PORTS_ALLOWED = "allowed: an integer from 1 to 65535, or a comma list of different ones";
+
 Deno.test("configuration: defaults, values and one-line errors", async (t) => {
   await t.step("defaults", () => {
     const config = loadConfig({});
     assert.deepEqual(config, {
-      port: 3333,
+      ports: [3333],
       host: undefined,
       banner: {
         nodeName: undefined,
@@ -316,6 +318,13 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       drainDelayMs: 0,
       maxConnections: 10_000,
       idleTimeoutMs: 0,
+      showClientAddress: false,
+      bannerMode: "connect",
+      proxyProtocol: "off",
+      proxyTrusted: undefined,
+      echoPrefix: undefined,
+      echoDelayMs: 0,
+      closeAfterBytes: 0,
     });
     assert.ok(Object.isFrozen(config) && Object.isFrozen(config.banner));
   });
@@ -330,7 +339,7 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       SHUTDOWN_GRACE: "2m",
       NODE_NAME: "",
     });
-    assert.equal(config.port, 65535);
+    assert.deepEqual(config.ports, [65535]);
     assert.equal(config.host, "::1");
     assert.equal(config.logLevel, "warn");
     assert.equal(config.logFormat, "json");
@@ -352,10 +361,10 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
 
   await t.step("errors name the variable, the value and what is allowed", () => {
     const cases: [Environment, string][] = [
-      [{ TCP_PORT: "abc" }, 'invalid TCP_PORT="abc": allowed: an integer from 1 to 65535'],
-      [{ TCP_PORT: "0" }, 'invalid TCP_PORT="0": allowed: an integer from 1 to 65535'],
-      [{ TCP_PORT: "70000" }, 'invalid TCP_PORT="70000": allowed: an integer from 1 to 65535'],
-      [{ TCP_PORT: "80.5" }, 'invalid TCP_PORT="80.5": allowed: an integer from 1 to 65535'],
+      [{ TCP_PORT: "abc" }, `invalid TCP_PORT="abc": ${PORTS_ALLOWED}`],
+      [{ TCP_PORT: "0" }, `invalid TCP_PORT="0": ${PORTS_ALLOWED}`],
+      [{ TCP_PORT: "70000" }, `invalid TCP_PORT="70000": ${PORTS_ALLOWED}`],
+      [{ TCP_PORT: "80.5" }, `invalid TCP_PORT="80.5": ${PORTS_ALLOWED}`],
       [{ LOG_LEVEL: "loud" }, 'invalid LOG_LEVEL="loud": allowed: debug, info, warn, error'],
       [{ LOG_FORMAT: "xml" }, 'invalid LOG_FORMAT="xml": allowed: text, json'],
       [
@@ -677,14 +686,14 @@ Deno.test("logs: exact open, raw, string and closed records", async (t) => {
     const ts = (i: number) =>
       formatGoTimestamp(s.logs.records.filter((r) => r.properties.id === id)[i].timestamp);
     assert.deepEqual(lines, [
-      `${ts(0)} ${id} - TCP connection open. client=${client}\n`,
+      `${ts(0)} ${id} - TCP connection open. client=${client} port=${s.port}\n`,
       `${ts(1)} ${id} - Received Raw Data: [104 101 108 108 111 10]\n`,
       `${ts(2)} ${id} - Received Data (converted to string): hello\n`,
       `${ts(3)} ${id} - Received Raw Data: [97 13 10 70 65 75 69]\n`,
       `${ts(4)} ${id} - Received Data (converted to string): a\\r\\nFAKE\n`,
       `${
         ts(5)
-      } ${id} - TCP connection closed. reason=eof bytes_in=13 bytes_out=13 duration_ms=${closed.properties.duration_ms}\n`,
+      } ${id} - TCP connection closed. reason=eof bytes_in=13 bytes_out=13 duration_ms=${closed.properties.duration_ms} port=${s.port}\n`,
     ]);
     assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     const listening = formatTextRecord(s.logs.records[0]);
@@ -748,6 +757,7 @@ Deno.test("logs: exact open, raw, string and closed records", async (t) => {
       msg: "TCP connection open.",
       id,
       client: formatAddress(conn.localAddr),
+      port: s.port,
     });
     assert.deepEqual(objects[1].raw, [97, 13, 10, 70, 65, 75, 69, 10]);
     assert.equal(objects[1].msg, "Received Raw Data");
@@ -763,7 +773,7 @@ Deno.test("dual-stack listener shows IPv4-mapped clients as plain IPv4", async (
   const detach = await setupLogging("info", logs.sink);
   let server: EchoServer;
   try {
-    server = startServer({ ...loadConfig({ ADMIN_PORT: "off" }), port: 0 });
+    server = startServer({ ...loadConfig({ ADMIN_PORT: "off" }), ports: [0] });
   } catch (error) {
     await detach();
     if (error instanceof Deno.errors.AddrNotAvailable) return; // No IPv6 here: nothing to show.
