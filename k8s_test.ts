@@ -16,7 +16,7 @@ import {
 } from "@kubernetes-models/istio/networking.istio.io/v1";
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 import { TCPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
-import { CONFIG_VARIABLES, loadConfig } from "./main.ts";
+import { applyArguments, CONFIG_VARIABLES, loadConfig } from "./main.ts";
 
 const repoDir = new URL(".", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -132,6 +132,9 @@ const MANIFEST_FILES = [
   "k8s/gateway-api/services.yaml",
   "k8s/gateway-api/gateway.yaml",
   "k8s/gateway-api/tcp-routes.yaml",
+  "k8s/istio-tcp-traffic-shifting/tcp-echo-services.yaml",
+  "k8s/istio-tcp-traffic-shifting/tcp-echo-all-v1.yaml",
+  "k8s/istio-tcp-traffic-shifting/tcp-echo-20-v2.yaml",
 ];
 
 // ---------------------------------------------------------------------------
@@ -166,7 +169,7 @@ Deno.test("manifests: every YAML file in k8s/ is listed, so none escapes the tes
 });
 
 Deno.test({
-  name: "kustomize: k8s and k8s/gateway-api render the expected resources",
+  name: "kustomize: every kustomization in k8s/ renders the expected resources",
   ignore: await ignoreWithout("kubectl", "kustomize rendering"),
   async fn(t) {
     const kinds = (manifests: Manifest[]) =>
@@ -196,6 +199,18 @@ Deno.test({
         "v1 Service tcp-echo-v1",
         "v1 Service tcp-echo-v2",
         "v1 ServiceAccount tcp-echo",
+      ]);
+      validateAll(rendered, "rendered");
+    });
+    await t.step("k8s/istio-tcp-traffic-shifting", async () => {
+      const rendered = await kustomize("k8s/istio-tcp-traffic-shifting");
+      assert.deepEqual(kinds(rendered), [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "networking.istio.io/v1 DestinationRule tcp-echo-destination",
+        "networking.istio.io/v1 Gateway tcp-echo-gateway",
+        "networking.istio.io/v1 VirtualService tcp-echo",
+        "v1 Service tcp-echo",
       ]);
       validateAll(rendered, "rendered");
     });
@@ -306,6 +321,11 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
       const fields = Object.fromEntries(
         env.filter((e) => e.valueFrom).map((e) => [e.name, e.valueFrom.fieldRef.fieldPath]),
       );
+      assert.equal(
+        env.find((e) => e.name === "SHOW_CLIENT_ADDRESS")?.value,
+        "true",
+        "the banner shows the client address",
+      );
       assert.deepEqual(fields, {
         NODE_NAME: "spec.nodeName",
         POD_NAME: "metadata.name",
@@ -391,7 +411,7 @@ Deno.test("consistency: the Gateway API variant routes each listener to one vers
 });
 
 Deno.test("consistency: image name and tag agree with deno.json's version", async () => {
-  for (const dir of ["k8s", "k8s/gateway-api"]) {
+  for (const dir of ["k8s", "k8s/gateway-api", "k8s/istio-tcp-traffic-shifting"]) {
     const [kustomization] = await readManifests(`${dir}/kustomization.yaml`);
     assert.deepEqual(kustomization.images, [{
       name: "tcp-echo",
@@ -399,9 +419,13 @@ Deno.test("consistency: image name and tag agree with deno.json's version", asyn
       newTag: VERSION,
     }]);
   }
-  const deployments = await readManifests("k8s/deployment.yml");
+  const deployments = [
+    ...await readManifests("k8s/deployment.yml"),
+    ...await readManifests("k8s/istio-tcp-traffic-shifting/tcp-echo-services.yaml"),
+  ];
   for (const d of deployments.filter((m) => m.kind === "Deployment")) {
-    assert.equal(container(d).image, `tcp-echo:${VERSION}`);
+    const images = d.spec.template.spec.containers.map((c: Manifest) => c.image);
+    assert.deepEqual(images, [`tcp-echo:${VERSION}`]);
   }
 });
 
@@ -477,5 +501,61 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
       assert.equal(d.spec.template.spec.securityContext.runAsUser, 65532);
       assert.equal(container(d).ports[0].containerPort, DEFAULT_PORT);
     }
+  });
+});
+
+Deno.test("consistency: Istio's TCP Traffic Shifting task, with this image", async (t) => {
+  const dir = "k8s/istio-tcp-traffic-shifting";
+  const services = await readManifests(`${dir}/tcp-echo-services.yaml`);
+  const allV1 = await readManifests(`${dir}/tcp-echo-all-v1.yaml`);
+  const [split] = await readManifests(`${dir}/tcp-echo-20-v2.yaml`);
+  const service = find(services, "Service", "tcp-echo");
+  const deployments = services.filter((m) => m.kind === "Deployment");
+  const rule = find(allV1, "DestinationRule", "tcp-echo-destination");
+  const gateway = find(allV1, "Gateway", "tcp-echo-gateway");
+  const [allV1Route] = allV1.filter((m) => m.kind === "VirtualService");
+
+  await t.step("arguments mean TCP_PORT and ECHO_PREFIX: v1 answers one, v2 two", () => {
+    const prefixes = deployments.map((d) => {
+      const [c] = d.spec.template.spec.containers;
+      const config = loadConfig(applyArguments(c.args, {}));
+      assert.deepEqual(config.ports, [9000, 9001, 9002]);
+      for (const { containerPort } of c.ports) assert.ok(config.ports.includes(containerPort));
+      for (const { port } of service.spec.ports) assert.ok(config.ports.includes(port));
+      assert.equal(config.banner.nodeName, undefined, "no banner: output as Istio's server");
+      return `${d.spec.template.metadata.labels.version} ${config.echoPrefix}`;
+    });
+    assert.deepEqual(prefixes, ["v1 one", "v2 two"]);
+    assert.deepEqual(service.spec.ports.map((p: Manifest) => [p.name, p.port]), [
+      ["tcp", 9000],
+      ["tcp-other", 9001],
+    ]);
+  });
+
+  await t.step("each subset selects one version; routes reach port 9000 on 31400", () => {
+    for (const subset of rule.spec.subsets) {
+      const matching = deployments.filter((d) =>
+        selects({ ...service.spec.selector, ...subset.labels }, podLabels(d))
+      );
+      assert.deepEqual(matching.map((d) => d.metadata.name), [`tcp-echo-${subset.name}`]);
+    }
+    assert.deepEqual(gateway.spec.servers.map((s: Manifest) => s.port.number), [31400]);
+    const weights = (vs: Manifest) =>
+      vs.spec.tcp.flatMap((route: Manifest) => {
+        assert.deepEqual(route.match, [{ port: 31400 }]);
+        return route.route.map((r: Manifest) => {
+          assert.equal(r.destination.host, service.metadata.name);
+          assert.equal(r.destination.port.number, 9000);
+          assert.ok(rule.spec.subsets.some((s: Manifest) => s.name === r.destination.subset));
+          return `${r.destination.subset}=${r.weight ?? 100}`;
+        });
+      });
+    assert.deepEqual(weights(allV1Route), ["v1=100"]);
+    assert.deepEqual(weights(split), ["v1=80", "v2=20"]);
+    assert.equal(
+      split.metadata.name,
+      allV1Route.metadata.name,
+      "the split replaces the all-v1 route",
+    );
   });
 });

@@ -118,6 +118,8 @@ export interface Config {
   readonly proxyProtocol: ProxyMode;
   /** Peers allowed to send a PROXY header; `undefined` = any peer. */
   readonly proxyTrusted: readonly Cidr[] | undefined;
+  /** How long a PROXY header may take (not configurable: tests shorten it). */
+  readonly proxyHeaderTimeoutMs: number;
   /** Line mode: answer each line as `${prefix} ${line}`; `undefined` = byte-exact echo. */
   readonly echoPrefix: string | undefined;
   /** Fault: wait this long before each echo. */
@@ -404,6 +406,7 @@ export function loadConfig(env: Environment): Config {
     bannerMode: readChoice(env, "BANNER_MODE", BANNER_MODES, "connect"),
     proxyProtocol: readChoice(env, "PROXY_PROTOCOL", PROXY_MODES, "off"),
     proxyTrusted: readTrustedRanges(env),
+    proxyHeaderTimeoutMs: PROXY_HEADER_TIMEOUT_MS,
     echoPrefix: readPrefix(env),
     echoDelayMs: readDuration(env, "ECHO_DELAY", "0s"),
     closeAfterBytes: readInteger(env, "CLOSE_AFTER_BYTES", 0, 0, 999_999_999),
@@ -752,14 +755,14 @@ export type RejectReason = typeof REJECT_REASONS[number];
 const DURATION_BUCKETS_S = [0.001, 0.01, 0.1, 1, 10, 60, 300, 1_800, 3_600];
 
 /**
- * The server's counters as plain numbers: the echo path only adds to them;
- * the Prometheus exporter reads them when scraped.
+ * One listening port's counters as plain numbers: the echo path only adds
+ * to them; the Prometheus exporter reads them when scraped.
  */
-export class ServerStats {
-  /** Admitted connections, by listening port. */
-  readonly accepted: Map<number, number> = new Map();
-  /** Open connections, by listening port. */
-  readonly active: Map<number, number> = new Map();
+export class PortStats {
+  /** Connections admitted to echo (past the limit and any PROXY header). */
+  accepted = 0;
+  /** Echo connections open now. */
+  active = 0;
   readonly rejected: Record<RejectReason, number> = {
     max_connections: 0,
     proxy_untrusted: 0,
@@ -779,6 +782,26 @@ export class ServerStats {
   bytesSent = 0;
 }
 
+/** The server's counters, one {@linkcode PortStats} per listening port. */
+export class ServerStats {
+  readonly #ports = new Map<number, PortStats>();
+
+  /** The counters of `port`, created on first use. */
+  forPort(port: number): PortStats {
+    let stats = this.#ports.get(port);
+    if (!stats) {
+      stats = new PortStats();
+      this.#ports.set(port, stats);
+    }
+    return stats;
+  }
+
+  /** Every port with its counters, in the order the ports were added. */
+  entries(): IterableIterator<[number, PortStats]> {
+    return this.#ports.entries();
+  }
+}
+
 /** The Prometheus side of the metrics: a registry whose values come from `stats`. */
 export interface MetricsExporter {
   /** The exposition, in Prometheus text format. */
@@ -786,75 +809,65 @@ export interface MetricsExporter {
   /** The Content-Type of {@linkcode MetricsExporter.render}'s text. */
   readonly contentType: string;
   /** Records one finished connection's duration. */
-  observeDuration(seconds: number): void;
+  observeDuration(port: number, seconds: number): void;
 }
 
 /** Builds the exporter (prom-client) over `stats`; nothing is counted twice. */
 export function createMetricsExporter(stats: ServerStats): MetricsExporter {
   const registry = new Registry();
   const registers = [registry];
-  new Counter({
-    name: "tcp_echo_connections_total",
-    help: "Echo connections admitted, by listening port.",
-    labelNames: ["port"],
-    registers,
-    collect() {
-      this.reset();
-      for (const [port, count] of stats.accepted) this.inc({ port }, count);
-    },
-  });
-  new Gauge({
-    name: "tcp_echo_connections_active",
-    help: "Echo connections open now, by listening port.",
-    labelNames: ["port"],
-    registers,
-    collect() {
-      this.reset();
-      for (const [port, count] of stats.active) this.set({ port }, count);
-    },
-  });
-  new Counter({
-    name: "tcp_echo_connections_rejected_total",
-    help: "Connections closed right after accept, by reason.",
-    labelNames: ["reason"],
-    registers,
-    collect() {
-      this.reset();
-      for (const reason of REJECT_REASONS) this.inc({ reason }, stats.rejected[reason]);
-    },
-  });
-  new Counter({
-    name: "tcp_echo_connections_closed_total",
-    help: "Echo connections ended, by reason.",
-    labelNames: ["reason"],
-    registers,
-    collect() {
-      this.reset();
-      for (const reason of CLOSE_REASONS) this.inc({ reason }, stats.closed[reason]);
-    },
-  });
-  new Counter({
-    name: "tcp_echo_received_bytes_total",
-    help: "Bytes received from clients.",
-    registers,
-    collect() {
-      this.reset();
-      this.inc(stats.bytesReceived);
-    },
-  });
-  new Counter({
-    name: "tcp_echo_sent_bytes_total",
-    help: "Bytes sent to clients (banners and echoes).",
-    registers,
-    collect() {
-      this.reset();
-      this.inc(stats.bytesSent);
-    },
-  });
+  /** A counter or gauge whose values are read from `stats` at each scrape. */
+  const fromStats = (
+    kind: "counter" | "gauge",
+    name: string,
+    help: string,
+    values: (port: PortStats) => [Record<string, string>, number][],
+  ): void => {
+    const options = { name, help, labelNames: ["port", "reason"], registers, collect };
+    const metric = kind === "counter" ? new Counter(options) : new Gauge(options);
+    function collect() {
+      metric.reset();
+      for (const [port, portStats] of stats.entries()) {
+        for (const [labels, value] of values(portStats)) {
+          const all = { port: String(port), ...labels };
+          if (metric instanceof Counter) metric.inc(all, value);
+          else metric.set(all, value);
+        }
+      }
+    }
+  };
+  fromStats("counter", "tcp_echo_connections_total", "Echo connections admitted.", (p) => [
+    [{}, p.accepted],
+  ]);
+  fromStats("gauge", "tcp_echo_connections_active", "Echo connections open now.", (p) => [
+    [{}, p.active],
+  ]);
+  fromStats(
+    "counter",
+    "tcp_echo_connections_rejected_total",
+    "Connections closed right after accept, by reason.",
+    (p) => REJECT_REASONS.map((reason) => [{ reason }, p.rejected[reason]]),
+  );
+  fromStats(
+    "counter",
+    "tcp_echo_connections_closed_total",
+    "Echo connections ended, by reason.",
+    (p) => CLOSE_REASONS.map((reason) => [{ reason }, p.closed[reason]]),
+  );
+  fromStats("counter", "tcp_echo_received_bytes_total", "Bytes received from clients.", (p) => [
+    [{}, p.bytesReceived],
+  ]);
+  fromStats(
+    "counter",
+    "tcp_echo_sent_bytes_total",
+    "Bytes sent to clients (banners and echoes).",
+    (p) => [[{}, p.bytesSent]],
+  );
   const duration = new Histogram({
     name: "tcp_echo_connection_duration_seconds",
     help: "How long echo connections stayed open.",
     buckets: DURATION_BUCKETS_S,
+    labelNames: ["port"],
     registers,
   });
   new Gauge({
@@ -866,7 +879,7 @@ export function createMetricsExporter(stats: ServerStats): MetricsExporter {
   return {
     render: () => registry.metrics(),
     contentType: registry.contentType,
-    observeDuration: (seconds) => duration.observe(seconds),
+    observeDuration: (port, seconds) => duration.observe({ port }, seconds),
   };
 }
 
@@ -902,7 +915,12 @@ class EchoConnection {
   /** Set when the server closes the socket from outside (idle, shutdown). */
   closedBy: CloseReason | undefined;
 
-  constructor(readonly conn: Deno.TcpConn, readonly port: number) {}
+  constructor(
+    readonly conn: Deno.TcpConn,
+    readonly port: number,
+    /** The counters of the port it came in on. */
+    readonly stats: PortStats,
+  ) {}
 
   /** Closes the socket from outside; the pending read or write then fails. */
   closeFor(reason: CloseReason): void {
@@ -923,7 +941,6 @@ interface ConnectionContext {
   readonly banner: Uint8Array;
   /** `ECHO_PREFIX` and a space, encoded; `undefined` for byte-exact echo. */
   readonly linePrefix: Uint8Array | undefined;
-  readonly stats: ServerStats;
   readonly metrics: MetricsExporter;
 }
 
@@ -948,7 +965,7 @@ interface ConnectionOrigin {
 
 /**
  * Reads the PROXY header the configuration asks for, within
- * {@linkcode PROXY_HEADER_TIMEOUT_MS}. Throws {@linkcode ProxyRefusal} when the
+ * `config.proxyHeaderTimeoutMs`. Throws {@linkcode ProxyRefusal} when the
  * connection must be refused.
  */
 async function readOrigin(c: EchoConnection, config: Config): Promise<ConnectionOrigin> {
@@ -967,7 +984,7 @@ async function readOrigin(c: EchoConnection, config: Config): Promise<Connection
   let filled = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
-    timer = setTimeout(() => resolve(TIMED_OUT), PROXY_HEADER_TIMEOUT_MS);
+    timer = setTimeout(() => resolve(TIMED_OUT), config.proxyHeaderTimeoutMs);
   });
   try {
     while (true) {
@@ -1006,7 +1023,7 @@ async function readOrigin(c: EchoConnection, config: Config): Promise<Connection
         c.closeFor("error");
         throw new ProxyRefusal(
           "proxy_timeout",
-          `no complete PROXY header in ${PROXY_HEADER_TIMEOUT_MS} ms`,
+          `no complete PROXY header in ${config.proxyHeaderTimeoutMs} ms`,
         );
       }
       if (outcome === null) {
@@ -1027,13 +1044,13 @@ async function readOrigin(c: EchoConnection, config: Config): Promise<Connection
 
 const TIMED_OUT = Symbol("timed out");
 
-async function writeAll(c: EchoConnection, bytes: Uint8Array, stats: ServerStats): Promise<void> {
+async function writeAll(c: EchoConnection, bytes: Uint8Array): Promise<void> {
   let written = 0;
   while (written < bytes.length) {
     const n = await c.conn.write(bytes.subarray(written));
     written += n;
     c.bytesOut += n;
-    stats.bytesSent += n;
+    c.stats.bytesSent += n;
   }
 }
 
@@ -1143,7 +1160,8 @@ class FaultClose extends Error {}
  */
 async function serveConnection(c: EchoConnection, context: ConnectionContext): Promise<void> {
   const { conn } = c;
-  const { stats, config } = context;
+  const { stats } = c;
+  const { config } = context;
   let origin: ConnectionOrigin;
   try {
     conn.setNoDelay(true);
@@ -1163,12 +1181,12 @@ async function serveConnection(c: EchoConnection, context: ConnectionContext): P
     c.closeFor("error");
     return;
   }
-  stats.accepted.set(c.port, stats.accepted.get(c.port)! + 1);
-  stats.active.set(c.port, stats.active.get(c.port)! + 1);
+  stats.accepted++;
+  stats.active++;
   try {
     await echo(c, context, origin);
   } finally {
-    stats.active.set(c.port, stats.active.get(c.port)! - 1);
+    stats.active--;
   }
 }
 
@@ -1178,7 +1196,8 @@ async function echo(
   origin: ConnectionOrigin,
 ): Promise<void> {
   const { conn } = c;
-  const { stats, config } = context;
+  const { stats } = c;
+  const { config } = context;
   const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
   const trackIdle = config.idleTimeoutMs > 0;
   const stopWatchingIdle = trackIdle ? watchIdle(c, config.idleTimeoutMs) : () => {};
@@ -1198,12 +1217,12 @@ async function echo(
     const banner = config.showClientAddress
       ? concatBytes([context.banner, encoder.encode(`Your address is ${client}.\n`)])
       : context.banner;
-    if (banner.length > 0) await writeAll(c, banner, stats);
+    if (banner.length > 0) await writeAll(c, banner);
   };
   const answer = async (bytes: Uint8Array) => {
     if (bytes.length === 0) return;
     const allowed = Math.min(bytes.length, echoLimit - c.bytesEchoed);
-    await writeAll(c, allowed < bytes.length ? bytes.subarray(0, allowed) : bytes, stats);
+    await writeAll(c, allowed < bytes.length ? bytes.subarray(0, allowed) : bytes);
     c.bytesEchoed += allowed;
     if (c.bytesEchoed >= echoLimit) throw new FaultClose();
   };
@@ -1253,7 +1272,7 @@ async function echo(
   }
   const durationMs = performance.now() - c.startedAt;
   stats.closed[reason]++;
-  context.metrics.observeDuration(durationMs / 1_000);
+  context.metrics.observeDuration(c.port, durationMs / 1_000);
   const facts: Record<string, unknown> = {
     id: c.id,
     reason,
@@ -1423,23 +1442,19 @@ export function startServer(config: Config): EchoServer {
     linePrefix: config.echoPrefix === undefined
       ? undefined
       : encoder.encode(`${config.echoPrefix} `),
-    stats,
     metrics,
   };
-  for (const { port } of addresses) {
-    stats.accepted.set(port, 0);
-    stats.active.set(port, 0);
-  }
+  for (const { port } of addresses) stats.forPort(port);
 
   let rejectedSinceWarning = 0;
   let lastRejectWarningAt = -Infinity;
-  function reject(conn: Deno.TcpConn, reason: RejectReason): void {
+  function reject(conn: Deno.TcpConn, port: number, reason: RejectReason): void {
     try {
       conn.close();
     } catch {
       // Nothing to do: it is gone either way.
     }
-    stats.rejected[reason]++;
+    stats.forPort(port).rejected[reason]++;
     rejectedSinceWarning++;
     const now = performance.now();
     if (now - lastRejectWarningAt >= REJECT_WARNING_INTERVAL_MS) {
@@ -1453,7 +1468,7 @@ export function startServer(config: Config): EchoServer {
   }
 
   function admit(conn: Deno.TcpConn, port: number): void {
-    const c = new EchoConnection(conn, port);
+    const c = new EchoConnection(conn, port, stats.forPort(port));
     connections.set(c, serveConnection(c, context).finally(() => connections.delete(c)));
   }
 
@@ -1481,7 +1496,7 @@ export function startServer(config: Config): EchoServer {
       backoffMs = ACCEPT_BACKOFF_MIN_MS;
       backingOff.delete(listener);
       if (config.maxConnections > 0 && connections.size >= config.maxConnections) {
-        reject(conn, "max_connections");
+        reject(conn, port, "max_connections");
       } else {
         admit(conn, port);
       }
@@ -1535,7 +1550,8 @@ export function startServer(config: Config): EchoServer {
       await Promise.all(connections.values());
     }
     await admin?.shutdown();
-    log.info("Shutdown complete.", { connections_served: sum(stats.accepted.values()) });
+    const served = sum(Array.from(stats.entries(), ([, portStats]) => portStats.accepted));
+    log.info("Shutdown complete.", { connections_served: served });
   }
 
   return {

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import type { LogRecord, Sink } from "@logtape/logtape";
+import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
+  applyArguments,
   type Config,
   CONFIG_VARIABLES,
   ConfigError,
@@ -12,8 +14,12 @@ import {
   formatJsonRecord,
   formatRawBytes,
   formatTextRecord,
+  LineAnswerer,
   loadConfig,
+  MAX_LINE_BYTES,
   parseDuration,
+  REJECT_REASONS,
+  type RejectReason,
   renderBanner,
   renderHelp,
   setupLogging,
@@ -80,7 +86,10 @@ interface TestServer extends AsyncDisposable {
 }
 
 /** Starts a server on 127.0.0.1, port 0, with logs captured in memory. */
-async function startTestServer(env: Environment = {}): Promise<TestServer> {
+async function startTestServer(
+  env: Environment = {},
+  overrides: Partial<Config> = {},
+): Promise<TestServer> {
   const wantsAdmin = env.ADMIN_PORT === "any";
   const loaded = loadConfig({ HOST: "127.0.0.1", ...env, ADMIN_PORT: "off" });
   // Port 0 (any free port) is for tests only: the program refuses it.
@@ -88,6 +97,7 @@ async function startTestServer(env: Environment = {}): Promise<TestServer> {
     ...loaded,
     ports: [0],
     adminPort: wantsAdmin ? 0 : undefined,
+    ...overrides,
   };
   const logs = new LogCapture();
   const detach = await setupLogging(config.logLevel, logs.sink);
@@ -322,6 +332,7 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       bannerMode: "connect",
       proxyProtocol: "off",
       proxyTrusted: undefined,
+      proxyHeaderTimeoutMs: 5_000,
       echoPrefix: undefined,
       echoDelayMs: 0,
       closeAfterBytes: 0,
@@ -1064,23 +1075,24 @@ Deno.test("metrics: exact values after a known set of connections, read by real 
     }
     const samples = await parsePrometheus(text);
     const value = (name: string, labels: Record<string, string> = {}) => {
-      const found = samples.filter((x) =>
-        x.name === name && JSON.stringify(x.labels) === JSON.stringify(labels)
-      );
+      const sorted = (l: Record<string, string>) => JSON.stringify(Object.entries(l).sort());
+      const found = samples.filter((x) => x.name === name && sorted(x.labels) === sorted(labels));
       assert.equal(found.length, 1, `${name} ${JSON.stringify(labels)}`);
       return found[0].value;
     };
     assert.equal(value("tcp_echo_connections_total", { port }), 4);
     assert.equal(value("tcp_echo_connections_active", { port }), 1);
-    assert.equal(value("tcp_echo_connections_rejected_total", { reason: "max_connections" }), 0);
-    assert.equal(value("tcp_echo_connections_closed_total", { reason: "eof" }), 3);
-    for (const reason of ["reset", "idle", "shutdown", "error"]) {
-      assert.equal(value("tcp_echo_connections_closed_total", { reason }), 0, reason);
+    for (const reason of REJECT_REASONS) {
+      assert.equal(value("tcp_echo_connections_rejected_total", { port, reason }), 0, reason);
     }
-    assert.equal(value("tcp_echo_received_bytes_total"), 3 * 5 + 3);
-    assert.equal(value("tcp_echo_sent_bytes_total"), 4 * bannerLength + 3 * 5 + 3);
-    assert.equal(value("tcp_echo_connection_duration_seconds_count"), 3);
-    assert.equal(value("tcp_echo_connection_duration_seconds_bucket", { le: "+Inf" }), 3);
+    assert.equal(value("tcp_echo_connections_closed_total", { port, reason: "eof" }), 3);
+    for (const reason of ["reset", "idle", "shutdown", "fault", "error"]) {
+      assert.equal(value("tcp_echo_connections_closed_total", { port, reason }), 0, reason);
+    }
+    assert.equal(value("tcp_echo_received_bytes_total", { port }), 3 * 5 + 3);
+    assert.equal(value("tcp_echo_sent_bytes_total", { port }), 4 * bannerLength + 3 * 5 + 3);
+    assert.equal(value("tcp_echo_connection_duration_seconds_count", { port }), 3);
+    assert.equal(value("tcp_echo_connection_duration_seconds_bucket", { port, le: "+Inf" }), 3);
     assert.equal(value("tcp_echo_build_info", { version: VERSION, deno: Deno.version.deno }), 1);
   });
 
@@ -1109,7 +1121,7 @@ Deno.test("MAX_CONNECTIONS: the next connection is closed at once, counted, and 
   assert.deepEqual(warnings.map(formatTextRecord).map((l) => l.slice(20)), [
     "Connection limit reached, refusing connections. limit=2 refused=1 level=warn\n",
   ]);
-  assert.equal(s.server.stats.rejected.max_connections, 2);
+  assert.equal(s.server.stats.forPort(s.port).rejected.max_connections, 2);
   assert.equal((await adminRequest(s.server.adminAddress!, "/healthz")).status, 200);
   assert.equal(decoder.decode(await roundTrip(second, encoder.encode("still"))), "still");
   first.close();
@@ -1146,7 +1158,7 @@ Deno.test("IDLE_TIMEOUT closes a silent connection with reason idle, not a talki
   silent.close();
   assert.equal(s.logs.records.find(isClosedRecord(talkingId)), undefined);
   assert.equal(decoder.decode(await roundTrip(talking, encoder.encode("alive"))), "alive");
-  assert.equal(s.server.stats.closed.idle, 1);
+  assert.equal(s.server.stats.forPort(s.port).closed.idle, 1);
 });
 
 Deno.test("drain on SIGTERM: readyz 503, accepting during DRAIN_DELAY, grace, exit 0", async () => {
@@ -1199,4 +1211,479 @@ Deno.test("drain on SIGTERM: readyz 503, accepting during DRAIN_DELAY, grace, ex
     "Shutdown complete.",
   ]);
   assert.ok(lines.some((l) => l.includes("stopped accepting. open_connections=1 grace_ms=5000")));
+});
+
+// ---------------------------------------------------------------------------
+// Network testing: client address, banner modes, PROXY protocol, line mode, faults
+// ---------------------------------------------------------------------------
+
+Deno.test("SHOW_CLIENT_ADDRESS adds 'Your address is IP:PORT.' after the other lines", async () => {
+  await using s = await startTestServer({ NODE_NAME: "n", SHOW_CLIENT_ADDRESS: "true" });
+  using conn = await s.connect();
+  const expected = "Welcome, you are connected to node n.\n" +
+    `Your address is 127.0.0.1:${conn.localAddr.port}.\n`;
+  assert.equal(decoder.decode(await readExactly(conn, expected.length)), expected);
+  assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("x"))), "x");
+});
+
+Deno.test("BANNER_MODE: connect, first-data and off", async (t) => {
+  const banner = "Welcome, you are connected to node b.\n";
+  /** What a client that sends `data` (maybe nothing) and half-closes receives. */
+  async function session(mode: string, data: string): Promise<string> {
+    await using s = await startTestServer({ NODE_NAME: "b", BANNER_MODE: mode });
+    using conn = await s.connect();
+    await writeAll(conn, encoder.encode(data));
+    await conn.closeWrite();
+    return decoder.decode(await readToEnd(conn));
+  }
+  await t.step("connect: on accept, even to a client that never speaks", async () => {
+    assert.equal(await session("connect", ""), banner);
+    assert.equal(await session("connect", "hi"), banner + "hi");
+  });
+  await t.step("first-data: only just before the first echo", async () => {
+    assert.equal(await session("first-data", ""), "");
+    assert.equal(await session("first-data", "hi"), banner + "hi");
+  });
+  await t.step("off: never", async () => {
+    assert.equal(await session("off", "hi"), "hi");
+  });
+});
+
+Deno.test("multiple ports: one listener each, and every connection record names its port", async () => {
+  await using s = await startTestServer({ ADMIN_PORT: "any" }, { ports: [0, 0] });
+  const [a, b] = s.server.addresses.map((address) => address.port);
+  assert.notEqual(a, b);
+  for (const port of [a, b, b]) {
+    using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    assert.equal(decoder.decode(await roundTrip(conn, encoder.encode(`to ${port}`))), `to ${port}`);
+  }
+  const opens = s.logs.records.filter(isOpen).map((r) => r.properties.port);
+  assert.deepEqual(opens, [a, b, b]);
+  await within(
+    5_000,
+    "all closed",
+    (async () => {
+      while (s.server.activeConnections > 0) await new Promise((r) => setTimeout(r, 10));
+    })(),
+  );
+  assert.deepEqual(
+    Array.from(s.server.stats.entries(), ([port, stats]) => [port, stats.accepted]),
+    [[a, 1], [b, 2]],
+  );
+  const listening = s.logs.records.filter((r) => r.rawMessage === "Listening on TCP port {port}");
+  assert.deepEqual(listening.map((r) => r.properties.port), [a, b]);
+});
+
+Deno.test("ECHO_PREFIX line mode: CRLF, empty lines, partial last line, over-long lines", async (t) => {
+  await t.step("LineAnswerer (pure)", () => {
+    const answerer = new LineAnswerer(encoder.encode("one "), 8);
+    const push = (text: string) => decoder.decode(answerer.push(encoder.encode(text)));
+    assert.equal(push("hel"), "");
+    assert.equal(push("lo\nworld\r\n\n"), "one hello\none world\r\none \n");
+    assert.equal(push("0123456789"), "one 01234567\n", "a line at the bound is answered in pieces");
+    assert.equal(decoder.decode(answerer.finish()), "one 89\n");
+    assert.equal(decoder.decode(answerer.finish()), "");
+  });
+
+  await t.step("over the wire, with a partial last line at half-close", async () => {
+    await using s = await startTestServer({ ECHO_PREFIX: "one" });
+    using conn = await s.connect();
+    assert.equal(
+      decoder.decode(await roundTrip(conn, encoder.encode("hello\n"))),
+      "one hello\n".slice(0, 6),
+    );
+    assert.equal(decoder.decode(await readExactly(conn, 4)), "llo\n");
+    await writeAll(conn, encoder.encode("a\r\n\nb\nlast"));
+    await conn.closeWrite();
+    assert.equal(decoder.decode(await readToEnd(conn)), "one a\r\none \none b\none last\n");
+  });
+
+  await t.step("a line longer than 64 KiB comes back in pieces, without loss", async () => {
+    await using s = await startTestServer({ ECHO_PREFIX: "p", LOG_DATA_BYTES: "0" });
+    using conn = await s.connect();
+    const line = "x".repeat(MAX_LINE_BYTES + 10) + "\n";
+    await writeAll(conn, encoder.encode(line));
+    await conn.closeWrite();
+    const expected = `p ${"x".repeat(MAX_LINE_BYTES)}\np ${"x".repeat(10)}\n`;
+    assert.equal(decoder.decode(await readToEnd(conn)), expected);
+  });
+});
+
+Deno.test("positional arguments work as Istio's tcp-echo: PORTS PREFIX", async (t) => {
+  await t.step("applyArguments", () => {
+    assert.deepEqual(applyArguments(["9000,9001", "hello"], { TCP_PORT: "1" }), {
+      TCP_PORT: "9000,9001",
+      ECHO_PREFIX: "hello",
+    });
+    assert.deepEqual(applyArguments([], { TCP_PORT: "1" }), { TCP_PORT: "1" });
+    assert.throws(() => applyArguments(["1", "2", "3"], {}), ConfigError);
+  });
+
+  await t.step("the program on two ports with a prefix", async () => {
+    const ports = [freePort(), freePort()];
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [...await startTaskArgs(), ports.join(","), "hello"],
+      cwd: repoDir,
+      env: { HOST: "127.0.0.1", ADMIN_PORT: "off", NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const stdout = new LineReader(child.stdout);
+    try {
+      await stdout.waitFor((l) => l.includes(`Listening on TCP port ${ports[1]}`), "listening");
+      for (const port of ports) {
+        using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+        await writeAll(conn, encoder.encode("world\n"));
+        assert.equal(decoder.decode(await readExactly(conn, 12)), "hello world\n");
+      }
+      child.kill("SIGTERM");
+      assert.equal((await within(5_000, "exit", child.status)).code, 0);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Already exited.
+      }
+      await child.status;
+      await stdout.rest();
+    }
+  });
+});
+
+Deno.test("faults: ECHO_DELAY delays each echo, CLOSE_AFTER_BYTES closes with reason fault", async (t) => {
+  await t.step("ECHO_DELAY", async () => {
+    await using s = await startTestServer({ ECHO_DELAY: "200ms" });
+    assert.equal(
+      formatTextRecord(s.logs.records.find((r) => r.level === "warning")!).slice(20),
+      "Fault injection active. echo_delay_ms=200 level=warn\n",
+    );
+    using conn = await s.connect();
+    for (const word of ["slow", "again"]) {
+      const started = performance.now();
+      assert.equal(decoder.decode(await roundTrip(conn, encoder.encode(word))), word);
+      assert.ok(performance.now() - started >= 195, "the echo waited");
+    }
+  });
+
+  await t.step("CLOSE_AFTER_BYTES", async () => {
+    await using s = await startTestServer({ CLOSE_AFTER_BYTES: "5", NODE_NAME: "f" });
+    using conn = await s.connect();
+    const banner = "Welcome, you are connected to node f.\n";
+    await writeAll(conn, encoder.encode("hello world"));
+    assert.equal(decoder.decode(await readToEnd(conn)), banner + "hello");
+    const closed = await s.logs.waitFor(isClosedRecord(await s.connectionId(0)), "closed");
+    assert.equal(closed.properties.reason, "fault");
+    assert.equal(s.server.stats.forPort(s.port).closed.fault, 1);
+  });
+});
+
+/** A v2 PROXY header for a TCP over IPv4 connection from `source` to `destination`. */
+function proxyV2(source: [number[], number], destination: [number[], number], command = 0x21) {
+  return Uint8Array.from([
+    ...V2_SIGNATURE,
+    command,
+    0x11,
+    0,
+    12,
+    ...source[0],
+    ...destination[0],
+    source[1] >> 8,
+    source[1] & 0xff,
+    destination[1] >> 8,
+    destination[1] & 0xff,
+  ]);
+}
+
+Deno.test("PROXY protocol: accepted headers set the client address", async (t) => {
+  const expectClient = async (
+    env: Environment,
+    header: Uint8Array,
+    client: (conn: Deno.TcpConn) => string,
+    peerLogged: boolean,
+  ) => {
+    await using s = await startTestServer({ ...env, SHOW_CLIENT_ADDRESS: "true" });
+    using conn = await s.connect();
+    await writeAll(conn, concat([header, encoder.encode("after header")]));
+    const line = `Your address is ${client(conn)}.\n`;
+    assert.equal(decoder.decode(await readExactly(conn, line.length)), line);
+    assert.equal(decoder.decode(await readExactly(conn, 12)), "after header");
+    const open = await s.logs.waitFor(isOpen, "open");
+    assert.equal(open.properties.client, client(conn));
+    assert.equal(open.properties.peer, peerLogged ? formatAddress(conn.localAddr) : undefined);
+    assert.equal(s.server.stats.forPort(s.port).accepted, 1);
+  };
+  await t.step("v1 TCP4", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "v1" },
+      encoder.encode("PROXY TCP4 203.0.113.7 10.0.0.1 53422 3333\r\n"),
+      () => "203.0.113.7:53422",
+      true,
+    ));
+  await t.step("v1 TCP6", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "any" },
+      encoder.encode("PROXY TCP6 2001:db8::7 2001:db8::1 443 3333\r\n"),
+      () => "[2001:db8::7]:443",
+      true,
+    ));
+  await t.step("v1 UNKNOWN uses the socket's address", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "v1" },
+      encoder.encode("PROXY UNKNOWN\r\n"),
+      (conn) => formatAddress(conn.localAddr),
+      false,
+    ));
+  await t.step("v2 PROXY", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "v2" },
+      proxyV2([[198, 51, 100, 9], 40000], [[10, 0, 0, 1], 3333]),
+      () => "198.51.100.9:40000",
+      true,
+    ));
+  await t.step("v2 LOCAL uses the socket's address", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "v2" },
+      proxyV2([[198, 51, 100, 9], 40000], [[10, 0, 0, 1], 3333], 0x20),
+      (conn) => formatAddress(conn.localAddr),
+      false,
+    ));
+  await t.step("optional, with a header", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "optional" },
+      encoder.encode("PROXY TCP4 203.0.113.7 10.0.0.1 1 2\r\n"),
+      () => "203.0.113.7:1",
+      true,
+    ));
+  await t.step("optional, without a header: the bytes are data", async () => {
+    await using s = await startTestServer({ PROXY_PROTOCOL: "optional" });
+    using conn = await s.connect();
+    assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("plain data"))), "plain data");
+  });
+  await t.step("optional, a silent client gets its banner after the header wait", async () => {
+    await using s = await startTestServer(
+      { PROXY_PROTOCOL: "optional", NODE_NAME: "o" },
+      { proxyHeaderTimeoutMs: 100 },
+    );
+    using conn = await s.connect();
+    const banner = "Welcome, you are connected to node o.\n";
+    assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+    assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("then data"))), "then data");
+  });
+  await t.step("trusted peer", () =>
+    expectClient(
+      { PROXY_PROTOCOL: "v1", PROXY_PROTOCOL_TRUSTED: "10.0.0.0/8,127.0.0.0/8" },
+      encoder.encode("PROXY TCP4 203.0.113.7 10.0.0.1 53422 3333\r\n"),
+      () => "203.0.113.7:53422",
+      true,
+    ));
+});
+
+Deno.test("PROXY protocol: every bad header closes the connection, is logged and counted", async (t) => {
+  const v2Valid = proxyV2([[198, 51, 100, 9], 40000], [[10, 0, 0, 1], 3333]);
+  const withByte = (bytes: Uint8Array, index: number, value: number) => {
+    const copy = bytes.slice();
+    copy[index] = value;
+    return copy;
+  };
+  const cases: {
+    name: string;
+    env: Environment;
+    send: Uint8Array;
+    halfClose?: boolean;
+    reason: string;
+    detail: string;
+  }[] = [
+    {
+      name: "bad signature (no header)",
+      env: { PROXY_PROTOCOL: "v2" },
+      send: withByte(v2Valid, 5, 0),
+      reason: "proxy_missing",
+      detail: "no PROXY header",
+    },
+    {
+      name: "wrong version",
+      env: { PROXY_PROTOCOL: "v2" },
+      send: withByte(v2Valid, 12, 0x11),
+      reason: "proxy_invalid",
+      detail: "v2 header has version 1",
+    },
+    {
+      name: "v2 where v1 is required",
+      env: { PROXY_PROTOCOL: "v1" },
+      send: v2Valid,
+      reason: "proxy_invalid",
+      detail: "v2 header where only v1 is accepted",
+    },
+    {
+      name: "truncated",
+      env: { PROXY_PROTOCOL: "any" },
+      send: v2Valid.subarray(0, 20),
+      halfClose: true,
+      reason: "proxy_missing",
+      detail: "connection ended before a PROXY header",
+    },
+    {
+      name: "oversized v1",
+      env: { PROXY_PROTOCOL: "v1" },
+      send: encoder.encode(`PROXY TCP4 ${"1".repeat(200)}`),
+      reason: "proxy_invalid",
+      detail: "v1 header longer than 107 bytes",
+    },
+    {
+      name: "oversized v2",
+      env: { PROXY_PROTOCOL: "v2" },
+      send: Uint8Array.from([...v2Valid.subarray(0, 14), 0x20, 0x00]),
+      reason: "proxy_invalid",
+      detail: "v2 header of 8208 bytes is over 4096",
+    },
+    {
+      name: "unknown family",
+      env: { PROXY_PROTOCOL: "v2" },
+      send: withByte(v2Valid, 13, 0x51),
+      reason: "proxy_invalid",
+      detail: "v2 header has unknown address family 5",
+    },
+    {
+      name: "malformed v1",
+      env: { PROXY_PROTOCOL: "v1" },
+      send: encoder.encode("PROXY TCP4 1.2.3 10.0.0.1 1 2\r\n"),
+      reason: "proxy_invalid",
+      detail: "v1 header has a bad TCP4 address",
+    },
+    {
+      name: "untrusted peer (required header)",
+      env: { PROXY_PROTOCOL: "v1", PROXY_PROTOCOL_TRUSTED: "10.0.0.0/8" },
+      send: encoder.encode("PROXY TCP4 203.0.113.7 10.0.0.1 1 2\r\n"),
+      reason: "proxy_untrusted",
+      detail: "peer not in PROXY_PROTOCOL_TRUSTED",
+    },
+    {
+      name: "untrusted peer (optional header)",
+      env: { PROXY_PROTOCOL: "optional", PROXY_PROTOCOL_TRUSTED: "10.0.0.0/8" },
+      send: encoder.encode("PROXY TCP4 203.0.113.7 10.0.0.1 1 2\r\n"),
+      reason: "proxy_untrusted",
+      detail: "PROXY header from an untrusted peer",
+    },
+    {
+      name: "timeout",
+      env: { PROXY_PROTOCOL: "v1" },
+      send: encoder.encode("PROXY TCP4 "),
+      reason: "proxy_timeout",
+      detail: "no complete PROXY header in 200 ms",
+    },
+  ];
+  for (const { name, env, send, halfClose, reason, detail } of cases) {
+    await t.step(name, async () => {
+      await using s = await startTestServer(
+        { ...env, NODE_NAME: "never shown" },
+        { proxyHeaderTimeoutMs: 200 },
+      );
+      using conn = await s.connect();
+      await writeAll(conn, send).catch(() => {}); // The server may close first.
+      if (halfClose) await conn.closeWrite();
+      assert.equal((await readToEnd(conn).catch(() => new Uint8Array())).length, 0, "no banner");
+      const refused = await s.logs.waitFor(
+        (r) => r.rawMessage === "Connection refused: {detail}",
+        "refusal logged",
+      );
+      assert.equal(
+        formatTextRecord(refused).slice(20),
+        `${refused.properties.id} - Connection refused: ${detail} peer=${
+          formatAddress(conn.localAddr)
+        } port=${s.port} reason=${reason}\n`,
+      );
+      assert.equal(s.server.stats.forPort(s.port).rejected[reason as RejectReason], 1);
+      assert.equal(s.server.stats.forPort(s.port).accepted, 0, "not counted as an echo connection");
+    });
+  }
+  await t.step("the server goes on serving after bad headers", async () => {
+    await using s = await startTestServer({ PROXY_PROTOCOL: "v1" }, { proxyHeaderTimeoutMs: 200 });
+    for (let i = 0; i < 3; i++) {
+      using bad = await s.connect();
+      await writeAll(bad, encoder.encode("GARBAGE\r\n")).catch(() => {});
+      await readToEnd(bad).catch(() => {});
+    }
+    using good = await s.connect();
+    await writeAll(good, encoder.encode("PROXY UNKNOWN\r\nok"));
+    assert.equal(decoder.decode(await readExactly(good, 2)), "ok");
+    assert.equal(s.server.stats.forPort(s.port).rejected.proxy_missing, 3);
+  });
+});
+
+/** Tries to connect until `port` accepts: HAProxy writes nothing when it is ready. */
+async function waitForPort(port: number, attempts = 200): Promise<void> {
+  for (let i = 0; i < attempts; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+  throw new Error(`port ${port} never opened`);
+}
+
+Deno.test({
+  name: "PROXY protocol behind a real HAProxy: send-proxy and send-proxy-v2",
+  ignore: await ignoreWithout("haproxy", "the HAProxy test"),
+  async fn(t) {
+    for (const [mode, option] of [["v1", "send-proxy"], ["v2", "send-proxy-v2"]]) {
+      await t.step(option, async () => {
+        await using s = await startTestServer({
+          PROXY_PROTOCOL: mode,
+          SHOW_CLIENT_ADDRESS: "true",
+          NODE_NAME: "behind-haproxy",
+        });
+        const frontPort = freePort();
+        const haproxyConfig = [
+          "global",
+          "  maxconn 100",
+          "defaults",
+          "  mode tcp",
+          "  timeout connect 2s",
+          "  timeout client 10s",
+          "  timeout server 10s",
+          "frontend echo_in",
+          `  bind 127.0.0.1:${frontPort}`,
+          "  default_backend echo_out",
+          "backend echo_out",
+          `  server tcp_echo 127.0.0.1:${s.port} ${option}`,
+          "",
+        ].join("\n");
+        // The configuration goes in on stdin: nothing is written to disk.
+        const haproxy = new Deno.Command("haproxy", {
+          args: ["-db", "-f", "/dev/stdin"],
+          stdin: "piped",
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
+        const stdin = haproxy.stdin.getWriter();
+        await stdin.write(encoder.encode(haproxyConfig));
+        await stdin.close();
+        try {
+          await waitForPort(frontPort);
+          using conn = await Deno.connect({ hostname: "127.0.0.1", port: frontPort });
+          const me = `127.0.0.1:${conn.localAddr.port}`;
+          const banner = "Welcome, you are connected to node behind-haproxy.\n" +
+            `Your address is ${me}.\n`;
+          assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+          const payload = randomBytes(256 * 1024);
+          assert.deepEqual(await roundTrip(conn, payload), payload);
+          const open = await s.logs.waitFor(
+            (r) => isOpen(r) && r.properties.client === me,
+            "open record with the client's own address",
+          );
+          assert.match(String(open.properties.peer), /^127\.0\.0\.1:\d+$/);
+          assert.notEqual(open.properties.peer, me, "peer is HAProxy's side");
+          // (waitForPort's probe may be refused for closing before its header: not checked.)
+          assert.equal(s.server.stats.forPort(s.port).rejected.proxy_invalid, 0);
+        } finally {
+          haproxy.kill("SIGTERM");
+          await haproxy.status;
+          await haproxy.stderr.cancel();
+        }
+      });
+    }
+  },
 });
