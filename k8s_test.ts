@@ -17,8 +17,8 @@ import {
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 import { TCPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
 import { applyArguments, CONFIG_VARIABLES, loadConfig } from "./main.ts";
+import { ignoreWithout, repoDir } from "./test_support.ts";
 
-const repoDir = new URL(".", import.meta.url).pathname;
 const decoder = new TextDecoder();
 
 // deno-lint-ignore no-explicit-any
@@ -66,21 +66,6 @@ async function run(command: string, args: string[]): Promise<string> {
   const stderr = decoder.decode(output.stderr);
   assert.equal(output.code, 0, `${command} ${args.join(" ")} failed: ${stderr}`);
   return decoder.decode(output.stdout);
-}
-
-async function commandExists(command: string): Promise<boolean> {
-  return await new Deno.Command(command, { args: ["--help"], stdout: "null", stderr: "null" })
-    .output().then(() => true, () => false);
-}
-
-/**
- * Whether a test that needs `tool` must be ignored: locally it is, with a
- * printed reason; under CI (`CI=true`) it runs and fails, so CI cannot skip it.
- */
-async function ignoreWithout(tool: string, why: string): Promise<boolean> {
-  if (await commandExists(tool) || Deno.env.get("CI") === "true") return false;
-  console.warn(`ignored: ${why} needs ${tool}, which is not installed (.ci/run installs it)`);
-  return true;
 }
 
 async function kustomize(dir: string): Promise<Manifest[]> {

@@ -444,6 +444,7 @@ export function renderHelp(): string {
     "tcp-echo: a TCP echo server that says which node, pod and version answered.",
     "",
     "Usage: tcp-echo [--help] [PORTS [PREFIX]]",
+    "       tcp-echo client HOST:PORT [probe|load] [options]   (see tcp-echo client --help)",
     "",
     "PORTS and PREFIX, as Istio's tcp-echo takes them, set TCP_PORT and ECHO_PREFIX.",
     "",
@@ -1616,11 +1617,16 @@ function firstShutdownSignal(): Promise<Deno.Signal> {
 
 /**
  * Runs the program: `--help`, configuration, logging, server, and a graceful
- * shutdown on SIGTERM/SIGINT. `args` are `--help`, or the ports and prefix
- * of {@linkcode applyArguments}. Returns the exit code: 0 after a clean
+ * shutdown on SIGTERM/SIGINT. `args` are `--help`, the ports and prefix of
+ * {@linkcode applyArguments}, or `client ...` to run the client (client.ts). Returns the exit code: 0 after a clean
  * shutdown, 2 for bad arguments or configuration, 1 when it cannot listen.
  */
 export async function main(args: readonly string[]): Promise<number> {
+  if (args[0] === "client") {
+    // The client is a program of its own, loaded only when asked for.
+    const { runClient } = await import("./client.ts");
+    return await runClient(args.slice(1));
+  }
   if (args.includes("--help") || args.includes("-h")) {
     await Deno.stdout.write(new TextEncoder().encode(renderHelp()));
     return 0;

@@ -1,9 +1,29 @@
 import assert from "node:assert/strict";
-import type { LogRecord, Sink } from "@logtape/logtape";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
+  concat,
+  decoder,
+  encoder,
+  freePort,
+  ignoreWithout,
+  isClosedRecord,
+  isOpen,
+  LineReader,
+  LogCapture,
+  randomBytes,
+  readExactly,
+  readToEnd,
+  repoDir,
+  roundTrip,
+  spawnServer,
+  startTaskArgs,
+  startTestServer,
+  waitForPort,
+  within,
+  writeAll,
+} from "./test_support.ts";
+import {
   applyArguments,
-  type Config,
   CONFIG_VARIABLES,
   ConfigError,
   type EchoServer,
@@ -28,165 +48,6 @@ import {
   VERSION,
 } from "./main.ts";
 
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-const repoDir = new URL(".", import.meta.url).pathname;
-
-/** Rejects with `what` when `promise` takes longer than `ms`; always clears its timer. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Collects log records and lets a test await the one it expects. */
-class LogCapture {
-  readonly records: LogRecord[] = [];
-  #waiters: { match: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }[] = [];
-
-  readonly sink: Sink = (record) => {
-    this.records.push(record);
-    this.#waiters = this.#waiters.filter((w) => !(w.match(record) && (w.resolve(record), true)));
-  };
-
-  /** Resolves with the first record (already seen or coming) that matches. */
-  waitFor(match: (r: LogRecord) => boolean, what: string, ms = 5_000): Promise<LogRecord> {
-    const seen = this.records.find(match);
-    if (seen) return Promise.resolve(seen);
-    return within(ms, what, new Promise((resolve) => this.#waiters.push({ match, resolve })));
-  }
-
-  /** Records of one connection, formatted as text lines. */
-  linesOf(id: string): string[] {
-    return this.records.filter((r) => r.properties.id === id).map(formatTextRecord);
-  }
-}
-
-const isOpen = (r: LogRecord) => r.rawMessage === "TCP connection open.";
-const isClosedRecord = (id: string) => (r: LogRecord) =>
-  r.rawMessage === "TCP connection closed." && r.properties.id === id;
-
-interface TestServer extends AsyncDisposable {
-  readonly server: EchoServer;
-  readonly port: number;
-  readonly logs: LogCapture;
-  connect(): Promise<Deno.TcpConn>;
-  /** Id of the n-th (0-based) connection the server logged as open. */
-  connectionId(n: number): Promise<string>;
-}
-
-/** Starts a server on 127.0.0.1, port 0, with logs captured in memory. */
-async function startTestServer(
-  env: Environment = {},
-  overrides: Partial<Config> = {},
-): Promise<TestServer> {
-  const wantsAdmin = env.ADMIN_PORT === "any";
-  const loaded = loadConfig({ HOST: "127.0.0.1", ...env, ADMIN_PORT: "off" });
-  // Port 0 (any free port) is for tests only: the program refuses it.
-  const config: Config = {
-    ...loaded,
-    ports: [0],
-    adminPort: wantsAdmin ? 0 : undefined,
-    ...overrides,
-  };
-  const logs = new LogCapture();
-  const detach = await setupLogging(config.logLevel, logs.sink);
-  const server = startServer(config);
-  const port = server.addresses[0].port;
-  return {
-    server,
-    port,
-    logs,
-    connect: () => Deno.connect({ hostname: "127.0.0.1", port }),
-    async connectionId(n) {
-      const nth = (r: LogRecord) => isOpen(r) && logs.records.filter(isOpen).indexOf(r) === n;
-      return String((await logs.waitFor(nth, `connection ${n} open`)).properties.id);
-    },
-    async [Symbol.asyncDispose]() {
-      await server.shutdown({ graceMs: 0 });
-      await detach();
-    },
-  };
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
-}
-
-/** Reads exactly `length` bytes; fails on EOF or after `ms`. */
-function readExactly(conn: Deno.Conn, length: number, ms = 5_000): Promise<Uint8Array> {
-  return within(
-    ms,
-    `reading ${length} bytes`,
-    (async () => {
-      const out = new Uint8Array(length);
-      let filled = 0;
-      while (filled < length) {
-        const n = await conn.read(out.subarray(filled));
-        if (n === null) throw new Error(`EOF after ${filled} of ${length} bytes`);
-        filled += n;
-      }
-      return out;
-    })(),
-  );
-}
-
-/** Reads until EOF. */
-function readToEnd(conn: Deno.Conn, ms = 5_000): Promise<Uint8Array> {
-  return within(
-    ms,
-    "reading to EOF",
-    (async () => {
-      const chunks: Uint8Array[] = [];
-      const buffer = new Uint8Array(65_536);
-      while (true) {
-        const n = await conn.read(buffer);
-        if (n === null) break;
-        chunks.push(buffer.slice(0, n));
-      }
-      return concat(chunks);
-    })(),
-  );
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
-}
-
-function randomBytes(length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  for (let offset = 0; offset < length; offset += 65_536) {
-    crypto.getRandomValues(out.subarray(offset, Math.min(offset + 65_536, length)));
-  }
-  return out;
-}
-
-/** Sends `payload` and reads the same number of bytes back, concurrently. */
-async function roundTrip(conn: Deno.Conn, payload: Uint8Array): Promise<Uint8Array> {
-  const [, echoed] = await Promise.all([
-    writeAll(conn, payload),
-    readExactly(conn, payload.length),
-  ]);
-  return echoed;
-}
-
 const ALL_BANNER_ENV = {
   NODE_NAME: "node-1",
   POD_NAME: "tcp-echo-v1-7c775f57c9-frprp",
@@ -202,103 +63,6 @@ const ALL_BANNER_TEXT = "Welcome, you are connected to node node-1.\n" +
   "With IP address 172.16.2.90.\n" +
   "Service default.\n" +
   "Version v1.\n";
-
-/** The start task's command line from deno.json, minus the leading `deno`. */
-async function startTaskArgs(): Promise<string[]> {
-  const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
-  const words = String(denoJson.tasks.start).split(/\s+/);
-  assert.equal(words[0], "deno");
-  return words.slice(1);
-}
-
-/** A port that was free a moment ago, for subprocesses that cannot take port 0. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
-}
-
-/** Splits a byte stream into lines; `next()` waits for the next one. */
-class LineReader {
-  #reader: ReadableStreamDefaultReader<string>;
-  #pending = "";
-  readonly lines: string[] = [];
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-  }
-
-  /** Resolves with the first line (from now on) that matches; null at EOF. */
-  async waitFor(match: (line: string) => boolean, what: string, ms = 10_000): Promise<string> {
-    return await within(
-      ms,
-      what,
-      (async () => {
-        while (true) {
-          const newline = this.#pending.indexOf("\n");
-          if (newline >= 0) {
-            const line = this.#pending.slice(0, newline);
-            this.#pending = this.#pending.slice(newline + 1);
-            this.lines.push(line);
-            if (match(line)) return line;
-            continue;
-          }
-          const { value, done } = await this.#reader.read();
-          if (done) throw new Error(`output ended before: ${what}`);
-          this.#pending += value;
-        }
-      })(),
-    );
-  }
-
-  /** Reads the rest of the stream into `lines`. */
-  async rest(): Promise<string[]> {
-    while (true) {
-      const { value, done } = await this.#reader.read();
-      if (done) break;
-      this.#pending += value;
-    }
-    if (this.#pending) this.lines.push(...this.#pending.replace(/\n$/, "").split("\n"));
-    this.#pending = "";
-    return this.lines;
-  }
-}
-
-interface ServerProcess extends AsyncDisposable {
-  readonly child: Deno.ChildProcess;
-  readonly stdout: LineReader;
-  readonly port: number;
-}
-
-/** Runs main.ts exactly as `deno task start` does, on a free loopback port. */
-async function spawnServer(env: Record<string, string>): Promise<ServerProcess> {
-  const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: await startTaskArgs(),
-    cwd: repoDir,
-    env: { HOST: "127.0.0.1", TCP_PORT: String(port), ADMIN_PORT: "off", NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const stdout = new LineReader(child.stdout);
-  return {
-    child,
-    stdout,
-    port,
-    async [Symbol.asyncDispose]() {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already exited.
-      }
-      await child.status;
-      await stdout.rest().catch(() => {});
-      await child.stderr.cancel().catch(() => {});
-    },
-  };
-}
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -892,21 +656,6 @@ Deno.test("SIGTERM: a connection open past the grace is closed, exit 0; a second
     assert.equal((await within(5_000, "exit", p.child.status)).code, 130);
   });
 });
-
-/**
- * Whether a test that needs `tool` must be ignored: locally it is, with a
- * printed reason; under CI (`CI=true`) it runs and fails, so CI cannot skip it.
- */
-async function ignoreWithout(tool: string, why: string): Promise<boolean> {
-  const present = await new Deno.Command(tool, {
-    args: ["--version"],
-    stdout: "null",
-    stderr: "null",
-  }).output().then(() => true, () => false);
-  if (present || Deno.env.get("CI") === "true") return false;
-  console.warn(`ignored: ${why} needs ${tool}, which is not installed (.ci/run installs it)`);
-  return true;
-}
 
 Deno.test({
   name: "out of file descriptors: the server warns, backs off and accepts again",
@@ -1610,19 +1359,6 @@ Deno.test("PROXY protocol: every bad header closes the connection, is logged and
     assert.equal(s.server.stats.forPort(s.port).rejected.proxy_missing, 3);
   });
 });
-
-/** Tries to connect until `port` accepts: HAProxy writes nothing when it is ready. */
-async function waitForPort(port: number, attempts = 200): Promise<void> {
-  for (let i = 0; i < attempts; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
-  throw new Error(`port ${port} never opened`);
-}
 
 Deno.test({
   name: "PROXY protocol behind a real HAProxy: send-proxy and send-proxy-v2",

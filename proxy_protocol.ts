@@ -140,15 +140,22 @@ function parseV1(bytes: Uint8Array): ProxyParseResult {
     header: {
       version: 1,
       command: "proxy",
-      source: { hostname: ipaddr.parse(sourceIp).toString(), port: sourcePort },
-      destination: { hostname: ipaddr.parse(destinationIp).toString(), port: destinationPort },
+      source: { hostname: addressText(ipaddr.parse(sourceIp)), port: sourcePort },
+      destination: { hostname: addressText(ipaddr.parse(destinationIp)), port: destinationPort },
     },
   };
 }
 
+/** An address as text; an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4. */
+function addressText(address: ipaddr.IPv4 | ipaddr.IPv6): string {
+  return address.kind() === "ipv6" && (address as ipaddr.IPv6).isIPv4MappedAddress()
+    ? (address as ipaddr.IPv6).toIPv4Address().toString()
+    : address.toString();
+}
+
 function v2Endpoint(bytes: Uint8Array, portBytes: Uint8Array): ProxyEndpoint {
   return {
-    hostname: ipaddr.fromByteArray(Array.from(bytes)).toString(),
+    hostname: addressText(ipaddr.fromByteArray(Array.from(bytes))),
     port: (portBytes[0] << 8) | portBytes[1],
   };
 }

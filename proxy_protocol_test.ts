@@ -66,6 +66,8 @@ Deno.test("PROXY v1: TCP4, TCP6, UNKNOWN and the bytes after the header", () => 
       header: { version: 1, command: "local" },
     });
   }
+  const mapped = parseProxyHeader(text("PROXY TCP6 ::ffff:192.0.2.1 ::1 1 2\r\n"), "v1");
+  assert.equal(mapped.status === "ok" && mapped.header.source?.hostname, "192.0.2.1");
   const longest = "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff " +
     "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
   assert.equal(longest.length, 104);
@@ -132,6 +134,10 @@ Deno.test("PROXY v2: INET, INET6, LOCAL, UNSPEC, UNIX and TLVs", () => {
       destination: { hostname: "::1", port: 3333 },
     },
   });
+  const mappedBody = [...INET6_BODY];
+  mappedBody.splice(0, 16, ...[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]);
+  const mapped = parseProxyHeader(v2(0x21, 0x21, mappedBody), "v2");
+  assert.equal(mapped.status === "ok" && mapped.header.source?.hostname, "192.0.2.1");
   const local = { version: 2, command: "local" };
   // LOCAL: addresses (if any) are ignored.
   assert.deepEqual(parseProxyHeader(v2(0x20, 0x00, []), "v2"), {

@@ -1,0 +1,949 @@
+/**
+ * `tcp-echo client`: probes and load-tests any TCP echo endpoint.
+ *
+ * `probe` (the default) opens connections one after another (or a few at a
+ * time), reads whatever banner the server sends, sends a payload, checks that
+ * every byte comes back, and reports who answered (version, pod, node from the
+ * banner), what failed and why, and latency percentiles. `load` keeps
+ * connections busy for a while, request/response (`rr`) or streaming
+ * (`stream`), verifying every echoed byte, and reports throughput and
+ * latency percentiles at microsecond resolution.
+ *
+ * It is a program of its own (run as `tcp-echo client ...`, so one image
+ * carries both), kept apart from the server in main.ts. Pure parts
+ * (arguments, banners, percentiles, reports) are exported for the tests.
+ *
+ * @example
+ * ```sh
+ * deno task client -- 127.0.0.1:3333 --count 100 --concurrency 10
+ * deno task client -- 127.0.0.1:3333 load --mode rr --connections 50 --duration 10s
+ * ```
+ *
+ * @module
+ */
+import { Buffer } from "node:buffer";
+import { parseArgs } from "node:util";
+import * as hdr from "hdr-histogram-js";
+
+// ---------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------
+
+/** What to measure and how. */
+export interface ClientOptions {
+  readonly hostname: string;
+  readonly port: number;
+  readonly command: "probe" | "load";
+  /** probe: connections in all. */
+  readonly count: number;
+  /** probe: connections at a time. */
+  readonly concurrency: number;
+  /** Payload bytes (probe: per connection; load: per request or written chunk). */
+  readonly size: number;
+  /** probe: send this text instead of random bytes. */
+  readonly message: string | undefined;
+  /** The server answers each line as `PREFIX LINE` (tcp-echo's ECHO_PREFIX, Istio's server). */
+  readonly prefix: string | undefined;
+  /** load: connections kept busy. */
+  readonly connections: number;
+  /** load: how long. */
+  readonly durationMs: number;
+  /** load: request/response or streaming. */
+  readonly mode: "rr" | "stream";
+  /** Per-operation timeout (connect, a whole probe, one load request). */
+  readonly timeoutMs: number;
+  readonly json: boolean;
+  /** Thresholds that make the exit code 1 when missed. */
+  readonly failUnder: Readonly<FailUnder>;
+}
+
+/** `--fail-under` thresholds. */
+export interface FailUnder {
+  /** Percentage of successful probe connections (default 100). */
+  success?: number;
+  /** load rr: operations per second. */
+  ops?: number;
+  /** load stream: megabytes (10^6) per second. */
+  mbps?: number;
+}
+
+/** Bad command-line input; the message is one line. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** The `tcp-echo client --help` text. */
+export const CLIENT_USAGE = `Usage: tcp-echo client HOST:PORT [probe|load] [options]
+
+probe (default): open --count connections (--concurrency at a time); each reads the
+banner, sends a payload, checks the echo byte for byte and closes. Reports who
+answered (version, pod, node), failures by reason, and latency percentiles.
+
+load: keep --connections busy for --duration, --mode rr (request/response of --size
+bytes) or --mode stream (writer and reader in parallel); every byte is verified.
+
+Options:
+  --count N          probe: connections in all (default 20)
+  --concurrency N    probe: connections at a time (default 1)
+  --size BYTES       payload: per probe connection, per request, or per written chunk
+                     (default 64; stream: 65536)
+  --message TEXT     probe: send TEXT instead of random bytes
+  --prefix TEXT      the server answers each line as "TEXT LINE" (ECHO_PREFIX)
+  --connections N    load: connections (default 1)
+  --duration D       load: how long, e.g. 500ms, 10s, 1m (default 5s)
+  --mode rr|stream   load: request/response (default) or stream
+  --timeout D        per operation (default 5s)
+  --fail-under K=V   exit 1 below a threshold: success=PCT (probe, default 100),
+                     ops=N (load rr), mbps=N (load stream); comma-separated
+  --json             print one JSON object instead of the human report
+  -h, --help         print this text
+
+Exit status: 0 all good; 1 an echo was wrong or a threshold was missed; 2 bad usage.
+`;
+
+function parseDurationMs(text: string, flag: string): number {
+  const match = /^(\d{1,9})(ms|s|m)$/.exec(text);
+  if (!match) {
+    throw new UsageError(
+      `${flag} takes a duration such as 500ms, 10s or 1m, not ${JSON.stringify(text)}`,
+    );
+  }
+  return Number(match[1]) * { ms: 1, s: 1_000, m: 60_000 }[match[2] as "ms" | "s" | "m"];
+}
+
+function parseCount(text: string | undefined, flag: string, fallback: number, min = 1): number {
+  if (text === undefined) return fallback;
+  const value = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  if (!(value >= min)) {
+    throw new UsageError(
+      `${flag} takes a whole number of at least ${min}, not ${JSON.stringify(text)}`,
+    );
+  }
+  return value;
+}
+
+function parseFailUnder(text: string | undefined): FailUnder {
+  const thresholds: FailUnder = {};
+  if (text === undefined) return thresholds;
+  for (const part of text.split(",")) {
+    const [key, value] = part.split("=");
+    const number = Number(value);
+    if (!["success", "ops", "mbps"].includes(key) || value === undefined || !(number >= 0)) {
+      throw new UsageError(
+        `--fail-under takes success=PCT, ops=N or mbps=N, not ${JSON.stringify(part)}`,
+      );
+    }
+    thresholds[key as keyof FailUnder] = number;
+  }
+  return thresholds;
+}
+
+/** Splits `HOST:PORT` (`[::1]:3333` for IPv6). */
+export function parseTarget(text: string): { hostname: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || !(port >= 1 && port <= 65_535)) {
+    throw new UsageError(
+      `the target is HOST:PORT (e.g. 127.0.0.1:3333 or [::1]:3333), not ${JSON.stringify(text)}`,
+    );
+  }
+  return { hostname: match[1] ?? match[2], port };
+}
+
+/** Parses the client's command line. Throws {@linkcode UsageError}. */
+export function parseClientArgs(args: readonly string[]): ClientOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...args],
+      allowPositionals: true,
+      options: {
+        count: { type: "string" },
+        concurrency: { type: "string" },
+        size: { type: "string" },
+        message: { type: "string" },
+        prefix: { type: "string" },
+        connections: { type: "string" },
+        duration: { type: "string" },
+        mode: { type: "string" },
+        timeout: { type: "string" },
+        "fail-under": { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message.split("\n")[0]);
+  }
+  const { values, positionals } = parsed;
+  if (positionals.length === 0) throw new UsageError("the target HOST:PORT is missing");
+  const [targetText, command = "probe", ...extra] = positionals;
+  if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
+  if (command !== "probe" && command !== "load") {
+    throw new UsageError(`the command is probe or load, not ${JSON.stringify(command)}`);
+  }
+  const mode = values.mode ?? "rr";
+  if (mode !== "rr" && mode !== "stream") {
+    throw new UsageError(`--mode is rr or stream, not ${JSON.stringify(mode)}`);
+  }
+  if (mode === "stream" && values.prefix !== undefined) {
+    throw new UsageError("--mode stream needs a byte-exact echo; it cannot be used with --prefix");
+  }
+  if (
+    values.message !== undefined && /[\r\n]/.test(values.message) && values.prefix !== undefined
+  ) {
+    throw new UsageError("with --prefix, --message is one line");
+  }
+  return {
+    ...parseTarget(targetText),
+    command,
+    count: parseCount(values.count, "--count", 20),
+    concurrency: parseCount(values.concurrency, "--concurrency", 1),
+    size: parseCount(values.size, "--size", mode === "stream" && command === "load" ? 65_536 : 64),
+    message: values.message,
+    prefix: values.prefix,
+    connections: parseCount(values.connections, "--connections", 1),
+    durationMs: values.duration === undefined
+      ? 5_000
+      : parseDurationMs(values.duration, "--duration"),
+    mode,
+    timeoutMs: values.timeout === undefined ? 5_000 : parseDurationMs(values.timeout, "--timeout"),
+    json: values.json ?? false,
+    failUnder: {
+      success: command === "probe" ? 100 : undefined,
+      ...parseFailUnder(values["fail-under"]),
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Pure helpers: banners, payloads, percentiles
+// ---------------------------------------------------------------------------
+
+/** What a banner said about the server that answered. */
+export interface ServerIdentity {
+  readonly node?: string;
+  readonly pod?: string;
+  readonly namespace?: string;
+  readonly ip?: string;
+  readonly serviceAccount?: string;
+  readonly version?: string;
+  /** The address the server saw this client come from. */
+  readonly clientAddress?: string;
+}
+
+const BANNER_LINES: readonly [keyof ServerIdentity, RegExp][] = [
+  ["node", /^Welcome, you are connected to node (.*)\.$/],
+  ["pod", /^Running on Pod (.*)\.$/],
+  ["namespace", /^In namespace (.*)\.$/],
+  ["ip", /^With IP address (.*)\.$/],
+  ["serviceAccount", /^Service (.*)\.$/],
+  ["version", /^Version (.*)\.$/],
+  ["clientAddress", /^Your address is (.*)\.$/],
+];
+
+/** Reads tcp-echo's banner lines (any order, unknown lines ignored). */
+export function parseBanner(text: string): ServerIdentity {
+  const identity: Record<string, string> = {};
+  for (const line of text.split(/\r?\n/)) {
+    for (const [key, pattern] of BANNER_LINES) {
+      const match = pattern.exec(line);
+      if (match && identity[key] === undefined) identity[key] = match[1];
+    }
+  }
+  return identity;
+}
+
+/** How one server is named in the "who answered" table. */
+export function identityKey(identity: ServerIdentity): string {
+  const parts = [
+    identity.version && `version ${identity.version}`,
+    identity.pod && `pod ${identity.pod}`,
+    identity.node && `node ${identity.node}`,
+  ].filter(Boolean);
+  return parts.length > 0 ? parts.join(", ") : "(no banner)";
+}
+
+/** Nearest-rank percentile of ascending `sorted` values; `NaN` when empty. */
+export function percentile(sorted: readonly number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
+}
+
+/** p50, p90, p99 and max of some values, in their unit. */
+export interface Percentiles {
+  readonly p50: number;
+  readonly p90: number;
+  readonly p99: number;
+  readonly max: number;
+}
+
+/** Summarizes values with nearest-rank percentiles. */
+export function summarize(values: readonly number[]): Percentiles {
+  const sorted = [...values].sort((a, b) => a - b);
+  return {
+    p50: percentile(sorted, 50),
+    p90: percentile(sorted, 90),
+    p99: percentile(sorted, 99),
+    max: sorted.length ? sorted[sorted.length - 1] : NaN,
+  };
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const HEX = "0123456789abcdef";
+
+/** Random printable bytes (hex digits): safe inside a line. */
+function randomLine(length: number): Uint8Array {
+  const random = crypto.getRandomValues(new Uint8Array(length));
+  return random.map((b) => HEX.charCodeAt(b & 15));
+}
+
+function randomBytes(length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let offset = 0; offset < length; offset += 65_536) {
+    crypto.getRandomValues(out.subarray(offset, Math.min(length, offset + 65_536)));
+  }
+  return out;
+}
+
+/** A payload and the exact bytes an echo server answers to it. */
+export interface Exchange {
+  readonly payload: Uint8Array;
+  readonly expected: Uint8Array;
+}
+
+/**
+ * Builds what to send and what must come back: the message or `size` random
+ * bytes; with a prefix, one line (random hex, newline-terminated) answered as
+ * `PREFIX LINE`.
+ */
+export function makeExchange(
+  size: number,
+  message: string | undefined,
+  prefix: string | undefined,
+): Exchange {
+  let payload: Uint8Array;
+  if (prefix === undefined) {
+    payload = message === undefined ? randomBytes(size) : encoder.encode(message);
+  } else {
+    const line = message === undefined
+      ? randomLine(Math.max(1, size - 1))
+      : encoder.encode(message);
+    payload = concat([line, encoder.encode("\n")]);
+  }
+  const expected = prefix === undefined ? payload : concat([encoder.encode(`${prefix} `), payload]);
+  return { payload, expected };
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+function endsWith(bytes: Uint8Array, suffix: Uint8Array): boolean {
+  return suffix.length <= bytes.length &&
+    equalBytes(bytes.subarray(bytes.length - suffix.length), suffix);
+}
+
+function indexOfBytes(haystack: Uint8Array, needle: Uint8Array, from = 0): number {
+  outer: for (let i = from; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+// ---------------------------------------------------------------------------
+// Probe
+// ---------------------------------------------------------------------------
+
+/** Why a probe connection failed. */
+export type FailureReason = "refused" | "reset" | "timeout" | "mismatch" | "short" | "error";
+
+/** One probe connection's outcome. */
+export type ProbeOutcome =
+  | {
+    readonly ok: true;
+    readonly identity: ServerIdentity;
+    readonly connectMs: number;
+    readonly firstByteMs: number;
+    readonly roundTripMs: number;
+  }
+  | {
+    readonly ok: false;
+    readonly reason: FailureReason;
+    readonly identity: ServerIdentity;
+    readonly detail: string;
+  };
+
+/** Classifies a socket error as a probe failure reason. */
+function failureOf(error: unknown): FailureReason {
+  if (error instanceof Deno.errors.ConnectionRefused) return "refused";
+  if (
+    error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||
+    error instanceof Deno.errors.ConnectionAborted
+  ) return "reset";
+  if (error instanceof Deno.errors.TimedOut || error instanceof TimeoutError) return "timeout";
+  return "error";
+}
+
+class TimeoutError extends Error {}
+
+/** Runs `work`, closing `onTimeout`'s resource and rejecting when it takes longer than `ms`. */
+async function withTimeout<T>(ms: number, work: Promise<T>, onTimeout: () => void): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new TimeoutError(`no answer within ${ms} ms`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
+}
+
+/**
+ * One probe: connect, send the payload and half-close, read to the end.
+ * Everything before the expected echo is the banner. A conforming echo server
+ * closes after echoing what it got before the half-close.
+ */
+export async function probeOnce(options: ClientOptions, exchange: Exchange): Promise<ProbeOutcome> {
+  const started = performance.now();
+  let conn: Deno.TcpConn | undefined;
+  const received: Uint8Array[] = [];
+  let length = 0;
+  try {
+    conn = await withTimeout(
+      options.timeoutMs,
+      Deno.connect({ hostname: options.hostname, port: options.port }),
+      () => {},
+    );
+    const connected = performance.now();
+    conn.setNoDelay(true);
+    let firstByteAt = NaN;
+    let lastByteAt = NaN;
+    let sentAt = NaN;
+    const c = conn;
+    await withTimeout(
+      options.timeoutMs,
+      (async () => {
+        const sending = (async () => {
+          sentAt = performance.now();
+          await writeAll(c, exchange.payload);
+          await c.closeWrite();
+        })();
+        const buffer = new Uint8Array(65_536);
+        while (true) {
+          const n = await c.read(buffer);
+          if (n === null) break;
+          const now = performance.now();
+          if (Number.isNaN(firstByteAt)) firstByteAt = now;
+          lastByteAt = now;
+          received.push(buffer.slice(0, n));
+          length += n;
+        }
+        await sending;
+      })(),
+      () => c.close(),
+    );
+    const all = concat(received);
+    const bannerLength = all.length - exchange.expected.length;
+    const identity = parseBanner(decoder.decode(all.subarray(0, Math.max(0, bannerLength))));
+    if (all.length < exchange.expected.length) {
+      return {
+        ok: false,
+        reason: "short",
+        identity,
+        detail: `${all.length} of ${exchange.expected.length} bytes`,
+      };
+    }
+    if (!endsWith(all, exchange.expected)) {
+      return {
+        ok: false,
+        reason: "mismatch",
+        identity,
+        detail: "the echo differs from what was sent",
+      };
+    }
+    return {
+      ok: true,
+      identity,
+      connectMs: connected - started,
+      firstByteMs: firstByteAt - connected,
+      roundTripMs: lastByteAt - sentAt,
+    };
+  } catch (error) {
+    const reason = failureOf(error);
+    const identity = parseBanner(decoder.decode(concat(received)));
+    return { ok: false, reason, identity, detail: (error as Error).message };
+  } finally {
+    try {
+      conn?.close();
+    } catch {
+      // Closed by the timeout already.
+    }
+  }
+}
+
+/** The probe report: who answered, what failed, how fast. */
+export interface ProbeReport {
+  readonly target: string;
+  readonly connections: number;
+  readonly succeeded: number;
+  readonly successPercent: number;
+  /** Successful connections per second, over the whole run. */
+  readonly connectionsPerSecond: number;
+  readonly answeredBy: readonly { server: string; count: number; percent: number }[];
+  readonly failures: Readonly<Partial<Record<FailureReason, number>>>;
+  readonly integrityFailures: number;
+  /** Milliseconds. */
+  readonly connectMs: Percentiles;
+  readonly firstByteMs: Percentiles;
+  readonly roundTripMs: Percentiles;
+}
+
+/** Builds the probe report from outcomes (pure). */
+export function probeReport(
+  target: string,
+  outcomes: readonly ProbeOutcome[],
+  elapsedMs: number,
+): ProbeReport {
+  const ok = outcomes.filter((o) => o.ok);
+  const counts = new Map<string, number>();
+  for (const o of ok) {
+    counts.set(identityKey(o.identity), (counts.get(identityKey(o.identity)) ?? 0) + 1);
+  }
+  const failures: Partial<Record<FailureReason, number>> = {};
+  for (const o of outcomes) if (!o.ok) failures[o.reason] = (failures[o.reason] ?? 0) + 1;
+  const share = (n: number) => outcomes.length ? Math.round((n / outcomes.length) * 1_000) / 10 : 0;
+  return {
+    target,
+    connections: outcomes.length,
+    succeeded: ok.length,
+    successPercent: share(ok.length),
+    connectionsPerSecond: elapsedMs > 0 ? ok.length / (elapsedMs / 1_000) : 0,
+    answeredBy: [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+      .map(([server, count]) => ({ server, count, percent: share(count) })),
+    failures,
+    integrityFailures: (failures.mismatch ?? 0) + (failures.short ?? 0),
+    connectMs: summarize(ok.map((o) => o.connectMs)),
+    firstByteMs: summarize(ok.map((o) => o.firstByteMs)),
+    roundTripMs: summarize(ok.map((o) => o.roundTripMs)),
+  };
+}
+
+async function runProbe(options: ClientOptions, progress: Progress): Promise<ProbeReport> {
+  const exchange = makeExchange(options.size, options.message, options.prefix);
+  const outcomes: ProbeOutcome[] = [];
+  let next = 0;
+  const started = performance.now();
+  const worker = async () => {
+    while (next < options.count) {
+      next++;
+      outcomes.push(await probeOnce(options, exchange));
+      progress.update(() => `probe: ${outcomes.length}/${options.count} connections`);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(options.concurrency, options.count) }, worker));
+  return probeReport(targetText(options), outcomes, performance.now() - started);
+}
+
+// ---------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------
+
+/** The load report: throughput, latency (microseconds), integrity. */
+export interface LoadReport {
+  readonly target: string;
+  readonly mode: "rr" | "stream";
+  readonly connections: number;
+  readonly durationS: number;
+  readonly operations: number;
+  readonly opsPerSecond: number;
+  readonly bytesVerified: number;
+  readonly megabytesPerSecond: number;
+  /** Request/response latency in microseconds (rr only). */
+  readonly latencyUs: Percentiles & { readonly mean: number };
+  readonly integrityFailures: number;
+  readonly failures: Readonly<Partial<Record<FailureReason, number>>>;
+}
+
+/** Reads until the echo of a fresh token line appears; returns the bytes before it (the banner). */
+async function synchronize(conn: Deno.Conn, options: ClientOptions): Promise<Uint8Array> {
+  const token = concat([encoder.encode("sync-"), randomLine(16), encoder.encode("\n")]);
+  const expected = options.prefix === undefined
+    ? token
+    : concat([encoder.encode(`${options.prefix} `), token]);
+  await writeAll(conn, token);
+  const buffer = new Uint8Array(65_536 + expected.length);
+  let filled = 0;
+  while (true) {
+    if (filled === buffer.length) throw new MismatchError("no echo of the sync token in 64 KiB");
+    const n = await conn.read(buffer.subarray(filled));
+    if (n === null) throw new ShortError("closed before echoing the sync token");
+    filled += n;
+    const at = indexOfBytes(buffer.subarray(0, filled), expected);
+    if (at >= 0) {
+      if (at + expected.length !== filled) {
+        throw new MismatchError("unexpected bytes after the sync token");
+      }
+      return buffer.slice(0, at);
+    }
+  }
+}
+
+class MismatchError extends Error {}
+class ShortError extends Error {}
+
+function loadFailure(error: unknown): FailureReason {
+  if (error instanceof MismatchError) return "mismatch";
+  if (error instanceof ShortError) return "short";
+  return failureOf(error);
+}
+
+async function readExactly(conn: Deno.Conn, into: Uint8Array): Promise<void> {
+  let filled = 0;
+  while (filled < into.length) {
+    const n = await conn.read(into.subarray(filled));
+    if (n === null) throw new ShortError(`closed after ${filled} of ${into.length} bytes`);
+    filled += n;
+  }
+}
+
+interface LoadTally {
+  operations: number;
+  bytesVerified: number;
+  failures: Partial<Record<FailureReason, number>>;
+  histogram: hdr.Histogram;
+}
+
+async function rrConnection(
+  options: ClientOptions,
+  deadline: number,
+  tally: LoadTally,
+): Promise<void> {
+  const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  try {
+    conn.setNoDelay(true);
+    await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
+    const { payload, expected } = makeExchange(options.size, undefined, options.prefix);
+    const answer = new Uint8Array(expected.length);
+    while (performance.now() < deadline) {
+      const sent = performance.now();
+      await writeAll(conn, payload);
+      await withTimeout(options.timeoutMs, readExactly(conn, answer), () => conn.close());
+      tally.histogram.recordValue(Math.max(1, Math.round((performance.now() - sent) * 1_000)));
+      if (!equalBytes(answer, expected)) {
+        throw new MismatchError("the echo differs from what was sent");
+      }
+      tally.operations++;
+      tally.bytesVerified += expected.length;
+    }
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // Closed by a timeout already.
+    }
+  }
+}
+
+/** A 1 MiB random pattern, written in a cycle and checked on the way back. */
+const STREAM_PATTERN_BYTES = 1 << 20;
+
+async function streamConnection(
+  options: ClientOptions,
+  deadline: number,
+  tally: LoadTally,
+): Promise<void> {
+  const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  try {
+    conn.setNoDelay(true);
+    await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
+    const pattern = randomBytes(STREAM_PATTERN_BYTES);
+    const chunk = Math.min(options.size, STREAM_PATTERN_BYTES);
+    let sent = 0;
+    const writer = (async () => {
+      while (performance.now() < deadline) {
+        const offset = sent % STREAM_PATTERN_BYTES;
+        const piece = pattern.subarray(offset, Math.min(offset + chunk, STREAM_PATTERN_BYTES));
+        await writeAll(conn, piece);
+        sent += piece.length;
+      }
+      await conn.closeWrite();
+    })();
+    const buffer = new Uint8Array(65_536);
+    let checked = 0;
+    await withTimeout(
+      options.durationMs + options.timeoutMs,
+      (async () => {
+        while (true) {
+          const n = await conn.read(buffer);
+          if (n === null) break;
+          const differs = firstDifference(buffer.subarray(0, n), pattern, checked);
+          if (differs >= 0) throw new MismatchError(`byte ${checked + differs} differs`);
+          checked += n;
+          tally.bytesVerified += n;
+        }
+      })(),
+      () => conn.close(),
+    );
+    await writer;
+    if (checked !== sent) throw new ShortError(`${checked} of ${sent} bytes came back`);
+    tally.operations++;
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // Closed by a timeout already.
+    }
+  }
+}
+
+/** Whether two byte arrays are equal (a native memcmp: fast enough to check every byte). */
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
+
+/** Where `received` first differs from the cyclic `pattern` read from stream offset `at`, or -1. */
+export function firstDifference(received: Uint8Array, pattern: Uint8Array, at: number): number {
+  for (let i = 0; i < received.length;) {
+    const offset = (at + i) % pattern.length;
+    const run = Math.min(received.length - i, pattern.length - offset);
+    const a = received.subarray(i, i + run);
+    const b = pattern.subarray(offset, offset + run);
+    if (!equalBytes(a, b)) return i + a.findIndex((byte, k) => byte !== b[k]);
+    i += run;
+  }
+  return -1;
+}
+
+async function runLoad(options: ClientOptions, progress: Progress): Promise<LoadReport> {
+  const tally: LoadTally = {
+    operations: 0,
+    bytesVerified: 0,
+    failures: {},
+    histogram: hdr.build({
+      lowestDiscernibleValue: 1,
+      highestTrackableValue: 3_600_000_000,
+      numberOfSignificantValueDigits: 3,
+    }),
+  };
+  const started = performance.now();
+  const deadline = started + options.durationMs;
+  const one = options.mode === "rr" ? rrConnection : streamConnection;
+  const ticker = setInterval(() => {
+    const seconds = (performance.now() - started) / 1_000;
+    progress.update(() =>
+      `load ${options.mode}: ${seconds.toFixed(1)}s, ${
+        Math.round(tally.operations / seconds)
+      } ops/s, ` +
+      `${(tally.bytesVerified / seconds / 1e6).toFixed(1)} MB/s`
+    );
+  }, 500);
+  try {
+    await Promise.all(Array.from({ length: options.connections }, async () => {
+      try {
+        await one(options, deadline, tally);
+      } catch (error) {
+        const reason = loadFailure(error);
+        tally.failures[reason] = (tally.failures[reason] ?? 0) + 1;
+      }
+    }));
+  } finally {
+    clearInterval(ticker);
+  }
+  const seconds = (performance.now() - started) / 1_000;
+  const h = tally.histogram;
+  const count = h.totalCount;
+  const failures = tally.failures;
+  return {
+    target: targetText(options),
+    mode: options.mode,
+    connections: options.connections,
+    durationS: Math.round(seconds * 1_000) / 1_000,
+    operations: tally.operations,
+    opsPerSecond: tally.operations / seconds,
+    bytesVerified: tally.bytesVerified,
+    megabytesPerSecond: tally.bytesVerified / seconds / 1e6,
+    latencyUs: {
+      p50: count ? h.getValueAtPercentile(50) : NaN,
+      p90: count ? h.getValueAtPercentile(90) : NaN,
+      p99: count ? h.getValueAtPercentile(99) : NaN,
+      max: count ? h.maxValue : NaN,
+      mean: count ? h.mean : NaN,
+    },
+    integrityFailures: (failures.mismatch ?? 0) + (failures.short ?? 0),
+    failures,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Output and entry
+// ---------------------------------------------------------------------------
+
+function targetText(options: ClientOptions): string {
+  return options.hostname.includes(":")
+    ? `[${options.hostname}]:${options.port}`
+    : `${options.hostname}:${options.port}`;
+}
+
+/** A one-line progress display on a terminal, for runs over 2 s; silent otherwise. */
+class Progress {
+  #lastAt = 0;
+  #shown = false;
+  readonly #enabled: boolean;
+  readonly #startedAt = performance.now();
+
+  constructor(enabled: boolean) {
+    this.#enabled = enabled;
+  }
+
+  update(text: () => string): void {
+    const now = performance.now();
+    if (!this.#enabled || now - this.#startedAt < 2_000 || now - this.#lastAt < 250) return;
+    this.#lastAt = now;
+    this.#shown = true;
+    Deno.stderr.writeSync(encoder.encode(`\r\x1b[2K${text()}`));
+  }
+
+  clear(): void {
+    if (this.#shown) Deno.stderr.writeSync(encoder.encode("\r\x1b[2K"));
+  }
+}
+
+const ms = (value: number) =>
+  Number.isNaN(value) ? "-" : value < 10 ? value.toFixed(2) : value.toFixed(1);
+const us = (value: number) => Number.isNaN(value) ? "-" : String(Math.round(value));
+
+/** Renders the probe report for people. */
+export function renderProbeReport(report: ProbeReport): string {
+  const lines = [
+    `probe ${report.target}: ${report.succeeded} of ${report.connections} connections echoed correctly ` +
+    `(${report.successPercent}%), ${report.connectionsPerSecond.toFixed(1)} connections/s`,
+    "",
+    "answered by                                              count  share",
+  ];
+  for (const { server, count, percent } of report.answeredBy) {
+    lines.push(
+      `  ${server.padEnd(54)} ${String(count).padStart(5)}  ${percent.toFixed(1).padStart(5)}%`,
+    );
+  }
+  if (report.answeredBy.length === 0) lines.push("  (nobody)");
+  const failed = Object.entries(report.failures);
+  lines.push("", failed.length ? "failures" : "failures: none");
+  for (const [reason, count] of failed) lines.push(`  ${reason.padEnd(10)} ${count}`);
+  lines.push("", "latency (ms)        p50      p90      p99      max");
+  for (
+    const [name, p] of [["connect", report.connectMs], ["first byte", report.firstByteMs], [
+      "round trip",
+      report.roundTripMs,
+    ]] as const
+  ) {
+    lines.push(
+      `  ${name.padEnd(14)} ${
+        [p.p50, p.p90, p.p99, p.max].map((v) => ms(v).padStart(8)).join(" ")
+      }`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** Renders the load report for people. */
+export function renderLoadReport(report: LoadReport): string {
+  const lines = [
+    `load ${report.mode} ${report.target}: ${report.connections} connections, ${report.durationS} s`,
+    report.mode === "rr"
+      ? `  ${Math.round(report.opsPerSecond)} requests/s, ${report.operations} verified`
+      : `  ${report.megabytesPerSecond.toFixed(1)} MB/s, ${report.bytesVerified} bytes verified`,
+  ];
+  if (report.mode === "rr") {
+    const l = report.latencyUs;
+    lines.push(
+      "  latency (µs)      p50      p90      p99      max     mean",
+      `  ${"".padEnd(12)} ${
+        [l.p50, l.p90, l.p99, l.max, l.mean].map((v) => us(v).padStart(8)).join(" ")
+      }`,
+    );
+  }
+  const failed = Object.entries(report.failures);
+  lines.push(
+    failed.length
+      ? `  failures: ${failed.map(([r, n]) => `${r} ${n}`).join(", ")}`
+      : "  failures: none",
+  );
+  return lines.join("\n") + "\n";
+}
+
+/** Which `--fail-under` thresholds a report misses, as sentences. */
+export function missedThresholds(report: ProbeReport | LoadReport, failUnder: FailUnder): string[] {
+  const missed: string[] = [];
+  if (
+    "successPercent" in report && failUnder.success !== undefined &&
+    report.successPercent < failUnder.success
+  ) {
+    missed.push(`success ${report.successPercent}% < ${failUnder.success}%`);
+  }
+  if ("opsPerSecond" in report) {
+    if (failUnder.ops !== undefined && report.opsPerSecond < failUnder.ops) {
+      missed.push(`ops ${Math.round(report.opsPerSecond)}/s < ${failUnder.ops}/s`);
+    }
+    if (failUnder.mbps !== undefined && report.megabytesPerSecond < failUnder.mbps) {
+      missed.push(`${report.megabytesPerSecond.toFixed(1)} MB/s < ${failUnder.mbps} MB/s`);
+    }
+  }
+  return missed;
+}
+
+/**
+ * Runs the client with its command-line arguments; returns the exit code:
+ * 0 all good, 1 integrity failure or missed threshold, 2 bad usage.
+ */
+export async function runClient(args: readonly string[]): Promise<number> {
+  // `deno task client -- HOST:PORT ...` passes the `--` along.
+  if (args[0] === "--") args = args.slice(1);
+  if (args.includes("--help") || args.includes("-h")) {
+    await Deno.stdout.write(encoder.encode(CLIENT_USAGE));
+    return 0;
+  }
+  let options: ClientOptions;
+  try {
+    options = parseClientArgs(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`tcp-echo client: ${error.message}; see tcp-echo client --help`);
+    return 2;
+  }
+  const longRun = options.command === "load" && options.durationMs > 2_000;
+  const progress = new Progress(
+    !options.json && Deno.stderr.isTerminal() && (longRun || options.command === "probe"),
+  );
+  const report = options.command === "probe"
+    ? await runProbe(options, progress)
+    : await runLoad(options, progress);
+  progress.clear();
+  const missed = missedThresholds(report, options.failUnder);
+  if (options.json) {
+    console.log(JSON.stringify({ ...report, missedThresholds: missed }));
+  } else {
+    await Deno.stdout.write(encoder.encode(
+      "successPercent" in report ? renderProbeReport(report) : renderLoadReport(report),
+    ));
+    for (const sentence of missed) console.log(`threshold missed: ${sentence}`);
+  }
+  return report.integrityFailures > 0 || missed.length > 0 ? 1 : 0;
+}
