@@ -425,8 +425,9 @@ async function dockerInstructions(): Promise<string[]> {
     .filter((l) => l !== "" && !l.startsWith("#"));
 }
 
-const permissionFlags = (task: string) =>
-  task.split(/\s+/).filter((w) => w.startsWith("--allow-")).sort();
+/** The flags that decide how the program runs: permissions and V8 settings. */
+const runtimeFlags = (task: string) =>
+  task.split(/\s+/).filter((w) => w.startsWith("--allow-") || w.startsWith("--v8-flags")).sort();
 
 Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
   const instructions = await dockerInstructions();
@@ -458,12 +459,15 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
     }
   });
 
-  await t.step("compile grants exactly what start grants, writes ./tcp-echo, no code cache", () => {
-    const { start, compile } = denoJson.tasks;
-    assert.deepEqual(permissionFlags(compile), permissionFlags(start));
-    assert.match(compile, /^deno compile .*--no-code-cache .*--output tcp-echo main\.ts$/);
-    assert.match(start, /^deno run .* main\.ts$/);
-  });
+  await t.step(
+    "compile grants and tunes exactly as start does, writes ./tcp-echo, no code cache",
+    () => {
+      const { start, compile } = denoJson.tasks;
+      assert.deepEqual(runtimeFlags(compile), runtimeFlags(start));
+      assert.match(compile, /^deno compile .*--no-code-cache .*--output tcp-echo main\.ts$/);
+      assert.match(start, /^deno run .* main\.ts$/);
+    },
+  );
 
   await t.step(".dockerignore lets in every local module main.ts loads, and the lock", async () => {
     const info = JSON.parse(await run(Deno.execPath(), ["info", "--json", "main.ts"]));
