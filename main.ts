@@ -1042,6 +1042,14 @@ class EchoConnection {
   bytesEchoed = 0;
   /** Set when the server closes the socket from outside (idle, shutdown). */
   closedBy: CloseReason | undefined;
+  /** The client's address as logged and shown (the original one, behind a PROXY header). */
+  client = "";
+  /** The banner is still to be sent (`BANNER_MODE` connect or first-data). */
+  bannerDue = false;
+  /** Line mode's state, when `ECHO_PREFIX` is set. */
+  lines: LineAnswerer | undefined;
+  /** The `IDLE_TIMEOUT` timer, when set. */
+  idleTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly conn: Deno.TcpConn,
@@ -1070,6 +1078,12 @@ interface ConnectionContext {
   /** `ECHO_PREFIX` and a space, encoded; `undefined` for byte-exact echo. */
   readonly linePrefix: Uint8Array | undefined;
   readonly metrics: MetricsExporter;
+  /** Data records are on (and not filtered out by the level). */
+  readonly logData: boolean;
+  /** How large a connection's read buffer may grow. */
+  readonly maxBufferBytes: number;
+  /** Echoed bytes after which a connection is closed (`CLOSE_AFTER_BYTES`), else Infinity. */
+  readonly echoLimit: number;
 }
 
 /** A connection refused after accept because of its PROXY header (or lack of one). */
@@ -1194,19 +1208,6 @@ function logReceived(id: string, chunk: Uint8Array, limit: number): void {
   });
 }
 
-/** Closes `c` once it has received nothing for `timeoutMs`; returns a canceller. */
-function watchIdle(c: EchoConnection, timeoutMs: number): () => void {
-  let timer: ReturnType<typeof setTimeout>;
-  const check = () => {
-    // Reads only stamp the time; the one timer re-arms itself for the rest.
-    const idleMs = performance.now() - c.lastReceivedAt;
-    if (idleMs >= timeoutMs) c.closeFor("idle");
-    else timer = setTimeout(check, timeoutMs - idleMs);
-  };
-  timer = setTimeout(check, timeoutMs);
-  return () => clearTimeout(timer);
-}
-
 /** Joins byte arrays into one. */
 function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
@@ -1287,8 +1288,7 @@ class FaultClose extends Error {}
  * every ending is logged with a reason.
  */
 async function serveConnection(c: EchoConnection, context: ConnectionContext): Promise<void> {
-  const { conn } = c;
-  const { stats } = c;
+  const { conn, stats } = c;
   const { config } = context;
   let origin: ConnectionOrigin;
   try {
@@ -1311,82 +1311,42 @@ async function serveConnection(c: EchoConnection, context: ConnectionContext): P
   }
   stats.accepted++;
   stats.active++;
-  try {
-    await echo(c, context, origin);
-  } finally {
-    stats.active--;
-  }
-}
-
-async function echo(
-  c: EchoConnection,
-  context: ConnectionContext,
-  origin: ConnectionOrigin,
-): Promise<void> {
-  const { conn } = c;
-  const { stats } = c;
-  const { config } = context;
-  const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
-  const maxBufferBytes = logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES;
-  const trackIdle = config.idleTimeoutMs > 0;
-  const stopWatchingIdle = trackIdle ? watchIdle(c, config.idleTimeoutMs) : () => {};
-  const lines = context.linePrefix && new LineAnswerer(context.linePrefix);
-  const echoLimit = config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity;
-  let bannerDue = config.bannerMode !== "off";
-  let reason: CloseReason = "eof";
-  let failure: unknown;
-
-  const client = formatAddress(origin.client);
-  const opened: Record<string, unknown> = { id: c.id, client, port: c.port };
+  c.client = formatAddress(origin.client);
+  const opened: Record<string, unknown> = { id: c.id, client: c.client, port: c.port };
   if (origin.proxy) opened.peer = formatAddress(origin.proxy);
   log.info("TCP connection open.", opened);
 
-  const sendBanner = async () => {
-    bannerDue = false;
-    const banner = config.showClientAddress
-      ? concatBytes([context.banner, encoder.encode(`Your address is ${client}.\n`)])
-      : context.banner;
-    if (banner.length > 0) await writeAll(c, banner);
-  };
-  const answer = async (bytes: Uint8Array) => {
-    if (bytes.length === 0) return;
-    const allowed = Math.min(bytes.length, echoLimit - c.bytesEchoed);
-    await writeAll(c, allowed < bytes.length ? bytes.subarray(0, allowed) : bytes);
-    c.bytesEchoed += allowed;
-    if (c.bytesEchoed >= echoLimit) throw new FaultClose();
-  };
-  const received = async (chunk: Uint8Array) => {
-    c.bytesIn += chunk.length;
-    stats.bytesReceived += chunk.length;
-    if (trackIdle) c.lastReceivedAt = performance.now();
-    if (logData) logReceived(c.id, chunk, config.logDataBytes);
-    if (bannerDue) await sendBanner();
-    if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
-    await answer(lines ? lines.push(chunk) : chunk);
-  };
-
+  // Everything per connection lives in `c`; the helpers below are shared,
+  // so an idle connection holds no closures of its own.
+  c.bannerDue = config.bannerMode !== "off";
+  if (context.linePrefix) c.lines = new LineAnswerer(context.linePrefix);
+  if (config.idleTimeoutMs > 0) {
+    c.idleTimer = setTimeout(checkIdle, config.idleTimeoutMs, c, config.idleTimeoutMs);
+  }
+  let reason: CloseReason = "eof";
+  let failure: unknown;
   try {
-    if (bannerDue && config.bannerMode === "connect") await sendBanner();
-    if (origin.firstData.length > 0) await received(origin.firstData);
+    if (c.bannerDue && config.bannerMode === "connect") await sendBanner(c, context);
+    if (origin.firstData.length > 0) await received(c, context, origin.firstData);
     let ended = false;
     if (origin.pendingRead) {
       const first = await origin.pendingRead;
       if (first === null) ended = true;
-      else await received(first);
+      else await received(c, context, first);
     }
     let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
     while (!ended) {
       const n = await conn.read(buffer);
       if (n === null) break;
-      await received(buffer.subarray(0, n));
-      if (n === buffer.length && buffer.length < maxBufferBytes) {
+      await received(c, context, buffer.subarray(0, n));
+      if (n === buffer.length && buffer.length < context.maxBufferBytes) {
         buffer = new Uint8Array(buffer.length * 4);
       }
     }
     // Deno reports a reset during read as end of stream. A zero-length
     // write sends nothing, succeeds after a FIN and fails after a RST.
     await conn.write(NO_BYTES);
-    if (lines) await answer(lines.finish());
+    if (c.lines) await answer(c, context, c.lines.finish());
   } catch (error) {
     if (error instanceof FaultClose) reason = "fault";
     else if (c.closedBy !== undefined) reason = c.closedBy;
@@ -1396,8 +1356,9 @@ async function echo(
       failure = error;
     }
   } finally {
-    stopWatchingIdle();
+    clearTimeout(c.idleTimer);
     c.closeFor(reason);
+    stats.active--;
   }
   const durationMs = performance.now() - c.startedAt;
   stats.closed[reason]++;
@@ -1412,6 +1373,50 @@ async function echo(
   };
   if (failure !== undefined) facts.error = failure;
   log.info("TCP connection closed.", facts);
+}
+
+/** Handles bytes received: count, log, banner if due, delay fault, answer. */
+async function received(
+  c: EchoConnection,
+  context: ConnectionContext,
+  chunk: Uint8Array,
+): Promise<void> {
+  const { config } = context;
+  c.bytesIn += chunk.length;
+  c.stats.bytesReceived += chunk.length;
+  if (c.idleTimer !== undefined) c.lastReceivedAt = performance.now();
+  if (context.logData) logReceived(c.id, chunk, config.logDataBytes);
+  if (c.bannerDue) await sendBanner(c, context);
+  if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
+  await answer(c, context, c.lines ? c.lines.push(chunk) : chunk);
+}
+
+async function sendBanner(c: EchoConnection, context: ConnectionContext): Promise<void> {
+  c.bannerDue = false;
+  const banner = context.config.showClientAddress
+    ? concatBytes([context.banner, encoder.encode(`Your address is ${c.client}.\n`)])
+    : context.banner;
+  if (banner.length > 0) await writeAll(c, banner);
+}
+
+/** Writes an answer, stopping at `CLOSE_AFTER_BYTES` (then throws {@linkcode FaultClose}). */
+async function answer(
+  c: EchoConnection,
+  context: ConnectionContext,
+  bytes: Uint8Array,
+): Promise<void> {
+  if (bytes.length === 0) return;
+  const allowed = Math.min(bytes.length, context.echoLimit - c.bytesEchoed);
+  await writeAll(c, allowed < bytes.length ? bytes.subarray(0, allowed) : bytes);
+  c.bytesEchoed += allowed;
+  if (c.bytesEchoed >= context.echoLimit) throw new FaultClose();
+}
+
+/** Closes `c` once it has received nothing for `timeoutMs`, else re-arms for the rest. */
+function checkIdle(c: EchoConnection, timeoutMs: number): void {
+  const idleMs = performance.now() - c.lastReceivedAt;
+  if (idleMs >= timeoutMs) c.closeFor("idle");
+  else c.idleTimer = setTimeout(checkIdle, timeoutMs - idleMs, c, timeoutMs);
 }
 
 // ---------------------------------------------------------------------------
@@ -1565,6 +1570,7 @@ export function startServer(config: Config): EchoServer {
   const stopping = new AbortController();
   const backingOff = new Set<Deno.TcpListener>();
   let draining = false;
+  const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
   const context: ConnectionContext = {
     config,
     banner: renderBanner(config.banner),
@@ -1572,6 +1578,9 @@ export function startServer(config: Config): EchoServer {
       ? undefined
       : encoder.encode(`${config.echoPrefix} `),
     metrics,
+    logData,
+    maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
+    echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
   };
   for (const { port } of addresses) stats.forPort(port);
 

@@ -22,8 +22,10 @@ import {
   within,
   writeAll,
 } from "./test_support.ts";
+import type { LogRecord } from "@logtape/logtape";
 import {
   applyArguments,
+  BatchingSink,
   CONFIG_VARIABLES,
   ConfigError,
   type EchoServer,
@@ -1422,4 +1424,43 @@ Deno.test({
       });
     }
   },
+});
+
+Deno.test("BatchingSink: one write per batch, in order, drops counted when output falls behind", async () => {
+  const writes: string[] = [];
+  let release = () => {};
+  let wrote = Promise.withResolvers<void>();
+  const sink = new BatchingSink(
+    (bytes) => {
+      writes.push(decoder.decode(bytes));
+      wrote.resolve();
+      return new Promise<void>((resolve) => release = resolve);
+    },
+    (record) =>
+      record.properties.dropped_records === undefined
+        ? `${record.properties.n}\n`
+        : `dropped ${record.properties.dropped_records}\n`,
+    3,
+  );
+  const record = (n: number): LogRecord => ({
+    category: ["tcp-echo"],
+    level: "info",
+    timestamp: 0,
+    rawMessage: "r",
+    message: ["r"],
+    properties: { n },
+  });
+  for (let n = 1; n <= 2; n++) sink.sink(record(n));
+  await within(1_000, "first write", wrote.promise);
+  assert.deepEqual(writes, ["1\n2\n"], "records of one task go out in one write");
+  // While that write is pending, 3 records fit and 2 are dropped.
+  wrote = Promise.withResolvers<void>();
+  for (let n = 3; n <= 7; n++) sink.sink(record(n));
+  release();
+  await within(1_000, "second write", wrote.promise);
+  assert.deepEqual(writes, ["1\n2\n", "3\n4\n5\ndropped 2\n"]);
+  const flushed = sink.flush();
+  release();
+  await flushed;
+  assert.equal(writes.length, 2, "nothing was left to write");
 });
