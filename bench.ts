@@ -218,7 +218,7 @@ async function main(): Promise<void> {
     args: Deno.args,
     options: { rounds: { type: "string" }, seconds: { type: "string" }, idle: { type: "string" } },
   });
-  const rounds = Number(values.rounds ?? 3);
+  const rounds = Number(values.rounds ?? 5);
   const seconds = Number(values.seconds ?? 2);
   const idleConnections = Number(values.idle ?? 5_000);
   const duration = `${Math.round(seconds * 1_000)}ms`;
@@ -260,7 +260,7 @@ async function main(): Promise<void> {
       args: [
         "probe",
         "--count",
-        String(Math.round(1_500 * seconds)),
+        String(Math.round(8_000 * seconds)),
         "--concurrency",
         "8",
         "--size",
