@@ -733,23 +733,21 @@ const LOGTAPE_LEVEL: Readonly<Record<LogLevelName, LogLevel>> = {
   error: "error",
 };
 
-/** Formatted log text waiting for output at most (characters); more is dropped and counted. */
-export const MAX_PENDING_LOG_CHARS = 16 * 1024 * 1024;
+/** Records waiting for output at most; more are dropped (and counted) until it catches up. */
+export const MAX_PENDING_RECORDS = 20_000;
 
 /**
- * A LogTape sink that batches: each record is formatted when it arrives, and
- * the lines gathered are written together, in one write, once the current
- * task is done (and again whenever a write completes). Echoing never waits
- * for the log, a busy connection costs one write per batch rather than one
- * per record (LogTape's own stream sink writes each record separately: 4×
- * slower here with data records on), and no record object outlives its log
- * call (which keeps the heap of thousands of idle connections small). When
- * the output falls behind by {@linkcode MAX_PENDING_LOG_CHARS}, newer records
- * are dropped and a record says how many. Dispose it to flush.
+ * A LogTape sink that batches: records wait in memory and are formatted and
+ * written together, in one write, once the current task is done (and again
+ * whenever a write completes), so echoing never waits for the log and a busy
+ * connection costs one write per batch, not one per record. LogTape's own
+ * stream sink writes each record separately, which measured 4× slower here
+ * with data records on. When the output falls behind by
+ * {@linkcode MAX_PENDING_RECORDS}, newer records are dropped and a record
+ * says how many. Dispose it to flush.
  */
 export class BatchingSink implements AsyncDisposable {
-  #pending: string[] = [];
-  #pendingChars = 0;
+  #pending: LogRecord[] = [];
   #dropped = 0;
   #writing: Promise<void> | undefined;
   #scheduled = false;
@@ -758,18 +756,16 @@ export class BatchingSink implements AsyncDisposable {
   constructor(
     readonly write: (bytes: Uint8Array) => Promise<unknown>,
     readonly format: (record: LogRecord) => string,
-    readonly maxPendingChars: number = MAX_PENDING_LOG_CHARS,
+    readonly maxPending: number = MAX_PENDING_RECORDS,
   ) {}
 
   /** The sink to give LogTape. */
   readonly sink: Sink = (record) => {
-    const line = this.format(record);
-    if (this.#pendingChars + line.length > this.maxPendingChars) {
+    if (this.#pending.length >= this.maxPending) {
       this.#dropped++;
       return;
     }
-    this.#pending.push(line);
-    this.#pendingChars += line.length;
+    this.#pending.push(record);
     if (!this.#scheduled && this.#writing === undefined) {
       this.#scheduled = true;
       setTimeout(() => this.#drain(), 0);
@@ -779,9 +775,8 @@ export class BatchingSink implements AsyncDisposable {
   #drain(): void {
     this.#scheduled = false;
     if (this.#writing !== undefined || this.#pending.length === 0) return;
-    const lines = this.#pending;
+    const records = this.#pending;
     this.#pending = [];
-    this.#pendingChars = 0;
     let length = 0;
     const append = (text: string) => {
       // Encoded into one reused buffer: no write is in flight while it fills.
@@ -792,7 +787,7 @@ export class BatchingSink implements AsyncDisposable {
       }
       length += encoder.encodeInto(text, this.#buffer.subarray(length)).written;
     };
-    for (const line of lines) append(line);
+    for (const record of records) append(this.format(record));
     if (this.#dropped > 0) {
       append(this.format({
         category: LOG_CATEGORY,
@@ -1390,15 +1385,10 @@ async function received(
   c.bytesIn += chunk.length;
   c.stats.bytesReceived += chunk.length;
   if (c.idleTimer !== undefined) c.lastReceivedAt = performance.now();
-  try {
-    if (c.bannerDue) await sendBanner(c, context);
-    if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
-    await answer(c, context, c.lines ? c.lines.push(chunk) : chunk);
-  } finally {
-    // Logged once the echo is on its way, so formatting never delays it;
-    // `chunk` is not overwritten before this function returns.
-    if (context.logData) logReceived(c.id, chunk, config.logDataBytes);
-  }
+  if (context.logData) logReceived(c.id, chunk, config.logDataBytes);
+  if (c.bannerDue) await sendBanner(c, context);
+  if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
+  await answer(c, context, c.lines ? c.lines.push(chunk) : chunk);
 }
 
 async function sendBanner(c: EchoConnection, context: ConnectionContext): Promise<void> {

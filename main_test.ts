@@ -1440,7 +1440,7 @@ Deno.test("BatchingSink: one write per batch, in order, drops counted when outpu
       record.properties.dropped_records === undefined
         ? `${record.properties.n}\n`
         : `dropped ${record.properties.dropped_records}\n`,
-    6, // characters: three records of two
+    3,
   );
   const record = (n: number): LogRecord => ({
     category: ["tcp-echo"],
