@@ -740,11 +740,11 @@ export const MAX_PENDING_RECORDS = 20_000;
  * A LogTape sink that batches: records wait in memory and are formatted and
  * written together, in one write, once the current task is done (and again
  * whenever a write completes), so echoing never waits for the log and a busy
- * connection costs one write per batch, not one per record. LogTape's own
- * stream sink writes each record separately, which measured 4× slower here
- * with data records on. When the output falls behind by
- * {@linkcode MAX_PENDING_RECORDS}, newer records are dropped and a record
- * says how many. Dispose it to flush.
+ * connection costs one write per batch, not one per record. (LogTape's own
+ * non-blocking stream sink writes records one by one and silently drops the
+ * oldest once 2,000 wait, which lost records under data-heavy streams.) When
+ * the output falls behind by {@linkcode MAX_PENDING_RECORDS}, newer records
+ * are dropped and a record says how many. Dispose it to flush.
  */
 export class BatchingSink implements AsyncDisposable {
   #pending: LogRecord[] = [];
