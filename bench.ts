@@ -18,6 +18,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { freePort, waitForPort } from "./test_support.ts";
 
 const repoDir = new URL(".", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -58,25 +59,6 @@ const BANNER_ENV = {
   SERVICE_ACCOUNT: "tcp-echo",
   SERVICE_VERSION: "v1",
 };
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-  }
-  throw new Error(`port ${port} never opened`);
-}
 
 async function startReference(): Promise<BenchServer> {
   const port = freePort();

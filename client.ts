@@ -491,11 +491,7 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
     const identity = parseBanner(decoder.decode(concat(received)));
     return { ok: false, reason, identity, detail: (error as Error).message };
   } finally {
-    try {
-      conn?.close();
-    } catch {
-      // Closed by the timeout already.
-    }
+    if (conn) closeQuietly(conn);
   }
 }
 
@@ -631,15 +627,34 @@ interface LoadTally {
   histogram: hdr.Histogram;
 }
 
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch {
+    // Closed by a timeout already.
+  }
+}
+
+/** Connects and synchronizes on a token line; the caller closes the connection. */
+async function connectSynchronized(options: ClientOptions): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  try {
+    conn.setNoDelay(true);
+    await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
+    return conn;
+  } catch (error) {
+    closeQuietly(conn);
+    throw error;
+  }
+}
+
 async function rrConnection(
   options: ClientOptions,
   deadline: number,
   tally: LoadTally,
 ): Promise<void> {
-  const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  const conn = await connectSynchronized(options);
   try {
-    conn.setNoDelay(true);
-    await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
     const { payload, expected } = makeExchange(options.size, undefined, options.prefix);
     const answer = new Uint8Array(expected.length);
     while (performance.now() < deadline) {
@@ -654,11 +669,7 @@ async function rrConnection(
       tally.bytesVerified += expected.length;
     }
   } finally {
-    try {
-      conn.close();
-    } catch {
-      // Closed by a timeout already.
-    }
+    closeQuietly(conn);
   }
 }
 
@@ -670,10 +681,8 @@ async function streamConnection(
   deadline: number,
   tally: LoadTally,
 ): Promise<void> {
-  const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  const conn = await connectSynchronized(options);
   try {
-    conn.setNoDelay(true);
-    await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
     const pattern = randomBytes(STREAM_PATTERN_BYTES);
     const chunk = Math.min(options.size, STREAM_PATTERN_BYTES);
     let sent = 0;
@@ -706,11 +715,7 @@ async function streamConnection(
     if (checked !== sent) throw new ShortError(`${checked} of ${sent} bytes came back`);
     tally.operations++;
   } finally {
-    try {
-      conn.close();
-    } catch {
-      // Closed by a timeout already.
-    }
+    closeQuietly(conn);
   }
 }
 

@@ -1,7 +1,8 @@
 /**
- * What the tests share: a server on a free loopback port with its log records
- * captured, socket helpers with timeouts, `main.ts` run as a subprocess, and
- * the rule for tests that need a tool from Debian.
+ * What the tests (and the benchmark) share: a server on a free loopback port
+ * with its log records captured, socket helpers with timeouts, `main.ts` run
+ * as a subprocess, loopback port helpers, and the rule for tests that need a
+ * tool from Debian.
  *
  * @module
  */
