@@ -13,7 +13,7 @@
  * @example Start a server on an ephemeral loopback port
  * ```ts
  * import { loadConfig, startServer } from "./main.ts";
- * const config = { ...loadConfig({ HOST: "127.0.0.1" }), port: 0 };
+ * const config = { ...loadConfig({ HOST: "127.0.0.1", ADMIN_PORT: "off" }), ports: [0] };
  * const server = startServer(config);
  * console.log(server.addresses[0].port);
  * await server.shutdown();
