@@ -341,7 +341,14 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
         "prometheus.io/path": "/metrics",
       });
       assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
-      assert.ok(c.resources.limits.memory);
+      // 64 MiB for the runtime plus 16 KiB per connection (measured: about 9-10 KiB,
+      // see README, Performance) keeps a full MAX_CONNECTIONS clear of the OOM killer.
+      const limitMiB = Number(/^(\d+)Mi$/.exec(c.resources.limits.memory)?.[1]);
+      const maxConnections = loadConfig(Object.fromEntries(
+        c.env.filter((e: Manifest) => "value" in e).map((e: Manifest) => [e.name, e.value]),
+      )).maxConnections;
+      assert.ok(maxConnections > 0, "a connection limit is set");
+      assert.ok(limitMiB >= 64 + (maxConnections * 16) / 1024, `memory limit ${limitMiB}Mi`);
       assert.equal(pod.securityContext.runAsNonRoot, true);
       assert.equal(pod.securityContext.runAsUser, 65532);
       assert.deepEqual(pod.securityContext.seccompProfile, { type: "RuntimeDefault" });
