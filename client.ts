@@ -635,26 +635,23 @@ function closeQuietly(conn: Deno.Conn): void {
   }
 }
 
-/** Connects and synchronizes on a token line; the caller closes the connection. */
-async function connectSynchronized(options: ClientOptions): Promise<Deno.TcpConn> {
+/** Connects, synchronizes on a token line, runs `work`, and closes the connection. */
+async function onSynchronizedConnection(
+  options: ClientOptions,
+  work: (conn: Deno.TcpConn) => Promise<void>,
+): Promise<void> {
   const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
   try {
     conn.setNoDelay(true);
     await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
-    return conn;
-  } catch (error) {
+    await work(conn);
+  } finally {
     closeQuietly(conn);
-    throw error;
   }
 }
 
-async function rrConnection(
-  options: ClientOptions,
-  deadline: number,
-  tally: LoadTally,
-): Promise<void> {
-  const conn = await connectSynchronized(options);
-  try {
+function rrConnection(options: ClientOptions, deadline: number, tally: LoadTally): Promise<void> {
+  return onSynchronizedConnection(options, async (conn) => {
     const { payload, expected } = makeExchange(options.size, undefined, options.prefix);
     const answer = new Uint8Array(expected.length);
     while (performance.now() < deadline) {
@@ -668,21 +665,18 @@ async function rrConnection(
       tally.operations++;
       tally.bytesVerified += expected.length;
     }
-  } finally {
-    closeQuietly(conn);
-  }
+  });
 }
 
 /** A 1 MiB random pattern, written in a cycle and checked on the way back. */
 const STREAM_PATTERN_BYTES = 1 << 20;
 
-async function streamConnection(
+function streamConnection(
   options: ClientOptions,
   deadline: number,
   tally: LoadTally,
 ): Promise<void> {
-  const conn = await connectSynchronized(options);
-  try {
+  return onSynchronizedConnection(options, async (conn) => {
     const pattern = randomBytes(STREAM_PATTERN_BYTES);
     const chunk = Math.min(options.size, STREAM_PATTERN_BYTES);
     let sent = 0;
@@ -714,9 +708,7 @@ async function streamConnection(
     await writer;
     if (checked !== sent) throw new ShortError(`${checked} of ${sent} bytes came back`);
     tally.operations++;
-  } finally {
-    closeQuietly(conn);
-  }
+  });
 }
 
 /** Whether two byte arrays are equal (a native memcmp: fast enough to check every byte). */
