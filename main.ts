@@ -1530,14 +1530,27 @@ function chooseHostname(config: Config): string {
   }
 }
 
+/** An address the server could not listen on; the message names it and says why. */
+export class ListenError extends Error {
+  override name = "ListenError";
+  constructor(where: string, cause: unknown) {
+    super(`cannot listen on ${where}: ${(cause as Error).message}`, { cause });
+  }
+}
+
+const hostPort = (hostname: string, port: number) =>
+  hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+
 /** Opens one listener per port, or none: on failure the ones opened are closed. */
 function listenAll(hostname: string, ports: readonly number[]): Deno.TcpListener[] {
   const listeners: Deno.TcpListener[] = [];
-  try {
-    for (const port of ports) listeners.push(Deno.listen({ hostname, port }));
-  } catch (error) {
-    for (const listener of listeners) listener.close();
-    throw error;
+  for (const port of ports) {
+    try {
+      listeners.push(Deno.listen({ hostname, port }));
+    } catch (error) {
+      for (const listener of listeners) listener.close();
+      throw new ListenError(`TCP port ${hostPort(hostname, port)}`, error);
+    }
   }
   return listeners;
 }
@@ -1557,8 +1570,8 @@ function pause(ms: number, signal?: AbortSignal): Promise<void> {
 
 /**
  * Starts listening and serving (and the admin server, unless it is off).
- * Throws if an address cannot be bound (e.g. `Deno.errors.AddrInUse`);
- * everything after that is logged, never thrown.
+ * Throws {@linkcode ListenError} if an address cannot be bound (nothing is
+ * left open then); everything after that is logged, never thrown.
  */
 export function startServer(config: Config): EchoServer {
   const hostname = chooseHostname(config);
@@ -1641,6 +1654,17 @@ export function startServer(config: Config): EchoServer {
     }
   }
 
+  let admin: Deno.HttpServer<Deno.NetAddr> | undefined;
+  try {
+    admin = config.adminPort === undefined ? undefined : startAdminServer(
+      hostname,
+      config.adminPort,
+      { isReady: () => !draining && backingOff.size === 0, metrics },
+    );
+  } catch (error) {
+    for (const listener of listeners) listener.close();
+    throw new ListenError(`admin port ${hostPort(hostname, config.adminPort!)}`, error);
+  }
   for (const address of addresses) {
     log.info("Listening on TCP port {port}", {
       port: address.port,
@@ -1650,11 +1674,6 @@ export function startServer(config: Config): EchoServer {
   logActiveFaults(config);
   const accepting = Promise.all(
     listeners.map((listener, i) => acceptLoop(listener, addresses[i].port)),
-  );
-  const admin = config.adminPort === undefined ? undefined : startAdminServer(
-    hostname,
-    config.adminPort,
-    { isReady: () => !draining && backingOff.size === 0, metrics },
   );
   let shutdownPromise: Promise<void> | undefined;
 
@@ -1786,8 +1805,8 @@ export async function main(args: readonly string[]): Promise<number> {
   } catch (error) {
     await detachLogging();
     await sink[Symbol.asyncDispose]();
-    const where = `${config.host ?? "[::]"}:${config.ports.join(",")}`;
-    console.error(`tcp-echo: cannot listen on ${where}: ${(error as Error).message}`);
+    if (!(error instanceof ListenError)) throw error;
+    console.error(`tcp-echo: ${error.message}`);
     return 1;
   }
   const received = await signal;

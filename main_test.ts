@@ -212,6 +212,35 @@ Deno.test("program: bad configuration exits 2 with one line on stderr, no stack 
   }
 });
 
+Deno.test("program: a port already in use exits 1 with one line naming it, nothing left open", async (t) => {
+  const args = await startTaskArgs();
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const busy = String(taken.addr.port);
+  const cases: [string, Record<string, string>, string][] = [
+    ["TCP port", { TCP_PORT: busy, ADMIN_PORT: "off" }, `TCP port 127.0.0.1:${busy}`],
+    [
+      "admin port",
+      { TCP_PORT: String(freePort()), ADMIN_PORT: busy },
+      `admin port 127.0.0.1:${busy}`,
+    ],
+  ];
+  for (const [name, env, where] of cases) {
+    await t.step(name, async () => {
+      const output = await new Deno.Command(Deno.execPath(), {
+        args,
+        cwd: repoDir,
+        env: { HOST: "127.0.0.1", NO_COLOR: "1", ...env },
+        stdin: "null",
+      }).output();
+      assert.equal(output.code, 1);
+      assert.match(
+        decoder.decode(output.stderr),
+        new RegExp(`^tcp-echo: cannot listen on ${where.replaceAll(".", "\\.")}: .+\n$`),
+      );
+    });
+  }
+});
+
 Deno.test("program: --help and -h print the configuration table and exit 0", async () => {
   const args = await startTaskArgs();
   for (const flag of ["--help", "-h"]) {
