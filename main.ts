@@ -735,6 +735,8 @@ const LOGTAPE_LEVEL: Readonly<Record<LogLevelName, LogLevel>> = {
 
 /** Records waiting for output at most; more are dropped (and counted) until it catches up. */
 export const MAX_PENDING_RECORDS = 20_000;
+/** Bytes of received data held by waiting data records at most (each holds up to `LOG_DATA_BYTES`). */
+export const MAX_PENDING_DATA_BYTES = 32 * 1024 * 1024;
 
 /**
  * A LogTape sink that batches: records wait in memory and are formatted and
@@ -821,11 +823,17 @@ export class BatchingSink implements AsyncDisposable {
   }
 }
 
-/** The production sink: records formatted as configured, written to standard output in batches. */
-export function createStdoutSink(format: LogFormat): BatchingSink {
+/**
+ * The production sink: records formatted as configured, written to standard
+ * output in batches. Fewer records may wait when each can hold more data, so
+ * a slow log reader costs at most {@linkcode MAX_PENDING_DATA_BYTES} of data.
+ */
+export function createStdoutSink(format: LogFormat, logDataBytes: number): BatchingSink {
+  const perRecord = logDataBytes + 256;
   return new BatchingSink(
     (bytes) => writeAllTo(Deno.stdout, bytes),
     format === "json" ? formatJsonRecord : formatTextRecord,
+    Math.max(100, Math.min(MAX_PENDING_RECORDS, Math.floor(MAX_PENDING_DATA_BYTES / perRecord))),
   );
 }
 
@@ -1796,7 +1804,7 @@ export async function main(args: readonly string[]): Promise<number> {
     return 2;
   }
 
-  const sink = createStdoutSink(config.logFormat);
+  const sink = createStdoutSink(config.logFormat, config.logDataBytes);
   const detachLogging = await setupLogging(config.logLevel, sink.sink);
   const signal = firstShutdownSignal();
   let server: EchoServer;
