@@ -745,12 +745,14 @@ export const MAX_PENDING_DATA_BYTES = 32 * 1024 * 1024;
  * connection costs one write per batch, not one per record. (LogTape's own
  * non-blocking stream sink writes records one by one and silently drops the
  * oldest once 2,000 wait, which lost records under data-heavy streams.) When
- * the output falls behind by {@linkcode MAX_PENDING_RECORDS}, newer records
- * are dropped and a record says how many. Dispose it to flush.
+ * `maxPending` records wait, newer records that `isExpendable` are dropped;
+ * the others (connection and lifecycle records) only beyond twice that. A
+ * record then says how many were dropped. Dispose it to flush.
  */
 export class BatchingSink implements AsyncDisposable {
-  #pending: LogRecord[] = [];
-  #dropped = 0;
+  /** Records, and where dropping began, the count of records dropped since. */
+  #pending: (LogRecord | DropCount)[] = [];
+  #dropCount: DropCount | undefined;
   #writing: Promise<void> | undefined;
   #scheduled = false;
   #buffer = new Uint8Array(65_536);
@@ -759,12 +761,19 @@ export class BatchingSink implements AsyncDisposable {
     readonly write: (bytes: Uint8Array) => Promise<unknown>,
     readonly format: (record: LogRecord) => string,
     readonly maxPending: number = MAX_PENDING_RECORDS,
+    readonly isExpendable: (record: LogRecord) => boolean = () => true,
   ) {}
 
   /** The sink to give LogTape. */
   readonly sink: Sink = (record) => {
-    if (this.#pending.length >= this.maxPending) {
-      this.#dropped++;
+    const limit = this.isExpendable(record) ? this.maxPending : 2 * this.maxPending;
+    if (this.#pending.length >= limit) {
+      if (this.#dropCount === undefined) {
+        // The report goes where the gap is.
+        this.#dropCount = { dropped: 0 };
+        this.#pending.push(this.#dropCount);
+      }
+      this.#dropCount.dropped++;
       return;
     }
     this.#pending.push(record);
@@ -777,10 +786,12 @@ export class BatchingSink implements AsyncDisposable {
   #drain(): void {
     this.#scheduled = false;
     if (this.#writing !== undefined || this.#pending.length === 0) return;
-    const records = this.#pending;
+    const entries = this.#pending;
     this.#pending = [];
+    this.#dropCount = undefined;
     let length = 0;
-    const append = (text: string) => {
+    for (const entry of entries) {
+      const text = this.format("dropped" in entry ? dropRecord(entry.dropped) : entry);
       // Encoded into one reused buffer: no write is in flight while it fills.
       if (this.#buffer.length - length < text.length * 3) {
         const grown = new Uint8Array(Math.max(this.#buffer.length * 2, length + text.length * 3));
@@ -788,31 +799,19 @@ export class BatchingSink implements AsyncDisposable {
         this.#buffer = grown;
       }
       length += encoder.encodeInto(text, this.#buffer.subarray(length)).written;
-    };
-    for (const record of records) append(this.format(record));
-    if (this.#dropped > 0) {
-      append(this.format({
-        category: LOG_CATEGORY,
-        level: "warning",
-        timestamp: Date.now(),
-        rawMessage: "Log output fell behind; records dropped.",
-        message: ["Log output fell behind; records dropped."],
-        properties: { dropped_records: this.#dropped },
-      }));
-      this.#dropped = 0;
     }
     this.#writing = this.write(this.#buffer.subarray(0, length)).then(
       () => {},
       () => {}, // Nowhere left to report a failing log output.
     ).finally(() => {
       this.#writing = undefined;
-      if (this.#pending.length > 0 || this.#dropped > 0) this.#drain();
+      if (this.#pending.length > 0) this.#drain();
     });
   }
 
   /** Writes everything still waiting. */
   async flush(): Promise<void> {
-    while (this.#writing !== undefined || this.#pending.length > 0 || this.#dropped > 0) {
+    while (this.#writing !== undefined || this.#pending.length > 0) {
       if (this.#writing === undefined) this.#drain();
       await this.#writing;
     }
@@ -823,10 +822,31 @@ export class BatchingSink implements AsyncDisposable {
   }
 }
 
+/** How many records a {@linkcode BatchingSink} dropped at one point of its output. */
+interface DropCount {
+  dropped: number;
+}
+
+function dropRecord(dropped: number): LogRecord {
+  return {
+    category: LOG_CATEGORY,
+    level: "warning",
+    timestamp: Date.now(),
+    rawMessage: "Log output fell behind; records dropped.",
+    message: ["Log output fell behind; records dropped."],
+    properties: { dropped_records: dropped },
+  };
+}
+
+/** Data records are the ones to drop first when the log output falls behind. */
+const isDataRecord = (record: LogRecord) =>
+  record.properties.raw instanceof RawBytes || record.properties.data instanceof DataText;
+
 /**
  * The production sink: records formatted as configured, written to standard
  * output in batches. Fewer records may wait when each can hold more data, so
- * a slow log reader costs at most {@linkcode MAX_PENDING_DATA_BYTES} of data.
+ * a slow log reader costs at most {@linkcode MAX_PENDING_DATA_BYTES} of data;
+ * data records are dropped first, so connection and lifecycle records survive.
  */
 export function createStdoutSink(format: LogFormat, logDataBytes: number): BatchingSink {
   const perRecord = logDataBytes + 256;
@@ -834,6 +854,7 @@ export function createStdoutSink(format: LogFormat, logDataBytes: number): Batch
     (bytes) => writeAllTo(Deno.stdout, bytes),
     format === "json" ? formatJsonRecord : formatTextRecord,
     Math.max(100, Math.min(MAX_PENDING_RECORDS, Math.floor(MAX_PENDING_DATA_BYTES / perRecord))),
+    isDataRecord,
   );
 }
 

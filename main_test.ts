@@ -1490,3 +1490,36 @@ Deno.test("BatchingSink: one write per batch, in order, drops counted when outpu
   await flushed;
   assert.equal(writes.length, 2, "nothing was left to write");
 });
+
+Deno.test("a log reader that stops reading never stalls echoing; the backlog is bounded and reported", async () => {
+  const port = freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: await startTaskArgs(),
+    cwd: repoDir,
+    env: { HOST: "127.0.0.1", TCP_PORT: String(port), ADMIN_PORT: "off", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped", // and not read until the end: the pipe fills after 64 KiB
+    stderr: "null",
+  }).spawn();
+  try {
+    await waitForPort(port);
+    using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    // 15,000 small round trips make 30,000 data records: more than may wait.
+    const payload = encoder.encode("0123456789abcdef");
+    for (let i = 0; i < 15_000; i++) {
+      assert.deepEqual(await within(5_000, `echo ${i}`, roundTrip(conn, payload)), payload);
+    }
+  } finally {
+    child.kill("SIGTERM");
+  }
+  const log = await new Response(child.stdout).text();
+  assert.equal((await child.status).code, 0);
+  const dropped = /Log output fell behind; records dropped\. dropped_records=(\d+) level=warn\n/
+    .exec(log);
+  assert.ok(dropped && Number(dropped[1]) > 0, "the drop is reported");
+  const kept = log.match(/Received Raw Data/g)?.length ?? 0;
+  assert.ok(kept >= 10_000 && kept < 15_000, `${kept} raw data records kept`);
+  // Connection and lifecycle records are not dropped for data records.
+  assert.match(log, /TCP connection closed\. reason=eof bytes_in=240000 /);
+  assert.match(log, /Shutdown complete\. connections_served=\d+\n$/);
+});
