@@ -1134,6 +1134,9 @@ interface ConnectionOrigin {
   readonly pendingRead: Promise<Uint8Array | null> | undefined;
 }
 
+/** What a race against the PROXY header deadline resolves with when the deadline wins. */
+const TIMED_OUT = Symbol("timed out");
+
 /**
  * Reads the PROXY header the configuration asks for, within
  * `config.proxyHeaderTimeoutMs`. Throws {@linkcode ProxyRefusal} when the
@@ -1212,8 +1215,6 @@ async function readOrigin(c: EchoConnection, config: Config): Promise<Connection
     clearTimeout(timer);
   }
 }
-
-const TIMED_OUT = Symbol("timed out");
 
 async function writeAll(c: EchoConnection, bytes: Uint8Array): Promise<void> {
   let written = 0;
