@@ -1503,11 +1503,14 @@ function startAdminServer(
     },
   }, async (request) => {
     const response = await handleAdminRequest(request, state);
-    log.debug("Admin request.", {
-      method: request.method,
-      path: new URL(request.url).pathname,
-      status: response.status,
-    });
+    // Probes come every few seconds: build nothing for a record the level filters out.
+    if (log.isEnabledFor("debug")) {
+      log.debug("Admin request.", {
+        method: request.method,
+        path: new URL(request.url).pathname,
+        status: response.status,
+      });
+    }
     return response;
   });
 }
