@@ -336,6 +336,11 @@ export function makeExchange(
   return { payload, expected };
 }
 
+/**
+ * Joins byte arrays. (main.ts has the same helper, but the client must not
+ * import main.ts: main.ts loads the client while its own top-level await is
+ * still pending, and the import would wait for it forever.)
+ */
 function concat(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
   let offset = 0;

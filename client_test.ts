@@ -20,8 +20,8 @@ import {
   freePort,
   ignoreWithout,
   repoDir,
+  startHaproxy,
   startTestServer,
-  waitForPort,
 } from "./test_support.ts";
 
 /** Runs `tcp-echo client ARGS` as `deno task client` does; returns exit code and output. */
@@ -423,33 +423,17 @@ Deno.test({
       }),
       ports: [0],
     });
-    const frontPort = freePort();
-    const haproxy = new Deno.Command("haproxy", {
-      args: ["-db", "-f", "/dev/stdin"],
-      stdin: "piped",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
     try {
-      const writer = haproxy.stdin.getWriter();
-      await writer.write(encoder.encode(
-        [
-          "defaults",
-          "  mode tcp",
-          "  timeout connect 2s",
-          "  timeout client 10s",
-          "  timeout server 10s",
-          "listen split",
-          `  bind 127.0.0.1:${frontPort}`,
-          "  balance roundrobin",
-          `  server v1 127.0.0.1:${v1.addresses[0].port} weight 4`,
-          `  server v2 127.0.0.1:${v2.addresses[0].port} weight 1`,
-          "",
-        ].join("\n"),
-      ));
-      await writer.close();
-      await waitForPort(frontPort);
-      const { code, stdout } = await runClientProcess([`127.0.0.1:${frontPort}`, "--count", "20"]);
+      await using haproxy = await startHaproxy([
+        "  balance roundrobin",
+        `  server v1 127.0.0.1:${v1.addresses[0].port} weight 4`,
+        `  server v2 127.0.0.1:${v2.addresses[0].port} weight 1`,
+      ]);
+      const { code, stdout } = await runClientProcess([
+        `127.0.0.1:${haproxy.port}`,
+        "--count",
+        "20",
+      ]);
       assert.equal(code, 0, stdout);
       assert.match(
         stdout,
@@ -460,8 +444,6 @@ Deno.test({
         /\n {2}version v1, pod a +16 +80\.0%\n {2}version v2, pod b +4 +20\.0%\n/,
       );
     } finally {
-      haproxy.kill("SIGTERM");
-      await haproxy.status;
       await v1.shutdown({ graceMs: 0 });
       await v2.shutdown({ graceMs: 0 });
     }

@@ -159,9 +159,8 @@ Deno.test({
   async fn(t) {
     const kinds = (manifests: Manifest[]) =>
       manifests.map((m) => `${m.apiVersion} ${m.kind} ${m.metadata.name}`).sort();
-    await t.step("k8s", async () => {
-      const rendered = await kustomize("k8s");
-      assert.deepEqual(kinds(rendered), [
+    const expected: Record<string, string[]> = {
+      "k8s": [
         "apps/v1 Deployment tcp-echo-v1",
         "apps/v1 Deployment tcp-echo-v2",
         "networking.istio.io/v1 DestinationRule tcp-echo",
@@ -170,12 +169,8 @@ Deno.test({
         "networking.istio.io/v1 VirtualService tcp-echo",
         "v1 Service tcp-echo",
         "v1 ServiceAccount tcp-echo",
-      ]);
-      validateAll(rendered, "rendered");
-    });
-    await t.step("k8s/gateway-api", async () => {
-      const rendered = await kustomize("k8s/gateway-api");
-      assert.deepEqual(kinds(rendered), [
+      ],
+      "k8s/gateway-api": [
         "apps/v1 Deployment tcp-echo-v1",
         "apps/v1 Deployment tcp-echo-v2",
         "gateway.networking.k8s.io/v1 Gateway tcp-echo-gateway",
@@ -184,21 +179,23 @@ Deno.test({
         "v1 Service tcp-echo-v1",
         "v1 Service tcp-echo-v2",
         "v1 ServiceAccount tcp-echo",
-      ]);
-      validateAll(rendered, "rendered");
-    });
-    await t.step("k8s/istio-tcp-traffic-shifting", async () => {
-      const rendered = await kustomize("k8s/istio-tcp-traffic-shifting");
-      assert.deepEqual(kinds(rendered), [
+      ],
+      "k8s/istio-tcp-traffic-shifting": [
         "apps/v1 Deployment tcp-echo-v1",
         "apps/v1 Deployment tcp-echo-v2",
         "networking.istio.io/v1 DestinationRule tcp-echo-destination",
         "networking.istio.io/v1 Gateway tcp-echo-gateway",
         "networking.istio.io/v1 VirtualService tcp-echo",
         "v1 Service tcp-echo",
-      ]);
-      validateAll(rendered, "rendered");
-    });
+      ],
+    };
+    for (const [dir, resources] of Object.entries(expected)) {
+      await t.step(dir, async () => {
+        const rendered = await kustomize(dir);
+        assert.deepEqual(kinds(rendered), resources);
+        validateAll(rendered, "rendered");
+      });
+    }
   },
 });
 

@@ -1239,7 +1239,7 @@ function logReceived(id: string, chunk: Uint8Array, limit: number): void {
 }
 
 /** Joins byte arrays into one. */
-function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
   let offset = 0;
   for (const part of parts) {

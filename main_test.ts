@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
-  concat,
   decoder,
   encoder,
   freePort,
@@ -16,6 +15,7 @@ import {
   repoDir,
   roundTrip,
   spawnServer,
+  startHaproxy,
   startTaskArgs,
   startTestServer,
   waitForPort,
@@ -26,6 +26,7 @@ import type { LogRecord } from "@logtape/logtape";
 import {
   applyArguments,
   BatchingSink,
+  concatBytes,
   CONFIG_VARIABLES,
   ConfigError,
   type EchoServer,
@@ -1181,7 +1182,7 @@ Deno.test("PROXY protocol: accepted headers set the client address", async (t) =
   ) => {
     await using s = await startTestServer({ ...env, SHOW_CLIENT_ADDRESS: "true" });
     using conn = await s.connect();
-    await writeAll(conn, concat([header, encoder.encode("after header")]));
+    await writeAll(conn, concatBytes([header, encoder.encode("after header")]));
     const line = `Your address is ${client(conn)}.\n`;
     assert.equal(decoder.decode(await readExactly(conn, line.length)), line);
     assert.equal(decoder.decode(await readExactly(conn, 12)), "after header");
@@ -1399,54 +1400,24 @@ Deno.test({
           SHOW_CLIENT_ADDRESS: "true",
           NODE_NAME: "behind-haproxy",
         });
-        const frontPort = freePort();
-        const haproxyConfig = [
-          "global",
-          "  maxconn 100",
-          "defaults",
-          "  mode tcp",
-          "  timeout connect 2s",
-          "  timeout client 10s",
-          "  timeout server 10s",
-          "frontend echo_in",
-          `  bind 127.0.0.1:${frontPort}`,
-          "  default_backend echo_out",
-          "backend echo_out",
+        await using haproxy = await startHaproxy([
           `  server tcp_echo 127.0.0.1:${s.port} ${option}`,
-          "",
-        ].join("\n");
-        // The configuration goes in on stdin: nothing is written to disk.
-        const haproxy = new Deno.Command("haproxy", {
-          args: ["-db", "-f", "/dev/stdin"],
-          stdin: "piped",
-          stdout: "null",
-          stderr: "piped",
-        }).spawn();
-        const stdin = haproxy.stdin.getWriter();
-        await stdin.write(encoder.encode(haproxyConfig));
-        await stdin.close();
-        try {
-          await waitForPort(frontPort);
-          using conn = await Deno.connect({ hostname: "127.0.0.1", port: frontPort });
-          const me = `127.0.0.1:${conn.localAddr.port}`;
-          const banner = "Welcome, you are connected to node behind-haproxy.\n" +
-            `Your address is ${me}.\n`;
-          assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
-          const payload = randomBytes(256 * 1024);
-          assert.deepEqual(await roundTrip(conn, payload), payload);
-          const open = await s.logs.waitFor(
-            (r) => isOpen(r) && r.properties.client === me,
-            "open record with the client's own address",
-          );
-          assert.match(String(open.properties.peer), /^127\.0\.0\.1:\d+$/);
-          assert.notEqual(open.properties.peer, me, "peer is HAProxy's side");
-          // (waitForPort's probe may be refused for closing before its header: not checked.)
-          assert.equal(s.server.stats.forPort(s.port).rejected.proxy_invalid, 0);
-        } finally {
-          haproxy.kill("SIGTERM");
-          await haproxy.status;
-          await haproxy.stderr.cancel();
-        }
+        ]);
+        using conn = await Deno.connect({ hostname: "127.0.0.1", port: haproxy.port });
+        const me = `127.0.0.1:${conn.localAddr.port}`;
+        const banner = "Welcome, you are connected to node behind-haproxy.\n" +
+          `Your address is ${me}.\n`;
+        assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+        const payload = randomBytes(256 * 1024);
+        assert.deepEqual(await roundTrip(conn, payload), payload);
+        const open = await s.logs.waitFor(
+          (r) => isOpen(r) && r.properties.client === me,
+          "open record with the client's own address",
+        );
+        assert.match(String(open.properties.peer), /^127\.0\.0\.1:\d+$/);
+        assert.notEqual(open.properties.peer, me, "peer is HAProxy's side");
+        // (waitForPort's probe may be refused for closing before its header: not checked.)
+        assert.equal(s.server.stats.forPort(s.port).rejected.proxy_invalid, 0);
       });
     }
   },

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import type { LogRecord, Sink } from "@logtape/logtape";
 import {
+  concatBytes,
   type Config,
   type EchoServer,
   type Environment,
@@ -141,19 +142,9 @@ export function readToEnd(conn: Deno.Conn, ms = 5_000): Promise<Uint8Array> {
         if (n === null) break;
         chunks.push(buffer.slice(0, n));
       }
-      return concat(chunks);
+      return concatBytes(chunks);
     })(),
   );
-}
-
-export function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }
 
 export function randomBytes(length: number): Uint8Array {
@@ -296,4 +287,54 @@ export async function waitForPort(port: number, attempts = 200): Promise<void> {
     }
   }
   throw new Error(`port ${port} never opened`);
+}
+
+/** A HAProxy in front of loopback servers, in TCP mode; dispose it to stop it. */
+export interface Haproxy extends AsyncDisposable {
+  /** The port clients connect to. */
+  readonly port: number;
+}
+
+/**
+ * Starts HAProxy (`-db`, configuration on stdin: nothing is written to disk)
+ * with one `listen` section on a free loopback port; `lines` add to it
+ * (`server ...`, `balance ...`). Resolves once the port accepts.
+ */
+export async function startHaproxy(lines: readonly string[]): Promise<Haproxy> {
+  const port = freePort();
+  const config = [
+    "defaults",
+    "  mode tcp",
+    "  timeout connect 2s",
+    "  timeout client 10s",
+    "  timeout server 10s",
+    "listen front",
+    `  bind 127.0.0.1:${port}`,
+    ...lines,
+    "",
+  ].join("\n");
+  const child = new Deno.Command("haproxy", {
+    args: ["-db", "-f", "/dev/stdin"],
+    stdin: "piped",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // Already gone.
+    }
+    await child.status;
+  };
+  try {
+    const stdin = child.stdin.getWriter();
+    await stdin.write(encoder.encode(config));
+    await stdin.close();
+    await waitForPort(port);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { port, [Symbol.asyncDispose]: stop };
 }
