@@ -1740,7 +1740,10 @@ export function startServer(config: Config): EchoServer {
       await Promise.all(connections.values());
     }
     await admin?.shutdown();
-    const served = sum(Array.from(stats.entries(), ([, portStats]) => portStats.accepted));
+    const served = Array.from(stats.entries()).reduce(
+      (total, [, port]) => total + port.accepted,
+      0,
+    );
     log.info("Shutdown complete.", { connections_served: served });
   }
 
@@ -1770,12 +1773,6 @@ function logActiveFaults(config: Config): void {
   if (config.echoDelayMs > 0) faults.echo_delay_ms = config.echoDelayMs;
   if (config.closeAfterBytes > 0) faults.close_after_bytes = config.closeAfterBytes;
   if (Object.keys(faults).length > 0) log.warn("Fault injection active.", faults);
-}
-
-function sum(values: Iterable<number>): number {
-  let total = 0;
-  for (const value of values) total += value;
-  return total;
 }
 
 // ---------------------------------------------------------------------------
