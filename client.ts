@@ -98,7 +98,8 @@ Options:
   --json             print one JSON object instead of the human report
   -h, --help         print this text
 
-Exit status: 0 all good; 1 an echo was wrong or a threshold was missed; 2 bad usage.
+Exit status: 0 all good; 1 an echo was wrong, a load connection failed or completed
+nothing, or a threshold was missed; 2 bad usage.
 `;
 
 function parseDurationMs(text: string, flag: string): number {
@@ -443,26 +444,28 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
     let lastByteAt = NaN;
     let sentAt = NaN;
     const c = conn;
+    const buffer = new Uint8Array(65_536);
     await withTimeout(
       options.timeoutMs,
-      (async () => {
-        const sending = (async () => {
+      writeWhileReading(
+        c,
+        async () => {
           sentAt = performance.now();
           await writeAll(c, exchange.payload);
           await c.closeWrite();
-        })();
-        const buffer = new Uint8Array(65_536);
-        while (true) {
-          const n = await c.read(buffer);
-          if (n === null) break;
-          const now = performance.now();
-          if (Number.isNaN(firstByteAt)) firstByteAt = now;
-          lastByteAt = now;
-          received.push(buffer.slice(0, n));
-          length += n;
-        }
-        await sending;
-      })(),
+        },
+        async () => {
+          while (true) {
+            const n = await c.read(buffer);
+            if (n === null) break;
+            const now = performance.now();
+            if (Number.isNaN(firstByteAt)) firstByteAt = now;
+            lastByteAt = now;
+            received.push(buffer.slice(0, n));
+            length += n;
+          }
+        },
+      ),
       () => c.close(),
     );
     const all = concat(received);
@@ -685,35 +688,66 @@ function streamConnection(
     const pattern = randomBytes(STREAM_PATTERN_BYTES);
     const chunk = Math.min(options.size, STREAM_PATTERN_BYTES);
     let sent = 0;
-    const writer = (async () => {
-      while (performance.now() < deadline) {
-        const offset = sent % STREAM_PATTERN_BYTES;
-        const piece = pattern.subarray(offset, Math.min(offset + chunk, STREAM_PATTERN_BYTES));
-        await writeAll(conn, piece);
-        sent += piece.length;
-      }
-      await conn.closeWrite();
-    })();
-    const buffer = new Uint8Array(65_536);
     let checked = 0;
-    await withTimeout(
-      options.durationMs + options.timeoutMs,
-      (async () => {
-        while (true) {
-          const n = await conn.read(buffer);
-          if (n === null) break;
-          const differs = firstDifference(buffer.subarray(0, n), pattern, checked);
-          if (differs >= 0) throw new MismatchError(`byte ${checked + differs} differs`);
-          checked += n;
-          tally.bytesVerified += n;
+    const buffer = new Uint8Array(65_536);
+    await writeWhileReading(
+      conn,
+      async () => {
+        while (performance.now() < deadline) {
+          const offset = sent % STREAM_PATTERN_BYTES;
+          const piece = pattern.subarray(offset, Math.min(offset + chunk, STREAM_PATTERN_BYTES));
+          await writeAll(conn, piece);
+          sent += piece.length;
         }
-      })(),
-      () => conn.close(),
+        await conn.closeWrite();
+      },
+      () =>
+        withTimeout(
+          options.durationMs + options.timeoutMs,
+          (async () => {
+            while (true) {
+              const n = await conn.read(buffer);
+              if (n === null) break;
+              const differs = firstDifference(buffer.subarray(0, n), pattern, checked);
+              if (differs >= 0) throw new MismatchError(`byte ${checked + differs} differs`);
+              checked += n;
+              tally.bytesVerified += n;
+            }
+          })(),
+          () => conn.close(),
+        ),
     );
-    await writer;
     if (checked !== sent) throw new ShortError(`${checked} of ${sent} bytes came back`);
     tally.operations++;
   });
+}
+
+/**
+ * Runs a connection's writer and reader together and settles both: when one
+ * fails, the connection is closed so the other ends too, and the first
+ * failure is thrown (the other's is its echo, never an unhandled rejection).
+ */
+async function writeWhileReading(
+  conn: Deno.Conn,
+  write: () => Promise<void>,
+  read: () => Promise<void>,
+): Promise<void> {
+  let firstFailure: { error: unknown } | undefined;
+  const settle = (work: () => Promise<void>) =>
+    work().catch((error) => {
+      firstFailure ??= { error };
+      closeQuietly(conn);
+    });
+  await Promise.all([settle(write), settle(read)]);
+  if (firstFailure) throw firstFailure.error;
+}
+
+/** p50, p90, p99, max and mean of a latency histogram; NaN when it is empty. */
+export function latencySummary(h: hdr.Histogram): Percentiles & { readonly mean: number } {
+  if (h.totalCount === 0) return { p50: NaN, p90: NaN, p99: NaN, max: NaN, mean: NaN };
+  // A bucket's upper edge can lie above the largest value recorded.
+  const at = (p: number) => Math.min(h.getValueAtPercentile(p), h.maxValue);
+  return { p50: at(50), p90: at(90), p99: at(99), max: h.maxValue, mean: h.mean };
 }
 
 /** Whether two byte arrays are equal (a native memcmp: fast enough to check every byte). */
@@ -770,8 +804,6 @@ async function runLoad(options: ClientOptions, progress: Progress): Promise<Load
     clearInterval(ticker);
   }
   const seconds = (performance.now() - started) / 1_000;
-  const h = tally.histogram;
-  const count = h.totalCount;
   const failures = tally.failures;
   return {
     target: targetText(options),
@@ -782,13 +814,7 @@ async function runLoad(options: ClientOptions, progress: Progress): Promise<Load
     opsPerSecond: tally.operations / seconds,
     bytesVerified: tally.bytesVerified,
     megabytesPerSecond: tally.bytesVerified / seconds / 1e6,
-    latencyUs: {
-      p50: count ? h.getValueAtPercentile(50) : NaN,
-      p90: count ? h.getValueAtPercentile(90) : NaN,
-      p99: count ? h.getValueAtPercentile(99) : NaN,
-      max: count ? h.maxValue : NaN,
-      mean: count ? h.mean : NaN,
-    },
+    latencyUs: latencySummary(tally.histogram),
     integrityFailures: (failures.mismatch ?? 0) + (failures.short ?? 0),
     failures,
   };
@@ -947,5 +973,11 @@ export async function runClient(args: readonly string[]): Promise<number> {
     ));
     for (const sentence of missed) console.log(`threshold missed: ${sentence}`);
   }
-  return report.integrityFailures > 0 || missed.length > 0 ? 1 : 0;
+  return loadFailed(report) || report.integrityFailures > 0 || missed.length > 0 ? 1 : 0;
+}
+
+/** A load fails when any connection failed or nothing completed; a probe by its thresholds. */
+export function loadFailed(report: ProbeReport | LoadReport): boolean {
+  if (!("opsPerSecond" in report)) return false;
+  return report.operations === 0 || Object.keys(report.failures).length > 0;
 }

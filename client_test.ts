@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
+import net from "node:net";
+import * as hdr from "hdr-histogram-js";
 import {
   type ClientOptions,
   firstDifference,
   identityKey,
+  latencySummary,
   makeExchange,
   parseBanner,
   parseClientArgs,
@@ -192,6 +195,20 @@ Deno.test("client percentiles: nearest rank", () => {
   assert.equal(percentile([1, 2, 3], 0), 1);
 });
 
+Deno.test("client latency summary: no percentile above the largest value recorded", () => {
+  const histogram = hdr.build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 3_600_000_000,
+    numberOfSignificantValueDigits: 3,
+  });
+  for (const value of [120, 130, 202_814]) histogram.recordValue(value);
+  const summary = latencySummary(histogram);
+  assert.equal(summary.max, 202_814);
+  assert.equal(summary.p99, 202_814);
+  assert.ok(summary.p50 <= summary.p90 && summary.p90 <= summary.p99);
+  assert.ok(Number.isNaN(latencySummary(hdr.build()).p99));
+});
+
 Deno.test("client payloads and integrity checks", () => {
   const line = makeExchange(10, undefined, "one");
   assert.equal(line.payload.length, 10);
@@ -345,6 +362,26 @@ Deno.test("client against tcp-echo: probe JSON, load rr and stream, prefix mode"
   });
 });
 
+/** A TCP server that echoes `resetAfter` bytes of each connection, then resets it (SO_LINGER 0). */
+async function startResettingServer(
+  resetAfter: number,
+): Promise<{ port: number; close(): Promise<void> }> {
+  const server = net.createServer((socket) => {
+    let seen = 0;
+    socket.on("data", (chunk: Uint8Array) => {
+      seen += chunk.length;
+      if (seen >= resetAfter) socket.resetAndDestroy();
+      else socket.write(chunk);
+    });
+    socket.on("error", () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
 Deno.test("client integrity: a server that corrupts one byte makes it fail with exit 1", async (t) => {
   await t.step("probe", async () => {
     const server = startCorruptingEcho(10);
@@ -381,6 +418,66 @@ Deno.test("client integrity: a server that corrupts one byte makes it fail with 
     } finally {
       await server.close();
     }
+  });
+  await t.step("load stream: a corrupted byte is a mismatch, reported, exit 1", async () => {
+    const server = startCorruptingEcho(22 + 100_000);
+    try {
+      const { code, stdout, stderr } = await runClientProcess([
+        `127.0.0.1:${server.port}`,
+        "load",
+        "--mode",
+        "stream",
+        "--duration",
+        "300ms",
+        "--json",
+      ]);
+      assert.equal(stderr, "");
+      assert.equal(code, 1);
+      const report = JSON.parse(stdout);
+      assert.deepEqual(report.failures, { mismatch: 1 });
+      assert.equal(report.integrityFailures, 1);
+    } finally {
+      await server.close();
+    }
+  });
+  await t.step(
+    "load stream and rr: a server that resets the connection is a failure, exit 1",
+    async () => {
+      for (const mode of ["stream", "rr"]) {
+        const server = await startResettingServer(22 + 1_000);
+        try {
+          const { code, stdout, stderr } = await runClientProcess([
+            `127.0.0.1:${server.port}`,
+            "load",
+            "--mode",
+            mode,
+            "--duration",
+            "300ms",
+            "--json",
+          ]);
+          assert.equal(stderr, "");
+          assert.equal(code, 1, mode);
+          const report = JSON.parse(stdout);
+          assert.equal(Object.values(report.failures).reduce((a, b) => Number(a) + Number(b)), 1);
+        } finally {
+          await server.close();
+        }
+      }
+    },
+  );
+  await t.step("load with nothing listening: refused, exit 1", async () => {
+    const port = freePort();
+    const { code, stdout } = await runClientProcess([
+      `127.0.0.1:${port}`,
+      "load",
+      "--duration",
+      "100ms",
+      "--json",
+    ]);
+    assert.equal(code, 1);
+    const report = JSON.parse(stdout);
+    assert.deepEqual(report.failures, { refused: 1 });
+    assert.equal(report.operations, 0);
   });
   await t.step("a threshold missed is exit 1 too, refused connections are counted", async () => {
     const port = freePort();

@@ -23,6 +23,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import denoConfig from "./deno.json" with { type: "json" };
+import ipaddr from "ipaddr.js";
 import {
   type Cidr,
   isTrusted,
@@ -82,7 +83,7 @@ export const BANNER_MODES = ["connect", "first-data", "off"] as const;
 /** A `BANNER_MODE` value. */
 export type BannerMode = typeof BANNER_MODES[number];
 
-/** Lines longer than this are answered in pieces of this size in `ECHO_PREFIX` mode. */
+/** Bytes of a line held at most in `ECHO_PREFIX` mode; longer lines are answered as they arrive. */
 export const MAX_LINE_BYTES = 65_536;
 
 /** How long a PROXY header may take to arrive. */
@@ -107,7 +108,7 @@ export interface Config {
   readonly drainDelayMs: number;
   /** Open echo connections at most; 0 = unlimited. */
   readonly maxConnections: number;
-  /** Close a connection that received nothing for this long; 0 = never. */
+  /** Close a connection on which no byte moved either way for this long; 0 = never. */
   readonly idleTimeoutMs: number;
   /** Add `Your address is IP:PORT.` to the banner. */
   readonly showClientAddress: boolean;
@@ -148,7 +149,7 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   {
     name: "HOST",
     defaultValue: "all interfaces",
-    meaning: "listen address; default dual-stack [::] where the host has IPv6, else 0.0.0.0",
+    meaning: "listen address (an IP address or localhost); default dual-stack [::], else 0.0.0.0",
   },
   { name: "NODE_NAME", defaultValue: "unset", meaning: "banner: node name" },
   { name: "POD_NAME", defaultValue: "unset", meaning: "banner: pod name" },
@@ -187,7 +188,7 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   {
     name: "IDLE_TIMEOUT",
     defaultValue: "0s",
-    meaning: "close a connection that received nothing for this long; 0s = never",
+    meaning: "close a connection on which no byte moved either way for this long; 0s = never",
   },
   {
     name: "SHOW_CLIENT_ADDRESS",
@@ -347,13 +348,9 @@ function readTrustedRanges(env: Environment): Cidr[] | undefined {
   return ranges as Cidr[];
 }
 
+/** `ECHO_PREFIX`: set, even to "" or text with a tab, turns on line mode (Istio takes any prefix). */
 function readPrefix(env: Environment): string | undefined {
-  const value = readOptional(env, "ECHO_PREFIX");
-  // deno-lint-ignore no-control-regex
-  if (value !== undefined && /[\x00-\x1f\x7f]/.test(value)) {
-    throw invalid("ECHO_PREFIX", value, "allowed: text without control characters");
-  }
-  return value;
+  return env.ECHO_PREFIX;
 }
 
 function readOptional(env: Environment, name: string): string | undefined {
@@ -365,8 +362,13 @@ function readHost(env: Environment): string | undefined {
   const text = env.HOST?.trim();
   if (text === undefined || text === "") return undefined;
   const host = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
-  if (!/^[A-Za-z0-9.:%_-]+$/.test(host)) {
-    throw invalid("HOST", env.HOST!, "allowed: an IPv4 or IPv6 address or a host name");
+  const isAddress = ipaddr.IPv4.isValidFourPartDecimal(host) || ipaddr.IPv6.isValid(host);
+  if (!isAddress && host !== "localhost") {
+    throw invalid(
+      "HOST",
+      env.HOST!,
+      "allowed: an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1), or localhost",
+    );
   }
   return host;
 }
@@ -419,6 +421,19 @@ export function loadConfig(env: Environment): Config {
  * Arguments win over the environment.
  */
 export function applyArguments(args: readonly string[], env: Environment): Environment {
+  // After "--" every argument is positional; before it, PORTS never starts with "-" and
+  // a PREFIX starting with "--" is far likelier a mistyped option.
+  const separated = args[0] === "--";
+  if (separated) args = args.slice(1);
+  const option = separated
+    ? undefined
+    : args.find((arg, i) => arg.startsWith(i === 0 ? "-" : "--"));
+  if (option !== undefined) {
+    throw new ConfigError(
+      `unknown option ${JSON.stringify(option)}: usage: tcp-echo [--help] [PORTS [PREFIX]]; ` +
+        "everything else is set by environment variables, listed by --help",
+    );
+  }
   if (args.length > 2) {
     throw new ConfigError(
       `unexpected argument ${JSON.stringify(args[2])}: allowed: [PORTS [PREFIX]]; see --help`,
@@ -453,7 +468,7 @@ export function renderHelp(): string {
     "",
     "Logs go to standard output, one record per line. SIGTERM or SIGINT stops",
     "accepting, lets open connections finish for SHUTDOWN_GRACE, then exits 0;",
-    "a second signal exits at once.",
+    `a second one (${REPEATED_SIGNAL_WINDOW_MS} ms or more after the first) exits at once.`,
     "",
   ].join("\n");
 }
@@ -947,6 +962,19 @@ export class ServerStats {
     return stats;
   }
 
+  /** Failed accepts by listening port (echo and admin) and kind. */
+  readonly acceptErrors: Map<number, Record<AcceptErrorKind, number>> = new Map();
+
+  /** Counts a failed `accept()` on `port`. */
+  countAcceptError(port: number, kind: AcceptErrorKind): void {
+    let counts = this.acceptErrors.get(port);
+    if (!counts) {
+      counts = { connection: 0, resources: 0 };
+      this.acceptErrors.set(port, counts);
+    }
+    counts[kind]++;
+  }
+
   /** Every port with its counters, in the order the ports were added. */
   entries(): IterableIterator<[number, PortStats]> {
     return this.#ports.entries();
@@ -1014,6 +1042,18 @@ export function createMetricsExporter(stats: ServerStats): MetricsExporter {
     "Bytes sent to clients (banners and echoes).",
     (p) => [[{}, p.bytesSent]],
   );
+  new Counter({
+    name: "tcp_echo_accept_errors_total",
+    help: "Failed accepts by listening port: connection (reset while queued) or resources.",
+    labelNames: ["port", "kind"],
+    registers,
+    collect(this: Counter) {
+      this.reset();
+      for (const [port, counts] of stats.acceptErrors) {
+        for (const kind of ACCEPT_ERROR_KINDS) this.inc({ port: String(port), kind }, counts[kind]);
+      }
+    },
+  });
   const duration = new Histogram({
     name: "tcp_echo_connection_duration_seconds",
     help: "How long echo connections stayed open.",
@@ -1059,12 +1099,16 @@ const PEER_GONE_ERRORS = [
 
 const NO_BYTES = new Uint8Array(0);
 const NEWLINE = 0x0a;
+const CARRIAGE_RETURN = 0x0d;
 
 /** One accepted echo connection and what is known about it. */
 class EchoConnection {
   readonly id = crypto.randomUUID();
   readonly startedAt = performance.now();
-  lastReceivedAt = this.startedAt;
+  /** When a byte last moved either way (kept only with `IDLE_TIMEOUT`). */
+  lastActiveAt = this.startedAt;
+  /** A write is waiting for the client to take the bytes: the connection is not idle. */
+  writing = false;
   bytesIn = 0;
   bytesOut = 0;
   /** Echoed bytes (not the banner), for `CLOSE_AFTER_BYTES`. */
@@ -1188,10 +1232,11 @@ async function readOrigin(c: EchoConnection, config: Config): Promise<Connection
       const read = c.conn.read(buffer.subarray(filled));
       const outcome = await Promise.race([read, deadline]);
       if (outcome === TIMED_OUT) {
-        if (mode === "optional" && filled === 0) {
-          // No header started in time: go on without one; the read goes on too.
-          const pendingRead = read.then((n) => n === null ? null : buffer.slice(0, n));
-          return { client: peer, proxy: undefined, firstData: NO_BYTES, pendingRead };
+        if (mode === "optional") {
+          // No complete header in time: what came (if anything) is data, and the read goes on.
+          const at = filled;
+          const pendingRead = read.then((n) => n === null ? null : buffer.slice(at, at + n));
+          return { client: peer, proxy: undefined, firstData: buffer.slice(0, at), pendingRead };
         }
         read.catch(() => {}); // It fails when the socket is closed just below.
         c.closeFor("error");
@@ -1218,11 +1263,17 @@ async function readOrigin(c: EchoConnection, config: Config): Promise<Connection
 
 async function writeAll(c: EchoConnection, bytes: Uint8Array): Promise<void> {
   let written = 0;
-  while (written < bytes.length) {
-    const n = await c.conn.write(bytes.subarray(written));
-    written += n;
-    c.bytesOut += n;
-    c.stats.bytesSent += n;
+  c.writing = true;
+  try {
+    while (written < bytes.length) {
+      const n = await c.conn.write(bytes.subarray(written));
+      written += n;
+      c.bytesOut += n;
+      c.stats.bytesSent += n;
+      if (c.idleTimer !== undefined) c.lastActiveAt = performance.now();
+    }
+  } finally {
+    c.writing = false;
   }
 }
 
@@ -1251,42 +1302,52 @@ export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
 
 /**
  * Line mode (`ECHO_PREFIX`): collects received bytes into lines and answers
- * each complete line as `prefix + " " + line` (its `\n` or `\r\n` kept).
- * A line that reaches {@linkcode MAX_LINE_BYTES} is answered in pieces; what
- * is left at the end is answered as a line of its own. Pure: bytes in, answers
- * out.
+ * each complete line as `prefix + " " + line` (its `\n` or `\r\n` kept), the
+ * bytes Istio's tcp-echo sends. At most {@linkcode MAX_LINE_BYTES} of a line
+ * are held: a longer line is answered as it arrives, its prefix first and its
+ * newline last, so it still reads as one line (a `\r` is held back, so `\r\n`
+ * goes out together). What is left at the end is answered as a line of its own.
+ * Pure: bytes in, answers out.
  */
 export class LineAnswerer {
   #pending: Uint8Array | undefined;
   #pendingLength = 0;
+  /** The current line's prefix and first bytes are already answered. */
+  #begun = false;
 
   constructor(readonly prefix: Uint8Array, readonly maxLineBytes: number = MAX_LINE_BYTES) {}
 
-  /** The answers to the lines that `chunk` completes. */
+  /** The answers to the lines that `chunk` completes or (when too long to hold) continues. */
   push(chunk: Uint8Array): Uint8Array {
     const answers: Uint8Array[] = [];
     let start = 0;
     while (start < chunk.length) {
-      const room = this.maxLineBytes - this.#pendingLength;
-      const window = chunk.subarray(start, start + room);
-      const newline = window.indexOf(NEWLINE);
+      const newline = chunk.indexOf(NEWLINE, start);
       if (newline >= 0) {
-        answers.push(this.#answer(window.subarray(0, newline + 1), false));
-        start += newline + 1;
-      } else if (window.length === room) {
-        answers.push(this.#answer(window, true));
-        start += room;
-      } else {
-        this.#keep(window);
-        start = chunk.length;
+        answers.push(this.#answer(chunk.subarray(start, newline + 1)));
+        this.#begun = false;
+        start = newline + 1;
+        continue;
       }
+      const rest = chunk.subarray(start);
+      if (this.#pendingLength + rest.length < this.maxLineBytes) this.#keep(rest);
+      else {
+        const heldBack = rest[rest.length - 1] === CARRIAGE_RETURN ? 1 : 0;
+        answers.push(this.#answer(rest.subarray(0, rest.length - heldBack)));
+        this.#begun = true;
+        this.#keep(rest.subarray(rest.length - heldBack));
+      }
+      break;
     }
-    return concatBytes(answers);
+    return answers.length === 1 ? answers[0] : concatBytes(answers);
   }
 
-  /** The answer to a last line without `\n` (at half-close), else nothing. */
+  /** The end of a last line without `\n` (at half-close), with one added, else nothing. */
   finish(): Uint8Array {
-    return this.#pendingLength > 0 ? this.#answer(NO_BYTES, true) : NO_BYTES;
+    if (this.#pendingLength === 0 && !this.#begun) return NO_BYTES;
+    const answer = this.#answer(Uint8Array.of(NEWLINE));
+    this.#begun = false;
+    return answer;
   }
 
   #keep(bytes: Uint8Array): void {
@@ -1295,14 +1356,9 @@ export class LineAnswerer {
     this.#pendingLength += bytes.length;
   }
 
-  #answer(rest: Uint8Array, addNewline: boolean): Uint8Array {
+  #answer(rest: Uint8Array): Uint8Array {
     const kept = this.#pending?.subarray(0, this.#pendingLength) ?? NO_BYTES;
-    const answer = concatBytes([
-      this.prefix,
-      kept,
-      rest,
-      addNewline ? Uint8Array.of(NEWLINE) : NO_BYTES,
-    ]);
+    const answer = concatBytes([this.#begun ? NO_BYTES : this.prefix, kept, rest]);
     this.#pendingLength = 0;
     return answer;
   }
@@ -1414,7 +1470,7 @@ async function received(
   const { config } = context;
   c.bytesIn += chunk.length;
   c.stats.bytesReceived += chunk.length;
-  if (c.idleTimer !== undefined) c.lastReceivedAt = performance.now();
+  if (c.idleTimer !== undefined) c.lastActiveAt = performance.now();
   if (context.logData) logReceived(c.id, chunk, config.logDataBytes);
   if (c.bannerDue) await sendBanner(c, context);
   if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
@@ -1442,9 +1498,15 @@ async function answer(
   if (c.bytesEchoed >= context.echoLimit) throw new FaultClose();
 }
 
-/** Closes `c` once it has received nothing for `timeoutMs`, else re-arms for the rest. */
+/**
+ * Closes `c` once no byte moved either way for `timeoutMs`, else re-arms for
+ * the rest. A pending write counts as moving: the kernel wakes a blocked
+ * writer only after a third of its send buffer drained, which takes seconds
+ * for a slow reader that is reading all the while.
+ */
 function checkIdle(c: EchoConnection, timeoutMs: number): void {
-  const idleMs = performance.now() - c.lastReceivedAt;
+  if (c.writing) c.lastActiveAt = performance.now();
+  const idleMs = performance.now() - c.lastActiveAt;
   if (idleMs >= timeoutMs) c.closeFor("idle");
   else c.idleTimer = setTimeout(checkIdle, timeoutMs - idleMs, c, timeoutMs);
 }
@@ -1459,61 +1521,182 @@ interface AdminState {
   readonly metrics: MetricsExporter;
 }
 
-const textResponse = (status: number, body: string, headers: Record<string, string> = {}) =>
-  new Response(body, {
-    status,
-    headers: { "content-type": "text/plain; charset=utf-8", ...headers },
-  });
+/** An admin answer: status, headers and body. */
+export interface AdminResponse {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: string;
+}
+
+const textResponse = (
+  status: number,
+  body: string,
+  headers: Record<string, string> = {},
+): AdminResponse => ({
+  status,
+  headers: { "content-type": "text/plain; charset=utf-8", ...headers },
+  body,
+});
 
 /**
  * Answers one admin request: `GET /healthz` (200 while the process works),
  * `GET /readyz` (200 while accepting and not draining, else 503),
  * `GET /metrics` (Prometheus text). Other paths 404, other methods 405.
  */
-export async function handleAdminRequest(request: Request, state: AdminState): Promise<Response> {
-  const { pathname } = new URL(request.url);
-  if (!["/healthz", "/readyz", "/metrics"].includes(pathname)) {
+export async function handleAdminRequest(
+  method: string,
+  path: string,
+  state: AdminState,
+): Promise<AdminResponse> {
+  if (!["/healthz", "/readyz", "/metrics"].includes(path)) {
     return textResponse(404, "not found\n");
   }
-  if (request.method !== "GET" && request.method !== "HEAD") {
+  if (method !== "GET" && method !== "HEAD") {
     return textResponse(405, "method not allowed\n", { allow: "GET, HEAD" });
   }
-  if (pathname === "/healthz") return textResponse(200, "ok\n");
-  if (pathname === "/readyz") {
+  if (path === "/healthz") return textResponse(200, "ok\n");
+  if (path === "/readyz") {
     return state.isReady() ? textResponse(200, "ready\n") : textResponse(503, "not ready\n");
   }
-  return new Response(await state.metrics.render(), {
+  return {
+    status: 200,
     headers: { "content-type": state.metrics.contentType },
-  });
+    body: await state.metrics.render(),
+  };
 }
 
-function startAdminServer(
-  hostname: string,
-  port: number,
-  state: AdminState,
-): Deno.HttpServer<Deno.NetAddr> {
-  return Deno.serve({
-    hostname,
-    port,
-    onListen: (addr) =>
-      log.info("Admin HTTP on port {port}", { port: addr.port, address: formatAddress(addr) }),
-    onError: (error) => {
-      log.error("Admin request failed.", { error });
-      return textResponse(500, "internal error\n");
-    },
-  }, async (request) => {
-    const response = await handleAdminRequest(request, state);
+/** The method and path of an HTTP/1.x request head, or `undefined` when it is not one. */
+export function parseRequestHead(head: string): { method: string; path: string } | undefined {
+  const match = /^([A-Z]{1,16}) (\S+) HTTP\/1\.[01]\r?\n/.exec(head);
+  if (!match) return undefined;
+  const target = match[2];
+  const path = target.startsWith("/") ? target : URL.parse(target)?.pathname;
+  return path === undefined ? undefined : { method: match[1], path: path.replace(/\?.*$/, "") };
+}
+
+const STATUS_TEXT: Readonly<Record<number, string>> = {
+  200: "OK",
+  400: "Bad Request",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  503: "Service Unavailable",
+};
+
+/** An admin answer as HTTP/1.1 bytes; the connection closes after it. */
+export function renderResponse(response: AdminResponse, withBody: boolean): Uint8Array {
+  const body = encoder.encode(response.body);
+  const headers = {
+    ...response.headers,
+    "content-length": String(body.length),
+    connection: "close",
+  };
+  const head = `HTTP/1.1 ${response.status} ${STATUS_TEXT[response.status] ?? ""}\r\n` +
+    Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join("") + "\r\n";
+  return concatBytes([encoder.encode(head), withBody ? body : NO_BYTES]);
+}
+
+/** A request head larger than this is answered 400. */
+const ADMIN_MAX_HEAD_BYTES = 8_192;
+/** A request that has not arrived whole by then is dropped. */
+const ADMIN_REQUEST_TIMEOUT_MS = 5_000;
+const HEAD_END = encoder.encode("\r\n\r\n");
+
+/** Reads an HTTP request head (up to its blank line); `undefined` when it is too large or cut. */
+async function readRequestHead(conn: Deno.Conn): Promise<string | undefined> {
+  const buffer = new Uint8Array(ADMIN_MAX_HEAD_BYTES);
+  let filled = 0;
+  while (filled < buffer.length) {
+    const n = await conn.read(buffer.subarray(filled));
+    if (n === null) return undefined;
+    filled += n;
+    const head = buffer.subarray(0, filled);
+    if (indexOfBytes(head, HEAD_END) >= 0) return latin1.decode(head);
+  }
+  return undefined;
+}
+
+/** Where `needle` first starts in `haystack`, or -1. */
+function indexOfBytes(haystack: Uint8Array, needle: Uint8Array): number {
+  for (let i = haystack.indexOf(needle[0]); i >= 0; i = haystack.indexOf(needle[0], i + 1)) {
+    if (i + needle.length > haystack.length) return -1;
+    if (needle.every((byte, k) => haystack[i + k] === byte)) return i;
+  }
+  return -1;
+}
+
+/** Serves one admin request on `conn` and closes it. Never throws. */
+async function serveAdminConnection(conn: Deno.TcpConn, state: AdminState): Promise<void> {
+  const timer = setTimeout(closeQuietly, ADMIN_REQUEST_TIMEOUT_MS, conn);
+  try {
+    const head = await readRequestHead(conn);
+    const request = head === undefined ? undefined : parseRequestHead(head);
+    const response = request === undefined
+      ? textResponse(400, "bad request\n")
+      : await handleAdminRequest(request.method, request.path, state);
+    await writeAllTo(conn, renderResponse(response, request?.method !== "HEAD"));
     // Probes come every few seconds: build nothing for a record the level filters out.
     if (log.isEnabledFor("debug")) {
       log.debug("Admin request.", {
-        method: request.method,
-        path: new URL(request.url).pathname,
+        method: request?.method ?? "-",
+        path: request?.path ?? "-",
         status: response.status,
       });
     }
-    return response;
-  });
+  } catch (error) {
+    log.debug("Admin connection failed.", { error });
+  } finally {
+    clearTimeout(timer);
+    closeQuietly(conn);
+  }
 }
+
+function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch {
+    // Closed already.
+  }
+}
+
+/**
+ * Descriptors held in reserve, the way libuv keeps one for EMFILE: when the
+ * process runs out, the admin server closes one to accept a probe, and takes
+ * it back once the probe is answered. Deno cannot read the descriptor limit
+ * without `--allow-all`, so a cap below it cannot be computed; a reserve
+ * works whatever the limit is.
+ */
+class DescriptorReserve {
+  readonly #files: Deno.FsFile[] = [];
+
+  constructor(readonly size: number) {
+    this.refill();
+  }
+
+  /** Opens descriptors until `size` are held, while the process can. */
+  refill(): void {
+    try {
+      while (this.#files.length < this.size) this.#files.push(Deno.openSync("/dev/null"));
+    } catch {
+      // Out of descriptors (or no permission): try again after the next probe.
+    }
+  }
+
+  /** Gives one descriptor back to the process; false when none is held. */
+  release(): boolean {
+    const file = this.#files.pop();
+    file?.close();
+    return file !== undefined;
+  }
+
+  close(): void {
+    for (const file of this.#files.splice(0)) file.close();
+  }
+}
+
+/** Descriptors kept for probes: a liveness, a readiness and a metrics request at once, and one spare. */
+const RESERVED_DESCRIPTORS = 4;
+/** Admin connections served at once at most; more are closed at once. */
+const ADMIN_MAX_CONNECTIONS = 32;
 
 // ---------------------------------------------------------------------------
 // Server lifecycle
@@ -1550,7 +1733,31 @@ export interface EchoServer {
 
 const ACCEPT_BACKOFF_MIN_MS = 5;
 const ACCEPT_BACKOFF_MAX_MS = 1_000;
-const REJECT_WARNING_INTERVAL_MS = 1_000;
+/** Refusals at the connection limit are reported at most this often, each report counting all. */
+const REFUSAL_REPORT_INTERVAL_MS = 1_000;
+
+/** Why `accept()` failed, as counted in `tcp_echo_accept_errors_total{kind}`. */
+export const ACCEPT_ERROR_KINDS = ["connection", "resources"] as const;
+/** An {@linkcode ACCEPT_ERROR_KINDS} value. */
+export type AcceptErrorKind = typeof ACCEPT_ERROR_KINDS[number];
+
+/** Errors of one queued connection that its client reset before it was accepted. */
+const GONE_BEFORE_ACCEPT_ERRORS = [
+  Deno.errors.NotConnected,
+  Deno.errors.ConnectionReset,
+  Deno.errors.ConnectionAborted,
+];
+
+/**
+ * Sorts an `accept()` error: `connection` when only that queued connection
+ * is gone (a health checker's RST: accept the next one at once), else
+ * `resources` (out of descriptors or memory: back off and retry).
+ */
+export function classifyAcceptError(error: unknown): AcceptErrorKind {
+  return GONE_BEFORE_ACCEPT_ERRORS.some((type) => error instanceof type)
+    ? "connection"
+    : "resources";
+}
 
 /** The listen address: `HOST`, else dual-stack `::` where the host has IPv6, else `0.0.0.0`. */
 function chooseHostname(config: Config): string {
@@ -1574,18 +1781,28 @@ export class ListenError extends Error {
 const hostPort = (hostname: string, port: number) =>
   hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
 
-/** Opens one listener per port, or none: on failure the ones opened are closed. */
-function listenAll(hostname: string, ports: readonly number[]): Deno.TcpListener[] {
-  const listeners: Deno.TcpListener[] = [];
-  for (const port of ports) {
+/**
+ * Opens one listener per echo port, then the admin listener, or none: on
+ * failure the ones opened are closed.
+ */
+function listenAll(
+  hostname: string,
+  ports: readonly number[],
+  adminPort: number | undefined,
+): { echo: Deno.TcpListener[]; admin: Deno.TcpListener | undefined } {
+  const opened: Deno.TcpListener[] = [];
+  const open = (port: number, what: string) => {
     try {
-      listeners.push(Deno.listen({ hostname, port }));
+      opened.push(Deno.listen({ hostname, port }));
+      return opened[opened.length - 1];
     } catch (error) {
-      for (const listener of listeners) listener.close();
-      throw new ListenError(`TCP port ${hostPort(hostname, port)}`, error);
+      for (const listener of opened) listener.close();
+      throw new ListenError(`${what} ${hostPort(hostname, port)}`, error);
     }
-  }
-  return listeners;
+  };
+  const echo = ports.map((port) => open(port, "TCP port"));
+  const admin = adminPort === undefined ? undefined : open(adminPort, "admin port");
+  return { echo, admin };
 }
 
 /** Waits `ms`, or less when `signal` aborts. */
@@ -1601,170 +1818,262 @@ function pause(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** What one accept loop does with its listener's connections. */
+interface AcceptLoop {
+  readonly listener: Deno.TcpListener;
+  readonly port: number;
+  /** Aborted when this loop is to stop. */
+  readonly signal: AbortSignal;
+  /** Takes each accepted connection. */
+  onConnection(conn: Deno.TcpConn): void;
+  /** Frees a descriptor for an immediate retry after a resource error; false when it cannot. */
+  freeDescriptor(): boolean;
+}
+
 /**
  * Starts listening and serving (and the admin server, unless it is off).
  * Throws {@linkcode ListenError} if an address cannot be bound (nothing is
  * left open then); everything after that is logged, never thrown.
  */
 export function startServer(config: Config): EchoServer {
-  const hostname = chooseHostname(config);
-  const listeners = listenAll(hostname, config.ports);
-  const addresses = listeners.map((listener) => listener.addr);
-  const stats = new ServerStats();
-  const metrics = createMetricsExporter(stats);
-  const connections = new Map<EchoConnection, Promise<void>>();
-  const stopping = new AbortController();
-  const backingOff = new Set<Deno.TcpListener>();
-  let draining = false;
-  const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
-  const context: ConnectionContext = {
-    config,
-    banner: renderBanner(config.banner),
-    linePrefix: config.echoPrefix === undefined
-      ? undefined
-      : encoder.encode(`${config.echoPrefix} `),
-    metrics,
-    logData,
-    maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
-    echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
-  };
-  for (const { port } of addresses) stats.forPort(port);
+  return new Server(config);
+}
 
-  let rejectedSinceWarning = 0;
-  let lastRejectWarningAt = -Infinity;
-  function reject(conn: Deno.TcpConn, port: number, reason: RejectReason): void {
-    try {
-      conn.close();
-    } catch {
-      // Nothing to do: it is gone either way.
-    }
-    stats.forPort(port).rejected[reason]++;
-    rejectedSinceWarning++;
-    const now = performance.now();
-    if (now - lastRejectWarningAt >= REJECT_WARNING_INTERVAL_MS) {
-      log.warn("Connection limit reached, refusing connections.", {
-        limit: config.maxConnections,
-        refused: rejectedSinceWarning,
+/** The echo listeners, their connections, the admin server and the drain. */
+class Server implements EchoServer {
+  readonly addresses: readonly Deno.NetAddr[];
+  readonly adminAddress: Deno.NetAddr | undefined;
+  readonly stats = new ServerStats();
+  readonly #config: Config;
+  readonly #context: ConnectionContext;
+  readonly #listeners: readonly Deno.TcpListener[];
+  readonly #adminListener: Deno.TcpListener | undefined;
+  readonly #reserve = new DescriptorReserve(RESERVED_DESCRIPTORS);
+  readonly #connections = new Map<EchoConnection, Promise<void>>();
+  readonly #adminConnections = new Set<Promise<void>>();
+  readonly #stopping = new AbortController();
+  readonly #adminStopping = new AbortController();
+  /** Echo listeners whose accepts fail for want of resources. */
+  readonly #backingOff = new Set<Deno.TcpListener>();
+  readonly #accepting: Promise<unknown>;
+  readonly #adminAccepting: Promise<unknown>;
+  #draining = false;
+  #shutdown: Promise<void> | undefined;
+  #refusedUnreported = 0;
+  #refusalTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(config: Config) {
+    const hostname = chooseHostname(config);
+    const listeners = listenAll(hostname, config.ports, config.adminPort);
+    this.#config = config;
+    this.#listeners = listeners.echo;
+    this.#adminListener = listeners.admin;
+    this.addresses = this.#listeners.map((listener) => listener.addr);
+    this.adminAddress = this.#adminListener?.addr;
+    const metrics = createMetricsExporter(this.stats);
+    const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
+    this.#context = {
+      config,
+      banner: renderBanner(config.banner),
+      linePrefix: config.echoPrefix === undefined
+        ? undefined
+        : encoder.encode(`${config.echoPrefix} `),
+      metrics,
+      logData,
+      maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
+      echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
+    };
+    for (const { port } of this.addresses) this.stats.forPort(port);
+    if (this.adminAddress) {
+      log.info("Admin HTTP on port {port}", {
+        port: this.adminAddress.port,
+        address: formatAddress(this.adminAddress),
       });
-      rejectedSinceWarning = 0;
-      lastRejectWarningAt = now;
     }
+    this.#adminAccepting = this.#adminListener
+      ? this.#acceptLoop(this.#adminLoop(this.#adminListener, metrics))
+      : Promise.resolve();
+    for (const address of this.addresses) {
+      log.info("Listening on TCP port {port}", {
+        port: address.port,
+        address: formatAddress(address),
+      });
+    }
+    logActiveFaults(config);
+    this.#accepting = Promise.all(
+      this.#listeners.map((listener) => this.#acceptLoop(this.#echoLoop(listener))),
+    );
   }
 
-  function admit(conn: Deno.TcpConn, port: number): void {
-    const c = new EchoConnection(conn, port, stats.forPort(port));
-    connections.set(c, serveConnection(c, context).finally(() => connections.delete(c)));
+  get activeConnections(): number {
+    return this.#connections.size;
   }
 
-  async function acceptLoop(listener: Deno.TcpListener, port: number): Promise<void> {
+  get ready(): boolean {
+    return !this.#draining && this.#backingOff.size === 0;
+  }
+
+  shutdown(options: ShutdownOptions = {}): Promise<void> {
+    this.#shutdown ??= this.#drain(
+      options.drainDelayMs ?? this.#config.drainDelayMs,
+      options.graceMs ?? this.#config.shutdownGraceMs,
+    );
+    return this.#shutdown;
+  }
+
+  #echoLoop(listener: Deno.TcpListener): AcceptLoop {
+    const port = listener.addr.port;
+    const stats = this.stats.forPort(port);
+    const { maxConnections } = this.#config;
+    return {
+      listener,
+      port,
+      signal: this.#stopping.signal,
+      onConnection: (conn) => {
+        if (maxConnections > 0 && this.#connections.size >= maxConnections) {
+          closeQuietly(conn);
+          stats.rejected.max_connections++;
+          this.#countRefusal();
+          return;
+        }
+        const connection = new EchoConnection(conn, port, stats);
+        this.#connections.set(
+          connection,
+          serveConnection(connection, this.#context).finally(() =>
+            this.#connections.delete(connection)
+          ),
+        );
+      },
+      freeDescriptor: () => false,
+    };
+  }
+
+  #adminLoop(listener: Deno.TcpListener, metrics: MetricsExporter): AcceptLoop {
+    const state: AdminState = { isReady: () => this.ready, metrics };
+    return {
+      listener,
+      port: listener.addr.port,
+      signal: this.#adminStopping.signal,
+      onConnection: (conn) => {
+        if (this.#adminConnections.size >= ADMIN_MAX_CONNECTIONS) return closeQuietly(conn);
+        const served: Promise<void> = serveAdminConnection(conn, state).finally(() => {
+          this.#adminConnections.delete(served);
+          this.#reserve.refill();
+        });
+        this.#adminConnections.add(served);
+      },
+      freeDescriptor: () => this.#reserve.release(),
+    };
+  }
+
+  /**
+   * Accepts until the server stops. A connection reset while queued is
+   * counted and skipped; running out of descriptors or memory backs off
+   * (5 ms doubling to 1 s), with one warning per streak and readiness failing
+   * for echo ports meanwhile.
+   */
+  async #acceptLoop(loop: AcceptLoop): Promise<void> {
+    const { listener, port, signal } = loop;
+    const isEcho = listener !== this.#adminListener;
     let backoffMs = ACCEPT_BACKOFF_MIN_MS;
     let failures = 0;
-    while (!stopping.signal.aborted) {
+    while (!signal.aborted) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
       } catch (error) {
-        if (stopping.signal.aborted) break;
-        // EMFILE and friends: the listener is still good, so wait and retry.
-        // One warning per streak keeps a flood from flooding the log too.
+        if (signal.aborted) break;
+        const kind = classifyAcceptError(error);
+        this.stats.countAcceptError(port, kind);
+        if (kind === "connection") {
+          log.debug("A queued connection was gone before it was accepted.", { port, error });
+          continue;
+        }
+        if (loop.freeDescriptor()) continue;
         failures++;
-        backingOff.add(listener);
-        if (failures === 1) log.warn("Accept failed, backing off.", { error, retry_ms: backoffMs });
-        else log.debug("Accept failed again.", { error, retry_ms: backoffMs });
-        await pause(backoffMs, stopping.signal);
+        if (isEcho) this.#backingOff.add(listener);
+        if (failures === 1) {
+          log.warn("Accept failed, backing off.", { error, retry_ms: backoffMs, port });
+        } else log.debug("Accept failed again.", { error, retry_ms: backoffMs, port });
+        await pause(backoffMs, signal);
         backoffMs = Math.min(backoffMs * 2, ACCEPT_BACKOFF_MAX_MS);
         continue;
       }
-      if (failures > 0) log.info("Accepting again.", { failed_attempts: failures });
+      if (failures > 0) log.info("Accepting again.", { failed_attempts: failures, port });
       failures = 0;
       backoffMs = ACCEPT_BACKOFF_MIN_MS;
-      backingOff.delete(listener);
-      if (config.maxConnections > 0 && connections.size >= config.maxConnections) {
-        reject(conn, port, "max_connections");
-      } else {
-        admit(conn, port);
-      }
+      this.#backingOff.delete(listener);
+      loop.onConnection(conn);
     }
   }
 
-  let admin: Deno.HttpServer<Deno.NetAddr> | undefined;
-  try {
-    admin = config.adminPort === undefined ? undefined : startAdminServer(
-      hostname,
-      config.adminPort,
-      { isReady: () => !draining && backingOff.size === 0, metrics },
-    );
-  } catch (error) {
-    for (const listener of listeners) listener.close();
-    throw new ListenError(`admin port ${hostPort(hostname, config.adminPort!)}`, error);
+  /** Counts a refusal at the limit; the first of a burst is reported at once, the rest each second. */
+  #countRefusal(): void {
+    this.#refusedUnreported++;
+    if (this.#refusalTimer === undefined) this.#reportRefusals();
   }
-  for (const address of addresses) {
-    log.info("Listening on TCP port {port}", {
-      port: address.port,
-      address: formatAddress(address),
-    });
-  }
-  logActiveFaults(config);
-  const accepting = Promise.all(
-    listeners.map((listener, i) => acceptLoop(listener, addresses[i].port)),
-  );
-  let shutdownPromise: Promise<void> | undefined;
 
-  async function drain(drainDelayMs: number, graceMs: number): Promise<void> {
-    draining = true;
+  /** Reports the refusals not yet reported; with `rearm`, looks again in a second. */
+  #reportRefusals(rearm = true): void {
+    clearTimeout(this.#refusalTimer);
+    this.#refusalTimer = undefined;
+    if (this.#refusedUnreported === 0) return;
+    log.warn("Connection limit reached, refusing connections.", {
+      limit: this.#config.maxConnections,
+      refused: this.#refusedUnreported,
+    });
+    this.#refusedUnreported = 0;
+    if (rearm) {
+      this.#refusalTimer = setTimeout(() => this.#reportRefusals(), REFUSAL_REPORT_INTERVAL_MS);
+    }
+  }
+
+  async #drain(drainDelayMs: number, graceMs: number): Promise<void> {
+    this.#draining = true;
     if (drainDelayMs > 0) {
       log.info("Draining: readiness fails, still accepting.", {
         drain_delay_ms: drainDelayMs,
-        open_connections: connections.size,
+        open_connections: this.#connections.size,
       });
       await pause(drainDelayMs);
     }
-    stopping.abort();
-    for (const listener of listeners) listener.close();
-    await accepting;
+    this.#stopping.abort();
+    for (const listener of this.#listeners) listener.close();
+    await this.#accepting;
+    this.#reportRefusals(false);
     log.info("Shutting down: stopped accepting.", {
-      open_connections: connections.size,
+      open_connections: this.#connections.size,
       grace_ms: graceMs,
     });
-    if (connections.size > 0) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const graceOver = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
-      await Promise.race([Promise.all(connections.values()), graceOver]);
-      clearTimeout(timer);
-    }
-    if (connections.size > 0) {
-      log.info("Shutting down: grace period over, closing connections.", {
-        open_connections: connections.size,
-      });
-      for (const c of connections.keys()) c.closeFor("shutdown");
-      await Promise.all(connections.values());
-    }
-    await admin?.shutdown();
-    const served = Array.from(stats.entries()).reduce(
+    await this.#closeConnections(graceMs);
+    this.#adminStopping.abort();
+    this.#adminListener?.close();
+    await this.#adminAccepting;
+    await Promise.all(this.#adminConnections);
+    this.#reserve.close();
+    const served = Array.from(this.stats.entries()).reduce(
       (total, [, port]) => total + port.accepted,
       0,
     );
     log.info("Shutdown complete.", { connections_served: served });
   }
 
-  return {
-    addresses,
-    adminAddress: admin?.addr,
-    get activeConnections() {
-      return connections.size;
-    },
-    get ready() {
-      return !draining && backingOff.size === 0;
-    },
-    stats,
-    shutdown(options = {}) {
-      shutdownPromise ??= drain(
-        options.drainDelayMs ?? config.drainDelayMs,
-        options.graceMs ?? config.shutdownGraceMs,
-      );
-      return shutdownPromise;
-    },
-  };
+  /** Lets open connections go on for `graceMs`, then closes the rest (reason `shutdown`). */
+  async #closeConnections(graceMs: number): Promise<void> {
+    if (this.#connections.size > 0) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const graceOver = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
+      await Promise.race([Promise.all(this.#connections.values()), graceOver]);
+      clearTimeout(timer);
+    }
+    if (this.#connections.size > 0) {
+      log.info("Shutting down: grace period over, closing connections.", {
+        open_connections: this.#connections.size,
+      });
+      for (const connection of this.#connections.keys()) connection.closeFor("shutdown");
+      await Promise.all(this.#connections.values());
+    }
+  }
 }
 
 /** Logs, at start, the faults `ECHO_DELAY` and `CLOSE_AFTER_BYTES` inject. */
@@ -1781,25 +2090,55 @@ function logActiveFaults(config: Config): void {
 
 /** Reads exactly the variables in {@linkcode CONFIG_VARIABLES} (all `--allow-env` grants). */
 export function readEnvironment(): Environment {
-  return Object.fromEntries(CONFIG_VARIABLES.map(({ name }) => [name, Deno.env.get(name)]));
+  return Object.fromEntries(CONFIG_VARIABLES.map(({ name }) => [name, readVariable(name)]));
+}
+
+function readVariable(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.InvalidData)) throw error;
+    throw new ConfigError(`invalid ${name}: not valid UTF-8; allowed: UTF-8 text`);
+  }
 }
 
 const SHUTDOWN_SIGNALS = ["SIGTERM", "SIGINT"] as const;
 const SIGNAL_EXIT_CODES = { SIGINT: 130, SIGTERM: 143 } as const;
+/**
+ * A repeat of the first signal this soon is the same event arriving twice:
+ * Ctrl-C signals the whole process group and `deno task` forwards it too.
+ */
+export const REPEATED_SIGNAL_WINDOW_MS = 500;
 
-/** Resolves with the first SIGTERM/SIGINT; a second one exits at once. */
-function firstShutdownSignal(): Promise<Deno.Signal> {
+/**
+ * Resolves with the first SIGTERM/SIGINT. A later one, from a person
+ * pressing again, calls `forceExit` with its exit code; a repeat within
+ * {@linkcode REPEATED_SIGNAL_WINDOW_MS} of the first is ignored.
+ */
+function firstShutdownSignal(
+  forceExit: (signal: Deno.Signal, code: number) => void,
+): Promise<Deno.Signal> {
   return new Promise((resolve) => {
-    let received = false;
+    let firstAt: number | undefined;
     for (const signal of SHUTDOWN_SIGNALS) {
       Deno.addSignalListener(signal, () => {
-        if (received) Deno.exit(SIGNAL_EXIT_CODES[signal]);
-        received = true;
-        resolve(signal);
+        const now = performance.now();
+        if (firstAt === undefined) {
+          firstAt = now;
+          resolve(signal);
+        } else if (now - firstAt < REPEATED_SIGNAL_WINDOW_MS) {
+          log.debug("Ignored {signal}: a repeat of the first within the window.", {
+            signal,
+            window_ms: REPEATED_SIGNAL_WINDOW_MS,
+          });
+        } else forceExit(signal, SIGNAL_EXIT_CODES[signal]);
       });
     }
   });
 }
+
+/** How long a forced exit waits for the log to be written. */
+const FORCED_EXIT_FLUSH_MS = 1_000;
 
 /**
  * Runs the program: `--help`, configuration, logging, server, and a graceful
@@ -1828,8 +2167,16 @@ export async function main(args: readonly string[]): Promise<number> {
 
   const sink = createStdoutSink(config.logFormat, config.logDataBytes);
   const detachLogging = await setupLogging(config.logLevel, sink.sink);
-  const signal = firstShutdownSignal();
-  let server: EchoServer;
+  const signal = firstShutdownSignal(async (again, code) => {
+    log.warn("Received {signal} again, exiting now without draining.", {
+      signal: again,
+      open_connections: server?.activeConnections ?? 0,
+      exit_code: code,
+    });
+    await Promise.race([sink.flush(), pause(FORCED_EXIT_FLUSH_MS)]);
+    Deno.exit(code);
+  });
+  let server: EchoServer | undefined;
   try {
     server = startServer(config);
   } catch (error) {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
   decoder,
@@ -72,6 +73,7 @@ const ALL_BANNER_TEXT = "Welcome, you are connected to node node-1.\n" +
 // ---------------------------------------------------------------------------
 
 const PORTS_ALLOWED = "allowed: an integer from 1 to 65535, or a comma list of different ones";
+const HOST_ALLOWED = "allowed: an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1), or localhost";
 
 Deno.test("configuration: defaults, values and one-line errors", async (t) => {
   await t.step("defaults", () => {
@@ -170,10 +172,9 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
         { IDLE_TIMEOUT: "forever" },
         'invalid IDLE_TIMEOUT="forever": allowed: a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m',
       ],
-      [
-        { HOST: "a b" },
-        'invalid HOST="a b": allowed: an IPv4 or IPv6 address or a host name',
-      ],
+      [{ HOST: "a b" }, `invalid HOST="a b": ${HOST_ALLOWED}`],
+      [{ HOST: "not-an-ip" }, `invalid HOST="not-an-ip": ${HOST_ALLOWED}`],
+      [{ HOST: "1.2.3" }, `invalid HOST="1.2.3": ${HOST_ALLOWED}`],
     ];
     for (const [env, message] of cases) {
       assert.throws(
@@ -194,6 +195,7 @@ Deno.test("program: bad configuration exits 2 with one line on stderr, no stack 
     ["SHUTDOWN_GRACE", "soon", "e.g. 500ms, 10s, 2m"],
     ["ADMIN_PORT", "http", "an integer from 1 to 65535, or off"],
     ["MAX_CONNECTIONS", "lots", "an integer from 0 to 1000000"],
+    ["HOST", "not-an-ip", "an IPv4 or IPv6 address"],
   ];
   for (const [name, value, allowed] of cases) {
     await t.step(`${name}=${value}`, async () => {
@@ -209,6 +211,36 @@ Deno.test("program: bad configuration exits 2 with one line on stderr, no stack 
       assert.match(stderr, new RegExp(`^tcp-echo: invalid ${name}="${value}": allowed: `));
       assert.ok(stderr.includes(allowed), stderr);
       assert.equal(stderr.split("\n").length, 2, `exactly one line: ${stderr}`);
+    });
+  }
+});
+
+Deno.test("program: a banner variable that is not UTF-8, or an unknown option, exits 2 with one line", async (t) => {
+  const args = (await startTaskArgs()).map((arg) => `'${arg}'`).join(" ");
+  const cases: [string, string, string][] = [
+    [
+      "NODE_NAME=caf\\xe9",
+      `NODE_NAME="$(printf 'caf\\351')" exec '${Deno.execPath()}' ${args}`,
+      "tcp-echo: invalid NODE_NAME: not valid UTF-8; allowed: UTF-8 text\n",
+    ],
+    [
+      "--port 4000",
+      `exec '${Deno.execPath()}' ${args} --port 4000`,
+      'tcp-echo: unknown option "--port": usage: tcp-echo [--help] [PORTS [PREFIX]]; ' +
+      "everything else is set by environment variables, listed by --help\n",
+    ],
+  ];
+  for (const [name, script, stderr] of cases) {
+    await t.step(name, async () => {
+      const output = await new Deno.Command("sh", {
+        args: ["-c", script],
+        cwd: repoDir,
+        env: { NO_COLOR: "1" },
+        stdin: "null",
+      }).output();
+      assert.equal(decoder.decode(output.stderr), stderr);
+      assert.equal(output.code, 2);
+      assert.equal(decoder.decode(output.stdout), "");
     });
   }
 });
@@ -263,6 +295,7 @@ Deno.test("program: deno.json grants exactly the variables the program reads", a
   assert.deepEqual(args.filter((a) => a.startsWith("--allow")).sort(), [
     `--allow-env=${CONFIG_VARIABLES.map((v) => v.name).join(",")}`,
     "--allow-net",
+    "--allow-read=/dev/null",
   ]);
 });
 
@@ -661,7 +694,7 @@ Deno.test("SIGTERM: data already sent is echoed, then exit 0 within the grace", 
   assert.ok(lines.at(-1)!.endsWith("Shutdown complete. connections_served=1"), lines.join("\n"));
 });
 
-Deno.test("SIGTERM: a connection open past the grace is closed, exit 0; a second signal exits at once", async (t) => {
+Deno.test("SIGTERM: a connection open past the grace is closed, exit 0", async (t) => {
   await t.step("grace over", async () => {
     await using p = await spawnServer({ SHUTDOWN_GRACE: "300ms" });
     await p.stdout.waitFor((l) => l.includes("Listening on TCP port"), "listening");
@@ -676,67 +709,43 @@ Deno.test("SIGTERM: a connection open past the grace is closed, exit 0; a second
       lines.join("\n"),
     );
   });
-
-  await t.step("second signal", async () => {
-    await using p = await spawnServer({ SHUTDOWN_GRACE: "1m" });
-    await p.stdout.waitFor((l) => l.includes("Listening on TCP port"), "listening");
-    using _conn = await Deno.connect({ hostname: "127.0.0.1", port: p.port });
-    await p.stdout.waitFor((l) => l.includes("TCP connection open."), "open");
-    p.child.kill("SIGTERM");
-    await p.stdout.waitFor((l) => l.includes("Shutting down: stopped accepting."), "draining");
-    p.child.kill("SIGINT");
-    assert.equal((await within(5_000, "exit", p.child.status)).code, 130);
-  });
 });
 
 Deno.test({
   name: "out of file descriptors: the server warns, backs off and accepts again",
   ignore: await ignoreWithout("prlimit", "the out-of-descriptors test"),
   async fn() {
-    const port = freePort();
-    const child = new Deno.Command("prlimit", {
-      args: ["--nofile=64:64", Deno.execPath(), ...await startTaskArgs()],
-      cwd: repoDir,
-      env: {
-        HOST: "127.0.0.1",
-        TCP_PORT: String(port),
-        ADMIN_PORT: "off",
-        NODE_NAME: "n",
-        NO_COLOR: "1",
-      },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    const stdout = new LineReader(child.stdout);
+    await using p = await spawnServer({ NODE_NAME: "n" }, {
+      prefix: ["prlimit", "--nofile=64:64"],
+    });
     const conns: Deno.TcpConn[] = [];
     try {
-      await stdout.waitFor((l) => l.includes("Listening on TCP port"), "listening");
-      for (let i = 0; i < 80; i++) conns.push(await Deno.connect({ hostname: "127.0.0.1", port }));
-      await stdout.waitFor(
-        (l) => /Accept failed, backing off\. error=.* level=warn$/.test(l),
+      await p.stdout.waitFor((l) => l.includes("Listening on TCP port"), "listening");
+      for (let i = 0; i < 80; i++) {
+        conns.push(await Deno.connect({ hostname: "127.0.0.1", port: p.port }));
+      }
+      await p.stdout.waitFor(
+        (l) => /Accept failed, backing off\. error=.* port=\d+ level=warn$/.test(l),
         "warn",
       );
       for (const conn of conns.splice(0)) conn.close();
-      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: p.port });
       conns.push(conn);
       const banner = "Welcome, you are connected to node n.\n";
       assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
       assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("ok"))), "ok");
       conn.close();
       conns.pop();
-      await stdout.waitFor((l) => /Accepting again\. failed_attempts=\d+$/.test(l), "recovered");
-      child.kill("SIGTERM");
-      assert.equal((await within(5_000, "exit", child.status)).code, 0);
+      await p.stdout.waitFor(
+        (l) => /Accepting again\. failed_attempts=\d+ port=\d+$/.test(l),
+        "recovered",
+      );
+      p.child.kill("SIGTERM");
+      const output = p.stdout.rest();
+      assert.equal((await within(5_000, "exit", p.child.status)).code, 0);
+      await output;
     } finally {
       conns.forEach((c) => c.close());
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already exited.
-      }
-      await child.status;
-      await stdout.rest();
     }
   },
 });
@@ -942,6 +951,61 @@ Deno.test("IDLE_TIMEOUT closes a silent connection with reason idle, not a talki
   assert.equal(s.server.stats.forPort(s.port).closed.idle, 1);
 });
 
+Deno.test("MAX_CONNECTIONS: a burst of refusals is reported in full, at most once a second", async () => {
+  await using s = await startTestServer({ MAX_CONNECTIONS: "1", LOG_LEVEL: "warn" });
+  using _held = await s.connect();
+  await within(
+    2_000,
+    "held",
+    (async () => {
+      while (s.server.activeConnections < 1) await new Promise((r) => setTimeout(r, 5));
+    })(),
+  );
+  const burst = 300;
+  const refused = await Promise.all(Array.from({ length: burst }, () => s.connect()));
+  await Promise.all(refused.map((conn) => readToEnd(conn).finally(() => conn.close())));
+  const refusedTotal = () =>
+    s.logs.records.filter((r) => r.rawMessage === "Connection limit reached, refusing connections.")
+      .reduce((sum, r) => sum + Number(r.properties.refused), 0);
+  const first = s.logs.records.find((r) => r.level === "warning")!;
+  await s.logs.waitFor(() => refusedTotal() === burst, "every refusal reported", 3_000);
+  const reports = s.logs.records.filter((r) => r.level === "warning");
+  assert.ok(reports.length <= 3, `${reports.length} reports`);
+  for (let i = 1; i < reports.length; i++) {
+    assert.ok(reports[i].timestamp - reports[i - 1].timestamp >= 990, "at most once a second");
+  }
+  assert.ok(reports.at(-1)!.timestamp - first.timestamp < 2_100, "reported within the second");
+  assert.equal(s.server.stats.forPort(s.port).rejected.max_connections, burst);
+});
+
+Deno.test("IDLE_TIMEOUT counts bytes moved either way: a slow reader of a long echo is not idle", async () => {
+  await using s = await startTestServer({ IDLE_TIMEOUT: "300ms", LOG_DATA_BYTES: "0" });
+  using conn = await s.connect();
+  const payload = randomBytes(12 * 1024 * 1024);
+  const sending = writeAll(conn, payload).then(() => undefined, (error) => error);
+  // Reads 2 MB/s: the server spends far longer than the timeout blocked in writes.
+  const echoed = new Uint8Array(payload.length);
+  let filled = 0;
+  const started = performance.now();
+  while (filled < payload.length) {
+    const n = await within(2_000, "slow read", conn.read(echoed.subarray(filled, filled + 20_000)));
+    if (n === null) break;
+    filled += n;
+    const due = started + filled / 2_000;
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, due - performance.now())));
+  }
+  assert.equal(await sending, undefined, "the server read everything");
+  assert.equal(filled, payload.length, "every byte came back");
+  assert.ok(Buffer.compare(echoed, payload) === 0);
+  assert.ok(performance.now() - started > 3_000, "the read took many timeouts");
+  // Once every echo is handed to the kernel, the server waits for the client: that is idle.
+  const closed = s.logs.records.find((r) => r.rawMessage === "TCP connection closed.");
+  if (closed) {
+    assert.equal(closed.properties.reason, "idle");
+    assert.equal(closed.properties.bytes_out, payload.length, "not before the last echo");
+  }
+});
+
 Deno.test("drain on SIGTERM: readyz 503, accepting during DRAIN_DELAY, grace, exit 0", async () => {
   const adminPort = freePort();
   await using p = await spawnServer({
@@ -1058,7 +1122,15 @@ Deno.test("ECHO_PREFIX line mode: CRLF, empty lines, partial last line, over-lon
     const push = (text: string) => decoder.decode(answerer.push(encoder.encode(text)));
     assert.equal(push("hel"), "");
     assert.equal(push("lo\nworld\r\n\n"), "one hello\none world\r\none \n");
-    assert.equal(push("0123456789"), "one 01234567\n", "a line at the bound is answered in pieces");
+    assert.equal(push("0123456789"), "one 0123456789", "a line past the bound goes on as it comes");
+    assert.equal(push("ab\n"), "ab\n", "and ends as one line, with no second prefix");
+    assert.equal(push("01234567"), "one 01234567", "a line at the bound");
+    assert.equal(push("\n"), "\n", "no phantom empty line after it");
+    assert.equal(push("0123456\r"), "one 0123456", "a CR at the bound is held back");
+    assert.equal(push("\n"), "\r\n", "so CRLF goes out together");
+    assert.equal(push("0123456789"), "one 0123456789");
+    assert.equal(decoder.decode(answerer.finish()), "\n");
+    assert.equal(push("89"), "");
     assert.equal(decoder.decode(answerer.finish()), "one 89\n");
     assert.equal(decoder.decode(answerer.finish()), "");
   });
@@ -1076,14 +1148,34 @@ Deno.test("ECHO_PREFIX line mode: CRLF, empty lines, partial last line, over-lon
     assert.equal(decoder.decode(await readToEnd(conn)), "one a\r\none \none b\none last\n");
   });
 
-  await t.step("a line longer than 64 KiB comes back in pieces, without loss", async () => {
-    await using s = await startTestServer({ ECHO_PREFIX: "p", LOG_DATA_BYTES: "0" });
-    using conn = await s.connect();
-    const line = "x".repeat(MAX_LINE_BYTES + 10) + "\n";
-    await writeAll(conn, encoder.encode(line));
-    await conn.closeWrite();
-    const expected = `p ${"x".repeat(MAX_LINE_BYTES)}\np ${"x".repeat(10)}\n`;
-    assert.equal(decoder.decode(await readToEnd(conn)), expected);
+  await t.step(
+    "lines of 64 KiB and longer come back as Istio answers them, one prefix each",
+    async () => {
+      await using s = await startTestServer({ ECHO_PREFIX: "p", LOG_DATA_BYTES: "0" });
+      const lines = [
+        "x".repeat(MAX_LINE_BYTES + 10) + "\n",
+        "y".repeat(MAX_LINE_BYTES) + "\n",
+        "z".repeat(2 * MAX_LINE_BYTES) + "\n",
+        "w".repeat(MAX_LINE_BYTES - 1) + "\r\n",
+        "v".repeat(MAX_LINE_BYTES - 2) + "\r\n",
+      ];
+      for (const line of lines) {
+        using conn = await s.connect();
+        await writeAll(conn, encoder.encode(line + "next\n"));
+        await conn.closeWrite();
+        assert.equal(decoder.decode(await readToEnd(conn)), `p ${line}p next\n`, line.slice(-3));
+      }
+    },
+  );
+
+  await t.step("an empty prefix and a prefix with a tab, as Istio takes them", async () => {
+    for (const prefix of ["", "a\tb"]) {
+      await using s = await startTestServer({ ECHO_PREFIX: prefix });
+      using conn = await s.connect();
+      await writeAll(conn, encoder.encode("x\n"));
+      await conn.closeWrite();
+      assert.equal(decoder.decode(await readToEnd(conn)), `${prefix} x\n`);
+    }
   });
 });
 
@@ -1095,6 +1187,18 @@ Deno.test("positional arguments work as Istio's tcp-echo: PORTS PREFIX", async (
     });
     assert.deepEqual(applyArguments([], { TCP_PORT: "1" }), { TCP_PORT: "1" });
     assert.throws(() => applyArguments(["1", "2", "3"], {}), ConfigError);
+    assert.equal(applyArguments(["9000", ""], {}).ECHO_PREFIX, "", "an empty prefix, as Istio");
+    assert.equal(loadConfig(applyArguments(["9000", ""], {})).echoPrefix, "");
+    assert.equal(loadConfig(applyArguments(["9000", "a\tb"], {})).echoPrefix, "a\tb");
+    assert.equal(applyArguments(["9000", "-x"], {}).ECHO_PREFIX, "-x");
+    assert.equal(applyArguments(["--", "9000", "--x"], {}).ECHO_PREFIX, "--x");
+    for (const args of [["--port", "4000"], ["-p"], ["9000", "--verbose"]]) {
+      const option = args.find((arg) => arg.startsWith("-"));
+      assert.throws(
+        () => applyArguments(args, {}),
+        (e) => e instanceof ConfigError && e.message.startsWith(`unknown option "${option}"`),
+      );
+    }
   });
 
   await t.step("the program on two ports with a prefix", async () => {
@@ -1248,6 +1352,30 @@ Deno.test("PROXY protocol: accepted headers set the client address", async (t) =
     assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
     assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("then data"))), "then data");
   });
+  for (const start of ["\r\n", "\r", "P", "PROXY"]) {
+    await t.step(
+      `optional, ${JSON.stringify(start)} that stops short of a header is data`,
+      async () => {
+        await using s = await startTestServer(
+          { PROXY_PROTOCOL: "optional", NODE_NAME: "o" },
+          { proxyHeaderTimeoutMs: 100 },
+        );
+        using conn = await s.connect();
+        await writeAll(conn, encoder.encode(start));
+        const banner = "Welcome, you are connected to node o.\n";
+        const expected = banner + start;
+        assert.equal(decoder.decode(await readExactly(conn, expected.length)), expected);
+        assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("more"))), "more");
+        const id = await s.connectionId(0);
+        await conn.closeWrite();
+        await readToEnd(conn);
+        const closed = await s.logs.waitFor(isClosedRecord(id), "closed");
+        assert.equal(closed.properties.reason, "eof");
+        assert.equal(closed.properties.bytes_in, start.length + 4);
+        assert.equal(s.server.stats.forPort(s.port).rejected.proxy_timeout, 0);
+      },
+    );
+  }
   await t.step("trusted peer", () =>
     expectClient(
       { PROXY_PROTOCOL: "v1", PROXY_PROTOCOL_TRUSTED: "10.0.0.0/8,127.0.0.0/8" },

@@ -213,6 +213,16 @@ export class LineReader {
     );
   }
 
+  /** Reads the rest of the stream without keeping it; resolves with how many lines it had. */
+  async count(): Promise<number> {
+    let lines = 0;
+    while (true) {
+      const { value, done } = await this.#reader.read();
+      if (done) return lines;
+      lines += value.split("\n").length - 1;
+    }
+  }
+
   /** Reads the rest of the stream into `lines`. */
   async rest(): Promise<string[]> {
     while (true) {
@@ -230,13 +240,33 @@ export interface ServerProcess extends AsyncDisposable {
   readonly child: Deno.ChildProcess;
   readonly stdout: LineReader;
   readonly port: number;
+  /** Sends `signal` to the whole process group, as a terminal's Ctrl-C does. */
+  signalGroup(signal: Deno.Signal): void;
 }
 
-/** Runs main.ts exactly as `deno task start` does, on a free loopback port. */
-export async function spawnServer(env: Record<string, string>): Promise<ServerProcess> {
+/** How {@linkcode spawnServer} runs the program. */
+export interface SpawnOptions {
+  /** Words put before the program, e.g. `["prlimit", "--nofile=300"]`. */
+  readonly prefix?: readonly string[];
+  /** The command after the prefix; by default main.ts exactly as `deno task start` runs it. */
+  readonly command?: readonly string[];
+  /** Extra arguments after the command. */
+  readonly args?: readonly string[];
+}
+
+/**
+ * Runs main.ts exactly as `deno task start` does, on a free loopback port, in
+ * a session of its own (`setsid`), so disposing of it kills the whole process
+ * group: a failing test leaves nothing running.
+ */
+export async function spawnServer(
+  env: Record<string, string>,
+  options: SpawnOptions = {},
+): Promise<ServerProcess> {
   const port = freePort();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: await startTaskArgs(),
+  const command = options.command ?? [Deno.execPath(), ...await startTaskArgs()];
+  const child = new Deno.Command("setsid", {
+    args: [...options.prefix ?? [], ...command, ...options.args ?? []],
     cwd: repoDir,
     env: { HOST: "127.0.0.1", TCP_PORT: String(port), ADMIN_PORT: "off", NO_COLOR: "1", ...env },
     stdin: "null",
@@ -244,15 +274,18 @@ export async function spawnServer(env: Record<string, string>): Promise<ServerPr
     stderr: "piped",
   }).spawn();
   const stdout = new LineReader(child.stdout);
+  // setsid runs the command in place (it forks only when it leads a group already).
+  const signalGroup = (signal: Deno.Signal) => Deno.kill(-child.pid, signal);
   return {
     child,
     stdout,
     port,
+    signalGroup,
     async [Symbol.asyncDispose]() {
       try {
-        child.kill("SIGKILL");
+        signalGroup("SIGKILL");
       } catch {
-        // Already exited.
+        // Every process of the group has exited.
       }
       await child.status;
       await stdout.rest().catch(() => {});
@@ -266,14 +299,19 @@ export async function spawnServer(env: Record<string, string>): Promise<ServerPr
  * printed reason; under CI (`CI=true`) it runs and fails, so CI cannot skip it.
  */
 export async function ignoreWithout(tool: string, why: string): Promise<boolean> {
-  const present = await new Deno.Command(tool, {
-    args: ["--version"],
-    stdout: "null",
-    stderr: "null",
-  }).output().then(() => true, () => false);
-  if (present || Deno.env.get("CI") === "true") return false;
+  if (await isInstalled(tool) || Deno.env.get("CI") === "true") return false;
   console.warn(`ignored: ${why} needs ${tool}, which is not installed (.ci/run installs it)`);
   return true;
+}
+
+/** Whether `tool` runs. A missing one throws from `output()` itself, not as a rejection. */
+export async function isInstalled(tool: string): Promise<boolean> {
+  try {
+    await new Deno.Command(tool, { args: ["--version"], stdout: "null", stderr: "null" }).output();
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Tries to connect until `port` accepts: HAProxy writes nothing when it is ready. */
