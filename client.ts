@@ -24,6 +24,17 @@
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import * as hdr from "hdr-histogram-js";
+import {
+  type BannerValues,
+  closeQuietly,
+  concatBytes,
+  DURATION_FORMS,
+  formatHostPort,
+  indexOfBytes,
+  parseBannerText,
+  parseDuration,
+  writeAll,
+} from "./wire.ts";
 
 // ---------------------------------------------------------------------------
 // Options
@@ -31,8 +42,11 @@ import * as hdr from "hdr-histogram-js";
 
 /** What to measure and how. */
 export interface ClientOptions {
+  /** Where to connect. */
   readonly hostname: string;
+  /** The port to connect to. */
   readonly port: number;
+  /** Probe one connection at a time, or load for a duration. */
   readonly command: "probe" | "load";
   /** probe: connections in all. */
   readonly count: number;
@@ -52,6 +66,7 @@ export interface ClientOptions {
   readonly mode: "rr" | "stream";
   /** Per-operation timeout (connect, a whole probe, one load request). */
   readonly timeoutMs: number;
+  /** Print one JSON object instead of the report for people. */
   readonly json: boolean;
   /** Thresholds that make the exit code 1 when missed. */
   readonly failUnder: Readonly<FailUnder>;
@@ -69,6 +84,7 @@ export interface FailUnder {
 
 /** Bad command-line input; the message is one line. */
 export class UsageError extends Error {
+  /** Names the error in a stack trace. */
   override name = "UsageError";
 }
 
@@ -103,13 +119,11 @@ nothing, or a threshold was missed; 2 bad usage.
 `;
 
 function parseDurationMs(text: string, flag: string): number {
-  const match = /^(\d{1,9})(ms|s|m)$/.exec(text);
-  if (!match) {
-    throw new UsageError(
-      `${flag} takes a duration such as 500ms, 10s or 1m, not ${JSON.stringify(text)}`,
-    );
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    throw new UsageError(`${flag} takes ${DURATION_FORMS}, not ${JSON.stringify(text)}`);
   }
-  return Number(match[1]) * { ms: 1, s: 1_000, m: 60_000 }[match[2] as "ms" | "s" | "m"];
+  return ms;
 }
 
 function parseCount(text: string | undefined, flag: string, fallback: number, min = 1): number {
@@ -220,39 +234,11 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
 // Pure helpers: banners, payloads, percentiles
 // ---------------------------------------------------------------------------
 
-/** What a banner said about the server that answered. */
-export interface ServerIdentity {
-  readonly node?: string;
-  readonly pod?: string;
-  readonly namespace?: string;
-  readonly ip?: string;
-  readonly serviceAccount?: string;
-  readonly version?: string;
-  /** The address the server saw this client come from. */
-  readonly clientAddress?: string;
-}
-
-const BANNER_LINES: readonly [keyof ServerIdentity, RegExp][] = [
-  ["node", /^Welcome, you are connected to node (.*)\.$/],
-  ["pod", /^Running on Pod (.*)\.$/],
-  ["namespace", /^In namespace (.*)\.$/],
-  ["ip", /^With IP address (.*)\.$/],
-  ["serviceAccount", /^Service (.*)\.$/],
-  ["version", /^Version (.*)\.$/],
-  ["clientAddress", /^Your address is (.*)\.$/],
-];
+/** What a banner said about the server that answered (the banner's field table is in wire.ts). */
+export type ServerIdentity = BannerValues;
 
 /** Reads tcp-echo's banner lines (any order, unknown lines ignored). */
-export function parseBanner(text: string): ServerIdentity {
-  const identity: Record<string, string> = {};
-  for (const line of text.split(/\r?\n/)) {
-    for (const [key, pattern] of BANNER_LINES) {
-      const match = pattern.exec(line);
-      if (match && identity[key] === undefined) identity[key] = match[1];
-    }
-  }
-  return identity;
-}
+export const parseBanner: (text: string) => ServerIdentity = parseBannerText;
 
 /** How one server is named in the "who answered" table. */
 export function identityKey(identity: ServerIdentity): string {
@@ -273,9 +259,13 @@ export function percentile(sorted: readonly number[], p: number): number {
 
 /** p50, p90, p99 and max of some values, in their unit. */
 export interface Percentiles {
+  /** The median. */
   readonly p50: number;
+  /** The 90th percentile. */
   readonly p90: number;
+  /** The 99th percentile. */
   readonly p99: number;
+  /** The largest value. */
   readonly max: number;
 }
 
@@ -310,7 +300,9 @@ function randomBytes(length: number): Uint8Array {
 
 /** A payload and the exact bytes an echo server answers to it. */
 export interface Exchange {
+  /** What to send. */
   readonly payload: Uint8Array;
+  /** What must come back, after any banner. */
   readonly expected: Uint8Array;
 }
 
@@ -331,38 +323,17 @@ export function makeExchange(
     const line = message === undefined
       ? randomLine(Math.max(1, size - 1))
       : encoder.encode(message);
-    payload = concat([line, encoder.encode("\n")]);
+    payload = concatBytes([line, encoder.encode("\n")]);
   }
-  const expected = prefix === undefined ? payload : concat([encoder.encode(`${prefix} `), payload]);
+  const expected = prefix === undefined
+    ? payload
+    : concatBytes([encoder.encode(`${prefix} `), payload]);
   return { payload, expected };
-}
-
-/**
- * Joins byte arrays. (main.ts has the same helper, but the client must not
- * import main.ts: main.ts loads the client while its own top-level await is
- * still pending, and the import would wait for it forever.)
- */
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 function endsWith(bytes: Uint8Array, suffix: Uint8Array): boolean {
   return suffix.length <= bytes.length &&
     equalBytes(bytes.subarray(bytes.length - suffix.length), suffix);
-}
-
-function indexOfBytes(haystack: Uint8Array, needle: Uint8Array, from = 0): number {
-  outer: for (let i = from; i + needle.length <= haystack.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
 }
 
 // ---------------------------------------------------------------------------
@@ -417,11 +388,6 @@ async function withTimeout<T>(ms: number, work: Promise<T>, onTimeout: () => voi
   }
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
-}
-
 /**
  * One probe: connect, send the payload and half-close, read to the end.
  * Everything before the expected echo is the banner. A conforming echo server
@@ -468,7 +434,7 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
       ),
       () => c.close(),
     );
-    const all = concat(received);
+    const all = concatBytes(received);
     const bannerLength = all.length - exchange.expected.length;
     const identity = parseBanner(decoder.decode(all.subarray(0, Math.max(0, bannerLength))));
     if (all.length < exchange.expected.length) {
@@ -496,7 +462,7 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
     };
   } catch (error) {
     const reason = failureOf(error);
-    const identity = parseBanner(decoder.decode(concat(received)));
+    const identity = parseBanner(decoder.decode(concatBytes(received)));
     return { ok: false, reason, identity, detail: (error as Error).message };
   } finally {
     if (conn) closeQuietly(conn);
@@ -505,18 +471,27 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
 
 /** The probe report: who answered, what failed, how fast. */
 export interface ProbeReport {
+  /** `HOST:PORT` as connected to. */
   readonly target: string;
+  /** How many connections were used. */
   readonly connections: number;
+  /** Connections whose echo was exact. */
   readonly succeeded: number;
+  /** `succeeded` as a percentage of `connections`. */
   readonly successPercent: number;
   /** Successful connections per second, over the whole run. */
   readonly connectionsPerSecond: number;
+  /** Who answered (from the banners), how often, and what share. */
   readonly answeredBy: readonly { server: string; count: number; percent: number }[];
+  /** Failed connections by reason. */
   readonly failures: Readonly<Partial<Record<FailureReason, number>>>;
+  /** Echoes that were wrong or short. */
   readonly integrityFailures: number;
   /** Milliseconds. */
   readonly connectMs: Percentiles;
+  /** Milliseconds from connect to the first byte received. */
   readonly firstByteMs: Percentiles;
+  /** Milliseconds from sending to the last byte of the echo. */
   readonly roundTripMs: Percentiles;
 }
 
@@ -572,26 +547,36 @@ async function runProbe(options: ClientOptions, progress: Progress): Promise<Pro
 
 /** The load report: throughput, latency (microseconds), integrity. */
 export interface LoadReport {
+  /** `HOST:PORT` as connected to. */
   readonly target: string;
+  /** Request/response or streaming. */
   readonly mode: "rr" | "stream";
+  /** How many connections were used. */
   readonly connections: number;
+  /** How long the load ran, in seconds. */
   readonly durationS: number;
+  /** Verified requests (rr) or connections streamed to the end (stream). */
   readonly operations: number;
+  /** `operations` per second. */
   readonly opsPerSecond: number;
+  /** Echoed bytes compared with what was sent. */
   readonly bytesVerified: number;
+  /** `bytesVerified` per second, in MB (10^6 bytes). */
   readonly megabytesPerSecond: number;
   /** Request/response latency in microseconds (rr only). */
   readonly latencyUs: Percentiles & { readonly mean: number };
+  /** Echoes that were wrong or short. */
   readonly integrityFailures: number;
+  /** Failed connections by reason. */
   readonly failures: Readonly<Partial<Record<FailureReason, number>>>;
 }
 
 /** Reads until the echo of a fresh token line appears; returns the bytes before it (the banner). */
 async function synchronize(conn: Deno.Conn, options: ClientOptions): Promise<Uint8Array> {
-  const token = concat([encoder.encode("sync-"), randomLine(16), encoder.encode("\n")]);
+  const token = concatBytes([encoder.encode("sync-"), randomLine(16), encoder.encode("\n")]);
   const expected = options.prefix === undefined
     ? token
-    : concat([encoder.encode(`${options.prefix} `), token]);
+    : concatBytes([encoder.encode(`${options.prefix} `), token]);
   await writeAll(conn, token);
   const buffer = new Uint8Array(65_536 + expected.length);
   let filled = 0;
@@ -633,14 +618,6 @@ interface LoadTally {
   bytesVerified: number;
   failures: Partial<Record<FailureReason, number>>;
   histogram: hdr.Histogram;
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch {
-    // Closed by a timeout already.
-  }
 }
 
 /** Connects, synchronizes on a token line, runs `work`, and closes the connection. */
@@ -742,8 +719,20 @@ async function writeWhileReading(
   if (firstFailure) throw firstFailure.error;
 }
 
+/** What {@linkcode latencySummary} reads of an HDR histogram. */
+export interface LatencyHistogram {
+  /** Values recorded. */
+  readonly totalCount: number;
+  /** The largest value recorded. */
+  readonly maxValue: number;
+  /** The mean of the values recorded. */
+  readonly mean: number;
+  /** The value at percentile `p` (a bucket's upper edge). */
+  getValueAtPercentile(p: number): number;
+}
+
 /** p50, p90, p99, max and mean of a latency histogram; NaN when it is empty. */
-export function latencySummary(h: hdr.Histogram): Percentiles & { readonly mean: number } {
+export function latencySummary(h: LatencyHistogram): Percentiles & { readonly mean: number } {
   if (h.totalCount === 0) return { p50: NaN, p90: NaN, p99: NaN, max: NaN, mean: NaN };
   // A bucket's upper edge can lie above the largest value recorded.
   const at = (p: number) => Math.min(h.getValueAtPercentile(p), h.maxValue);
@@ -825,9 +814,7 @@ async function runLoad(options: ClientOptions, progress: Progress): Promise<Load
 // ---------------------------------------------------------------------------
 
 function targetText(options: ClientOptions): string {
-  return options.hostname.includes(":")
-    ? `[${options.hostname}]:${options.port}`
-    : `${options.hostname}:${options.port}`;
+  return formatHostPort(options.hostname, options.port);
 }
 
 /** A one-line progress display on a terminal, for runs over 2 s; silent otherwise. */

@@ -146,7 +146,10 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
       [["h:1", "soak"], 'the command is probe or load, not "soak"'],
       [["h:1", "load", "--mode", "udp"], '--mode is rr or stream, not "udp"'],
       [["h:1", "--count", "0"], '--count takes a whole number of at least 1, not "0"'],
-      [["h:1", "--duration", "5"], '--duration takes a duration such as 500ms, 10s or 1m, not "5"'],
+      [
+        ["h:1", "--duration", "5"],
+        '--duration takes a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m, not "5"',
+      ],
       [
         ["h:1", "--fail-under", "speed=1"],
         '--fail-under takes success=PCT, ops=N or mbps=N, not "speed=1"',

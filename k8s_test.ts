@@ -515,7 +515,7 @@ Deno.test("consistency: Istio's TCP Traffic Shifting task, with this image", asy
       assert.deepEqual(config.ports, [9000, 9001, 9002]);
       for (const { containerPort } of c.ports) assert.ok(config.ports.includes(containerPort));
       for (const { port } of service.spec.ports) assert.ok(config.ports.includes(port));
-      assert.equal(config.banner.nodeName, undefined, "no banner: output as Istio's server");
+      assert.equal(config.banner.node, undefined, "no banner: output as Istio's server");
       return `${d.spec.template.metadata.labels.version} ${config.echoPrefix}`;
     });
     assert.deepEqual(prefixes, ["v1 one", "v2 two"]);

@@ -21,18 +21,22 @@
  * @module
  */
 import ipaddr from "ipaddr.js";
+import { unmapIPv4 } from "./wire.ts";
 
 /** Which header versions a listener accepts. */
 export type ProxyVersions = "v1" | "v2" | "any";
 
 /** One end of a proxied connection, as the header states it. */
 export interface ProxyEndpoint {
+  /** The address, IPv4-mapped IPv6 shown as IPv4. */
   readonly hostname: string;
+  /** The TCP port. */
   readonly port: number;
 }
 
 /** A header that was read completely and is valid. */
 export interface ProxyHeader {
+  /** Which version of the protocol the header was. */
   readonly version: 1 | 2;
   /**
    * `proxy`: the connection was relayed for `source`. `local`: the proxy
@@ -40,7 +44,9 @@ export interface ProxyHeader {
    * family this server cannot use): use the socket's own addresses.
    */
   readonly command: "proxy" | "local";
+  /** The original client; absent for LOCAL, UNKNOWN and UNSPEC. */
   readonly source?: ProxyEndpoint;
+  /** The address the client connected to; absent when `source` is. */
   readonly destination?: ProxyEndpoint;
 }
 
@@ -146,11 +152,9 @@ function parseV1(bytes: Uint8Array): ProxyParseResult {
   };
 }
 
-/** An address as text; an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4. */
+/** An address as text, IPv4-mapped IPv6 shown as IPv4 (one rule: {@linkcode unmapIPv4}). */
 function addressText(address: ipaddr.IPv4 | ipaddr.IPv6): string {
-  return address.kind() === "ipv6" && (address as ipaddr.IPv6).isIPv4MappedAddress()
-    ? (address as ipaddr.IPv6).toIPv4Address().toString()
-    : address.toString();
+  return unmapIPv4(address.toString());
 }
 
 function v2Endpoint(bytes: Uint8Array, portBytes: Uint8Array): ProxyEndpoint {
@@ -228,9 +232,9 @@ export type Cidr = [ipaddr.IPv4 | ipaddr.IPv6, number];
 
 /** Parses one CIDR range or address; `undefined` when it is neither. */
 export function parseCidr(text: string): Cidr | undefined {
-  const [addressText, bitsText, ...rest] = text.trim().split("/");
-  const isIPv4 = ipaddr.IPv4.isValidFourPartDecimal(addressText);
-  if (rest.length > 0 || !(isIPv4 || ipaddr.IPv6.isValid(addressText))) return undefined;
+  const [ipText, bitsText, ...rest] = text.trim().split("/");
+  const isIPv4 = ipaddr.IPv4.isValidFourPartDecimal(ipText);
+  if (rest.length > 0 || !(isIPv4 || ipaddr.IPv6.isValid(ipText))) return undefined;
   const maxBits = isIPv4 ? 32 : 128;
   const bits = bitsText === undefined
     ? maxBits
@@ -238,7 +242,7 @@ export function parseCidr(text: string): Cidr | undefined {
     ? Number(bitsText)
     : NaN;
   if (!(bits >= 0 && bits <= maxBits)) return undefined;
-  return [ipaddr.parse(addressText), bits];
+  return [ipaddr.parse(ipText), bits];
 }
 
 /** Whether `hostname` (an IP address; IPv4-mapped counts as IPv4) is in one of `ranges`. */

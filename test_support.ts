@@ -7,17 +7,20 @@
  * @module
  */
 import assert from "node:assert/strict";
-import type { LogRecord, Sink } from "@logtape/logtape";
+import type { LogRecord, Sink } from "./log_output.ts";
 import {
   concatBytes,
-  type Config,
   type EchoServer,
   type Environment,
   formatTextRecord,
   loadConfig,
   setupLogging,
   startServer,
+  type TestHooks,
+  writeAll,
 } from "./main.ts";
+
+export { writeAll };
 
 export const encoder = new TextEncoder();
 export const decoder = new TextDecoder();
@@ -34,6 +37,43 @@ export async function within<T>(ms: number, what: string, promise: Promise<T>): 
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Every banner variable set, as the manifests set them. */
+export const ALL_BANNER_ENV = {
+  NODE_NAME: "node-1",
+  POD_NAME: "tcp-echo-v1-7c775f57c9-frprp",
+  POD_NAMESPACE: "default",
+  POD_IP: "172.16.2.90",
+  SERVICE_ACCOUNT: "default",
+  SERVICE_VERSION: "v1",
+};
+
+/** The banner {@linkcode ALL_BANNER_ENV} gives, byte for byte. */
+export const ALL_BANNER_TEXT = "Welcome, you are connected to node node-1.\n" +
+  "Running on Pod tcp-echo-v1-7c775f57c9-frprp.\n" +
+  "In namespace default.\n" +
+  "With IP address 172.16.2.90.\n" +
+  "Service default.\n" +
+  "Version v1.\n";
+
+/** GETs (or sends `method` to) an admin path; returns status, content type and body. */
+export async function adminRequest(
+  address: Deno.NetAddr,
+  path: string,
+  method = "GET",
+): Promise<{ status: number; type: string | null; body: string }> {
+  const response = await fetch(`http://127.0.0.1:${address.port}${path}`, { method });
+  return {
+    status: response.status,
+    type: response.headers.get("content-type"),
+    body: await response.text(),
+  };
+}
+
+/** A text record or output line without its timestamp (`2026/11/25 07:32:29 `). */
+export function withoutTimestamp(line: string): string {
+  return line.slice(20);
 }
 
 /** Collects log records and lets a test await the one it expects. */
@@ -72,23 +112,23 @@ export interface TestServer extends AsyncDisposable {
   connectionId(n: number): Promise<string>;
 }
 
-/** Starts a server on 127.0.0.1, port 0, with logs captured in memory. */
+/**
+ * Starts a server on 127.0.0.1, port 0, with logs captured in memory.
+ * `ADMIN_PORT: "any"` starts the admin server on a free port too.
+ */
 export async function startTestServer(
   env: Environment = {},
-  overrides: Partial<Config> = {},
+  hooks: TestHooks = {},
 ): Promise<TestServer> {
   const wantsAdmin = env.ADMIN_PORT === "any";
-  const loaded = loadConfig({ HOST: "127.0.0.1", ...env, ADMIN_PORT: "off" });
-  // Port 0 (any free port) is for tests only: the program refuses it.
-  const config: Config = {
-    ...loaded,
-    ports: [0],
-    adminPort: wantsAdmin ? 0 : undefined,
-    ...overrides,
-  };
+  const config = loadConfig({ HOST: "127.0.0.1", ...env, ADMIN_PORT: "off" });
   const logs = new LogCapture();
   const detach = await setupLogging(config.logLevel, logs.sink);
-  const server = startServer(config);
+  const server = startServer(config, {
+    ports: [0],
+    adminPort: wantsAdmin ? 0 : undefined,
+    ...hooks,
+  });
   const port = server.addresses[0].port;
   return {
     server,
@@ -104,11 +144,6 @@ export async function startTestServer(
       await detach();
     },
   };
-}
-
-export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
 }
 
 /** Reads exactly `length` bytes; fails on EOF or after `ms`. */

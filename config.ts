@@ -1,0 +1,468 @@
+/**
+ * The server's configuration: one table with a row per environment
+ * variable (name, default, parser, meaning), from which
+ * {@linkcode loadConfig}, the positional `PORTS PREFIX` arguments and
+ * `--help` are built. A test holds the README's table to it, so each default
+ * is written once, here.
+ *
+ * @module
+ */
+import ipaddr from "ipaddr.js";
+import { type Cidr, parseCidr } from "./proxy_protocol.ts";
+import {
+  BANNER_FIELDS,
+  type BannerKey,
+  type BannerValues,
+  DURATION_FORMS,
+  parseDuration,
+} from "./wire.ts";
+
+/** Log levels accepted by `LOG_LEVEL`, lowest first. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+/** A `LOG_LEVEL` value. */
+export type LogLevelName = typeof LOG_LEVELS[number];
+
+/** Record formats accepted by `LOG_FORMAT`. */
+export const LOG_FORMATS = ["text", "json"] as const;
+/** A `LOG_FORMAT` value. */
+export type LogFormat = typeof LOG_FORMATS[number];
+
+/** Values of `PROXY_PROTOCOL`. */
+export const PROXY_MODES = ["off", "v1", "v2", "any", "optional"] as const;
+/** A `PROXY_PROTOCOL` value. */
+export type ProxyMode = typeof PROXY_MODES[number];
+
+/** Values of `BANNER_MODE`. */
+export const BANNER_MODES = ["connect", "first-data", "off"] as const;
+/** A `BANNER_MODE` value. */
+export type BannerMode = typeof BANNER_MODES[number];
+
+/** Largest accepted `LOG_DATA_BYTES`: one full read buffer. */
+export const MAX_LOG_DATA_BYTES = 65_536;
+
+/** Largest accepted `MAX_CONNECTIONS`. */
+export const MAX_CONNECTIONS_LIMIT = 1_000_000;
+
+/** The banner's identity lines, as the environment sets them (the client address is per connection). */
+export type BannerFields = Omit<BannerValues, "clientAddress">;
+
+/** The whole configuration, as the environment and arguments say it: built once, frozen. */
+export interface Config {
+  /** TCP ports to listen on, one listener each. */
+  readonly ports: readonly number[];
+  /** Listen address; `undefined` means dual-stack `::`, else `0.0.0.0`. */
+  readonly host: string | undefined;
+  /** The banner's identity lines. */
+  readonly banner: BannerFields;
+  /** The lowest level logged. */
+  readonly logLevel: LogLevelName;
+  /** How records are written. */
+  readonly logFormat: LogFormat;
+  /** Bytes of each received chunk shown in data records; 0 = no records. */
+  readonly logDataBytes: number;
+  /** How long open connections may go on after SIGTERM/SIGINT. */
+  readonly shutdownGraceMs: number;
+  /** Port of the HTTP admin server (health, readiness, metrics); `undefined` = off. */
+  readonly adminPort: number | undefined;
+  /** After a shutdown signal: how long readiness fails while still accepting. */
+  readonly drainDelayMs: number;
+  /** Open echo connections at most; 0 = unlimited. */
+  readonly maxConnections: number;
+  /** Close a connection on which no byte moved either way for this long; 0 = never. */
+  readonly idleTimeoutMs: number;
+  /** Add `Your address is IP:PORT.` to the banner. */
+  readonly showClientAddress: boolean;
+  /** When the banner is sent: on connect, just before the first echo, or never. */
+  readonly bannerMode: BannerMode;
+  /** Which PROXY protocol headers connections must or may start with. */
+  readonly proxyProtocol: ProxyMode;
+  /** Peers allowed to send a PROXY header; `undefined` = any peer. */
+  readonly proxyTrusted: readonly Cidr[] | undefined;
+  /** Line mode: answer each line as `${prefix} ${line}`; `undefined` = byte-exact echo. */
+  readonly echoPrefix: string | undefined;
+  /** Fault: wait this long before each echo. */
+  readonly echoDelayMs: number;
+  /** Fault: close after echoing this many bytes (reason `fault`); 0 = never. */
+  readonly closeAfterBytes: number;
+}
+
+/** The environment as `loadConfig` sees it: variable name to value. */
+export type Environment = Readonly<Record<string, string | undefined>>;
+
+/** A configuration value that cannot be used; its message is one line. */
+export class ConfigError extends Error {
+  /** Names the error in a stack trace. */
+  override name = "ConfigError";
+}
+
+/** One environment variable: its name, default, meaning, and how its value is read. */
+export interface ConfigVariable<T = unknown> {
+  /** The variable's name. */
+  readonly name: string;
+  /** The default as written in `--help` and the README: a value, or what its absence means. */
+  readonly defaultText: string;
+  /** One line for `--help` and the README. */
+  readonly meaning: string;
+  /** The value `env` gives it, or its default. Throws {@linkcode ConfigError}. */
+  read(env: Environment): T;
+}
+
+/** Reads a non-empty value; `undefined` when it is not allowed. */
+type Parser<T> = (text: string) => T | undefined;
+
+/**
+ * A row of the table. `defaultValue` is written as a user would write it and
+ * read by the same parser; without one, the variable is `undefined` when
+ * unset and `unsetText` says what that means.
+ */
+function variable<T>(row: {
+  name: string;
+  defaultValue?: string;
+  unsetText?: string;
+  meaning: string;
+  parse: Parser<T>;
+  allowed: string;
+  /** The value is used as written: not trimmed (banner text, a prefix). */
+  untrimmed?: boolean;
+  /** An empty value is a value, not "unset" (a prefix). */
+  keepEmpty?: boolean;
+}): ConfigVariable<T> {
+  const { name, defaultValue, parse, allowed } = row;
+  const fallback = defaultValue === undefined ? undefined : parse(defaultValue);
+  if (defaultValue !== undefined && fallback === undefined) {
+    throw new Error(`${name}: default ${defaultValue} does not parse`);
+  }
+  return {
+    name,
+    defaultText: defaultValue ?? row.unsetText ?? "unset",
+    meaning: row.meaning,
+    read(env: Environment): T {
+      const raw = env[name];
+      if (raw === undefined || (raw.trim() === "" && !row.keepEmpty)) return fallback as T;
+      const value = parse(row.untrimmed ? raw : raw.trim());
+      if (value === undefined) {
+        throw new ConfigError(`invalid ${name}=${JSON.stringify(raw)}: allowed: ${allowed}`);
+      }
+      return value;
+    },
+  };
+}
+
+const integer = (min: number, max: number): Parser<number> => (text) => {
+  const value = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  return value >= min && value <= max ? value : undefined;
+};
+
+const choice = <T extends string>(choices: readonly T[]): Parser<T> => (text) => {
+  const lower = text.toLowerCase();
+  return (choices as readonly string[]).includes(lower) ? lower as T : undefined;
+};
+
+const parsePort = integer(1, 65_535);
+
+const parsePortOrOff: Parser<number | "off"> = (text) =>
+  text.toLowerCase() === "off" ? "off" : parsePort(text);
+
+const parsePorts: Parser<number[]> = (text) => {
+  const ports = text.split(",").map((part) => /^\d{1,5}$/.test(part.trim()) ? Number(part) : NaN);
+  const valid = ports.every((port) => port >= 1 && port <= 65_535);
+  return valid && new Set(ports).size === ports.length ? ports : undefined;
+};
+
+const parseHost: Parser<string> = (text) => {
+  const host = text.startsWith("[") && text.endsWith("]") ? text.slice(1, -1) : text;
+  const isAddress = ipaddr.IPv4.isValidFourPartDecimal(host) || ipaddr.IPv6.isValid(host);
+  return isAddress || host === "localhost" ? host : undefined;
+};
+
+const parseBoolean: Parser<boolean> = (text) => {
+  const lower = text.toLowerCase();
+  return lower === "true" ? true : lower === "false" ? false : undefined;
+};
+
+const parseRanges: Parser<Cidr[]> = (text) => {
+  const ranges = text.split(",").map(parseCidr);
+  return ranges.every((range) => range !== undefined) ? ranges as Cidr[] : undefined;
+};
+
+const anyText: Parser<string> = (text) => text;
+
+const duration = (name: string, defaultValue: string, meaning: string) =>
+  variable({ name, defaultValue, meaning, parse: parseDuration, allowed: DURATION_FORMS });
+
+const PORTS_ALLOWED = "an integer from 1 to 65535, or a comma list of different ones";
+
+/** One row per banner variable, from the banner's field table. */
+const bannerVariable = (key: BannerKey, name: string) =>
+  variable({
+    name,
+    meaning: `banner: ${BANNER_MEANINGS[key]}`,
+    parse: anyText,
+    allowed: "any text",
+    untrimmed: true,
+  });
+
+const BANNER_MEANINGS: Readonly<Record<BannerKey, string>> = {
+  node: "node name",
+  pod: "pod name",
+  namespace: "namespace",
+  ip: "pod IP address",
+  serviceAccount: "service account",
+  version: "version",
+  clientAddress: "",
+};
+
+const TCP_PORT = variable({
+  name: "TCP_PORT",
+  defaultValue: "3333",
+  meaning: "port to listen on, 1-65535, or a comma list (9000,9001): one listener each",
+  parse: parsePorts,
+  allowed: PORTS_ALLOWED,
+});
+const HOST = variable({
+  name: "HOST",
+  unsetText: "all interfaces",
+  meaning: "listen address (an IP address or localhost); default dual-stack [::], else 0.0.0.0",
+  parse: parseHost,
+  allowed: "an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1), or localhost",
+});
+const BANNER_VARIABLES = BANNER_FIELDS.filter((field) => field.variable !== undefined)
+  .map((field) => [field.key, bannerVariable(field.key, field.variable!)] as const);
+const LOG_LEVEL = variable({
+  name: "LOG_LEVEL",
+  defaultValue: "info",
+  meaning: "debug, info, warn or error",
+  parse: choice(LOG_LEVELS),
+  allowed: LOG_LEVELS.join(", "),
+});
+const LOG_FORMAT = variable({
+  name: "LOG_FORMAT",
+  defaultValue: "text",
+  meaning: "text or json",
+  parse: choice(LOG_FORMATS),
+  allowed: LOG_FORMATS.join(", "),
+});
+const LOG_DATA_BYTES = variable({
+  name: "LOG_DATA_BYTES",
+  defaultValue: "1024",
+  meaning:
+    `bytes of each received chunk shown in data records, 0-${MAX_LOG_DATA_BYTES}; 0 turns them off`,
+  parse: integer(0, MAX_LOG_DATA_BYTES),
+  allowed: `an integer from 0 to ${MAX_LOG_DATA_BYTES}`,
+});
+const SHUTDOWN_GRACE = duration(
+  "SHUTDOWN_GRACE",
+  "10s",
+  "how long open connections may go on after SIGTERM/SIGINT (e.g. 500ms, 10s, 2m)",
+);
+const ADMIN_PORT = variable({
+  name: "ADMIN_PORT",
+  defaultValue: "8080",
+  meaning: "HTTP port for /healthz, /readyz, /metrics, 1-65535; off disables it",
+  parse: parsePortOrOff,
+  allowed: "an integer from 1 to 65535, or off",
+});
+const DRAIN_DELAY = duration(
+  "DRAIN_DELAY",
+  "0s",
+  "after SIGTERM/SIGINT: /readyz fails at once, accepting goes on this long",
+);
+const MAX_CONNECTIONS = variable({
+  name: "MAX_CONNECTIONS",
+  defaultValue: "10000",
+  meaning: `open echo connections at most, 0-${MAX_CONNECTIONS_LIMIT}; 0 = unlimited`,
+  parse: integer(0, MAX_CONNECTIONS_LIMIT),
+  allowed: `an integer from 0 to ${MAX_CONNECTIONS_LIMIT}`,
+});
+const IDLE_TIMEOUT = duration(
+  "IDLE_TIMEOUT",
+  "0s",
+  "close a connection on which no byte moved either way for this long; 0s = never",
+);
+const SHOW_CLIENT_ADDRESS = variable({
+  name: "SHOW_CLIENT_ADDRESS",
+  defaultValue: "false",
+  meaning: "true adds the banner line: Your address is IP:PORT.",
+  parse: parseBoolean,
+  allowed: "true, false",
+});
+const BANNER_MODE = variable({
+  name: "BANNER_MODE",
+  defaultValue: "connect",
+  meaning: "connect (on accept), first-data (just before the first echo) or off",
+  parse: choice(BANNER_MODES),
+  allowed: BANNER_MODES.join(", "),
+});
+const PROXY_PROTOCOL = variable({
+  name: "PROXY_PROTOCOL",
+  defaultValue: "off",
+  meaning: "off, v1, v2, any (a header is required) or optional",
+  parse: choice(PROXY_MODES),
+  allowed: PROXY_MODES.join(", "),
+});
+const PROXY_PROTOCOL_TRUSTED = variable({
+  name: "PROXY_PROTOCOL_TRUSTED",
+  unsetText: "any peer",
+  meaning: "comma list of CIDRs allowed to send a PROXY header",
+  parse: parseRanges,
+  allowed: "a comma list of IP addresses or CIDR ranges, e.g. 10.0.0.0/8,::1",
+});
+const ECHO_PREFIX = variable({
+  name: "ECHO_PREFIX",
+  meaning:
+    "line mode: answer each line as PREFIX LINE (Istio's tcp-echo); set, even empty, turns it on",
+  parse: anyText,
+  allowed: "any text",
+  untrimmed: true,
+  keepEmpty: true,
+});
+const ECHO_DELAY = duration("ECHO_DELAY", "0s", "fault: wait this long before each echo");
+const CLOSE_AFTER_BYTES = variable({
+  name: "CLOSE_AFTER_BYTES",
+  defaultValue: "0",
+  meaning: "fault: close after echoing this many bytes (reason fault); 0 = never",
+  parse: integer(0, 999_999_999),
+  allowed: "an integer from 0 to 999999999",
+});
+
+/**
+ * Every environment variable the program reads, in `--help` order. It is the
+ * source of `--help`, of {@linkcode loadConfig}, of the `--allow-env` list the
+ * tests check against `deno.json`, and of the README table the tests check.
+ */
+export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
+  TCP_PORT,
+  HOST,
+  ...BANNER_VARIABLES.map(([, row]) => row),
+  LOG_LEVEL,
+  LOG_FORMAT,
+  LOG_DATA_BYTES,
+  SHUTDOWN_GRACE,
+  ADMIN_PORT,
+  DRAIN_DELAY,
+  MAX_CONNECTIONS,
+  IDLE_TIMEOUT,
+  SHOW_CLIENT_ADDRESS,
+  BANNER_MODE,
+  PROXY_PROTOCOL,
+  PROXY_PROTOCOL_TRUSTED,
+  ECHO_PREFIX,
+  ECHO_DELAY,
+  CLOSE_AFTER_BYTES,
+];
+
+/**
+ * Builds the frozen configuration from environment variables, validating
+ * every value. Throws {@linkcode ConfigError} with a one-line message naming
+ * the variable, its bad value and what is allowed.
+ *
+ * @example
+ * ```ts
+ * const config = loadConfig({ TCP_PORT: "4000", NODE_NAME: "EchoNode" });
+ * ```
+ */
+export function loadConfig(env: Environment): Config {
+  const adminPort = ADMIN_PORT.read(env);
+  const banner = Object.fromEntries(
+    BANNER_VARIABLES.map(([key, row]) => [key, row.read(env)]),
+  ) as BannerFields;
+  return Object.freeze({
+    ports: Object.freeze(TCP_PORT.read(env)),
+    host: HOST.read(env),
+    banner: Object.freeze(banner),
+    logLevel: LOG_LEVEL.read(env),
+    logFormat: LOG_FORMAT.read(env),
+    logDataBytes: LOG_DATA_BYTES.read(env),
+    shutdownGraceMs: SHUTDOWN_GRACE.read(env),
+    adminPort: adminPort === "off" ? undefined : adminPort,
+    drainDelayMs: DRAIN_DELAY.read(env),
+    maxConnections: MAX_CONNECTIONS.read(env),
+    idleTimeoutMs: IDLE_TIMEOUT.read(env),
+    showClientAddress: SHOW_CLIENT_ADDRESS.read(env),
+    bannerMode: BANNER_MODE.read(env),
+    proxyProtocol: PROXY_PROTOCOL.read(env),
+    proxyTrusted: PROXY_PROTOCOL_TRUSTED.read(env),
+    echoPrefix: ECHO_PREFIX.read(env),
+    echoDelayMs: ECHO_DELAY.read(env),
+    closeAfterBytes: CLOSE_AFTER_BYTES.read(env),
+  });
+}
+
+/**
+ * Applies positional arguments as Istio's tcp-echo server takes them:
+ * `tcp-echo 9000,9001 hello` means `TCP_PORT=9000,9001 ECHO_PREFIX=hello`.
+ * Arguments win over the environment. Throws {@linkcode ConfigError} for an
+ * option it does not know.
+ */
+export function applyArguments(args: readonly string[], env: Environment): Environment {
+  // After "--" every argument is positional; before it, PORTS never starts with "-" and
+  // a PREFIX starting with "--" is far likelier a mistyped option.
+  const separated = args[0] === "--";
+  if (separated) args = args.slice(1);
+  const option = separated
+    ? undefined
+    : args.find((arg, i) => arg.startsWith(i === 0 ? "-" : "--"));
+  if (option !== undefined) {
+    throw new ConfigError(
+      `unknown option ${JSON.stringify(option)}: usage: tcp-echo [--help] [PORTS [PREFIX]]; ` +
+        "everything else is set by environment variables, listed by --help",
+    );
+  }
+  if (args.length > 2) {
+    throw new ConfigError(
+      `unexpected argument ${JSON.stringify(args[2])}: allowed: [PORTS [PREFIX]]; see --help`,
+    );
+  }
+  const [ports, prefix] = args;
+  return {
+    ...env,
+    ...(ports === undefined ? {} : { TCP_PORT: ports }),
+    ...(prefix === undefined ? {} : { ECHO_PREFIX: prefix }),
+  };
+}
+
+/**
+ * A repeat of the first shutdown signal this soon is the same event arriving
+ * twice: Ctrl-C signals the whole process group and `deno task` forwards it too.
+ */
+export const REPEATED_SIGNAL_WINDOW_MS = 500;
+
+/** Renders the `--help` text: usage and the table of variables. */
+export function renderHelp(): string {
+  const width = Math.max(...CONFIG_VARIABLES.map((v) => v.name.length));
+  const defaultWidth = Math.max(...CONFIG_VARIABLES.map((v) => v.defaultText.length));
+  const rows = CONFIG_VARIABLES.map((v) =>
+    `  ${v.name.padEnd(width)}  ${v.defaultText.padEnd(defaultWidth)}  ${v.meaning}`
+  );
+  return [
+    "tcp-echo: a TCP echo server that says which node, pod and version answered.",
+    "",
+    "Usage: tcp-echo [--help] [PORTS [PREFIX]]",
+    "       tcp-echo client HOST:PORT [probe|load] [options]   (see tcp-echo client --help)",
+    "",
+    "PORTS and PREFIX, as Istio's tcp-echo takes them, set TCP_PORT and ECHO_PREFIX.",
+    "",
+    "Configuration is read from environment variables:",
+    `  ${"VARIABLE".padEnd(width)}  ${"DEFAULT".padEnd(defaultWidth)}  MEANING`,
+    ...rows,
+    "",
+    "Logs go to standard output, one record per line. SIGTERM or SIGINT stops",
+    "accepting, lets open connections finish for SHUTDOWN_GRACE, then exits 0;",
+    `a second one (${REPEATED_SIGNAL_WINDOW_MS} ms or more after the first) exits at once.`,
+    "",
+  ].join("\n");
+}
+
+/** Reads exactly the variables in {@linkcode CONFIG_VARIABLES} (all `--allow-env` grants). */
+export function readEnvironment(): Environment {
+  return Object.fromEntries(CONFIG_VARIABLES.map(({ name }) => [name, readVariable(name)]));
+}
+
+function readVariable(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch (error) {
+    if (!(error instanceof Deno.errors.InvalidData)) throw error;
+    throw new ConfigError(`invalid ${name}: not valid UTF-8; allowed: UTF-8 text`);
+  }
+}

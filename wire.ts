@@ -1,0 +1,175 @@
+/**
+ * What the server and the client share: the banner's field table (the
+ * server renders from it, the client parses with it), addresses as text,
+ * byte joining, write-all, and the one duration grammar.
+ *
+ * It imports nothing of the program: main.ts loads the client while its own
+ * top-level `await main()` is pending, so a module the client imports must
+ * not import main.ts (the import would wait for main.ts forever).
+ *
+ * @module
+ */
+import ipaddr from "ipaddr.js";
+
+/** One banner line: the key it is known by, its environment variable, its text. */
+export interface BannerField {
+  /** The key in {@linkcode BannerValues} and in the client's JSON. */
+  readonly key: BannerKey;
+  /** The environment variable that sets it; the client address has none (it is per connection). */
+  readonly variable: string | undefined;
+  /** The line, with `{}` where the value goes (newline not included). */
+  readonly template: string;
+}
+
+/** The keys of the banner's lines, in banner order. */
+export type BannerKey =
+  | "node"
+  | "pod"
+  | "namespace"
+  | "ip"
+  | "serviceAccount"
+  | "version"
+  | "clientAddress";
+
+/**
+ * The banner's lines in the order the server sends them. The first five are
+ * byte-identical to the original Go server's.
+ */
+export const BANNER_FIELDS: readonly BannerField[] = [
+  { key: "node", variable: "NODE_NAME", template: "Welcome, you are connected to node {}." },
+  { key: "pod", variable: "POD_NAME", template: "Running on Pod {}." },
+  { key: "namespace", variable: "POD_NAMESPACE", template: "In namespace {}." },
+  { key: "ip", variable: "POD_IP", template: "With IP address {}." },
+  { key: "serviceAccount", variable: "SERVICE_ACCOUNT", template: "Service {}." },
+  { key: "version", variable: "SERVICE_VERSION", template: "Version {}." },
+  { key: "clientAddress", variable: undefined, template: "Your address is {}." },
+];
+
+/** What a banner says, field by field; an absent field has no line. */
+export type BannerValues = Readonly<Partial<Record<BannerKey, string>>>;
+
+/**
+ * Renders the banner lines of the fields that have a value, in
+ * {@linkcode BANNER_FIELDS} order, each ending in `\n`. No field, no banner.
+ *
+ * @example
+ * ```ts
+ * renderBannerText({ node: "EchoNode" }); // "Welcome, you are connected to node EchoNode.\n"
+ * ```
+ */
+export function renderBannerText(values: BannerValues): string {
+  let text = "";
+  for (const { key, template } of BANNER_FIELDS) {
+    const value = values[key];
+    if (value) text += template.replace("{}", value) + "\n";
+  }
+  return text;
+}
+
+/** Each field's line as a pattern that captures the value. */
+const BANNER_PATTERNS = BANNER_FIELDS.map(({ key, template }) => {
+  const [before, after] = template.split("{}").map((part) =>
+    part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+  );
+  return [key, new RegExp(`^${before}(.*)${after}$`)] as const;
+});
+
+/** Reads banner lines (any order, unknown lines ignored; the first of a field counts). */
+export function parseBannerText(text: string): BannerValues {
+  const values: Partial<Record<BannerKey, string>> = {};
+  for (const line of text.split(/\r?\n/)) {
+    for (const [key, pattern] of BANNER_PATTERNS) {
+      const match = pattern.exec(line);
+      if (match && values[key] === undefined) values[key] = match[1];
+    }
+  }
+  return values;
+}
+
+/** Shows an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4; other text as it is. */
+export function unmapIPv4(hostname: string): string {
+  if (!ipaddr.IPv6.isValid(hostname)) return hostname;
+  const address = ipaddr.IPv6.parse(hostname);
+  return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : hostname;
+}
+
+/** `host:port`, with an IPv6 host in brackets: `[::1]:80`. */
+export function formatHostPort(hostname: string, port: number): string {
+  return hostname.includes(":") ? `[${hostname}]:${port}` : `${hostname}:${port}`;
+}
+
+/** Formats a network address as `1.2.3.4:80` or `[::1]:80` (IPv4-mapped shown as IPv4). */
+export function formatAddress(addr: Deno.Addr): string {
+  if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
+  return formatHostPort(unmapIPv4(addr.hostname), addr.port);
+}
+
+/** Joins byte arrays into one. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** Where `needle` first starts in `haystack` at or after `from`, or -1. */
+export function indexOfBytes(haystack: Uint8Array, needle: Uint8Array, from = 0): number {
+  outer: for (let i = from; i + needle.length <= haystack.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+/** Closes a socket or file that may be closed already. */
+export function closeQuietly(closable: { close(): void }): void {
+  try {
+    closable.close();
+  } catch {
+    // Closed already.
+  }
+}
+
+/** Anything with a `write` that may take only part of the bytes: a socket, stdout. */
+export interface PartialWriter {
+  /** Writes some of `bytes`; resolves with how many. */
+  write(bytes: Uint8Array): Promise<number>;
+}
+
+/** Writes all of `bytes`; `onWritten` hears of every part the target took. */
+export async function writeAll(
+  target: PartialWriter,
+  bytes: Uint8Array,
+  onWritten?: (count: number) => void,
+): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) {
+    const n = await target.write(bytes.subarray(written));
+    written += n;
+    onWritten?.(n);
+  }
+}
+
+const DURATION_UNIT_MS: Readonly<Record<string, number>> = {
+  ms: 1,
+  s: 1_000,
+  m: 60_000,
+  h: 3_600_000,
+};
+
+/** How a duration is written, for error messages. */
+export const DURATION_FORMS = "a whole number with ms, s, m or h, e.g. 500ms, 10s, 2m";
+
+/**
+ * Parses a duration written as a whole number and a unit (`500ms`, `10s`,
+ * `2m`, `1h`). Returns milliseconds, or `undefined` when the text is not a
+ * duration.
+ */
+export function parseDuration(text: string): number | undefined {
+  const match = /^(\d{1,9})(ms|s|m|h)$/.exec(text.trim());
+  if (!match) return undefined;
+  return Number(match[1]) * DURATION_UNIT_MS[match[2]];
+}
