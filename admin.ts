@@ -117,81 +117,121 @@ export interface MetricsExporter {
   observeDuration(port: number, seconds: number): void;
 }
 
+/** A metric read from per-port numbers at each scrape: one sample per port and label set. */
+interface PortMetric<T> {
+  readonly kind: "counter" | "gauge";
+  readonly name: string;
+  readonly help: string;
+  /** Labels besides `port`. */
+  readonly labelNames: readonly string[];
+  /** Where the numbers are, by port. */
+  readonly source: (stats: ServerStats) => Iterable<[number, T]>;
+  /** A port's samples: labels besides `port`, and the value. */
+  readonly samples: (numbers: T) => [Record<string, string>, number][];
+}
+
+const byPort = (stats: ServerStats) => stats.entries();
+
+/** The metrics the echo path counts, in the order `/metrics` shows them. */
+const PORT_METRICS: readonly PortMetric<PortStats>[] = [
+  {
+    kind: "counter",
+    name: "tcp_echo_connections_total",
+    help: "Echo connections admitted.",
+    labelNames: [],
+    source: byPort,
+    samples: (p) => [[{}, p.accepted]],
+  },
+  {
+    kind: "gauge",
+    name: "tcp_echo_connections_active",
+    help: "Echo connections open now.",
+    labelNames: [],
+    source: byPort,
+    samples: (p) => [[{}, p.active]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_connections_rejected_total",
+    help: "Connections closed right after accept, by reason.",
+    labelNames: ["reason"],
+    source: byPort,
+    samples: (p) => REJECT_REASONS.map((reason) => [{ reason }, p.rejected[reason]]),
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_connections_closed_total",
+    help: "Echo connections ended, by reason.",
+    labelNames: ["reason"],
+    source: byPort,
+    samples: (p) => CLOSE_REASONS.map((reason) => [{ reason }, p.closed[reason]]),
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_received_bytes_total",
+    help: "Bytes received from clients.",
+    labelNames: [],
+    source: byPort,
+    samples: (p) => [[{}, p.bytesReceived]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_sent_bytes_total",
+    help: "Bytes sent to clients (banners and echoes).",
+    labelNames: [],
+    source: byPort,
+    samples: (p) => [[{}, p.bytesSent]],
+  },
+];
+
+const ACCEPT_ERRORS_METRIC: PortMetric<Record<AcceptErrorKind, number>> = {
+  kind: "counter",
+  name: "tcp_echo_accept_errors_total",
+  help: "Failed accepts by listening port: connection (reset while queued) or resources.",
+  labelNames: ["kind"],
+  source: (stats) => stats.acceptErrors.entries(),
+  samples: (counts) => ACCEPT_ERROR_KINDS.map((kind) => [{ kind }, counts[kind]]),
+};
+
+/** Registers `metric` so that each scrape reads its values from `stats`; nothing is counted twice. */
+function register<T>(registry: Registry, stats: ServerStats, metric: PortMetric<T>): void {
+  const options = {
+    name: metric.name,
+    help: metric.help,
+    labelNames: ["port", ...metric.labelNames],
+    registers: [registry],
+    collect,
+  };
+  const made = metric.kind === "counter" ? new Counter(options) : new Gauge(options);
+  function collect() {
+    made.reset();
+    for (const [port, numbers] of metric.source(stats)) {
+      for (const [labels, value] of metric.samples(numbers)) {
+        const all = { port: String(port), ...labels };
+        if (made instanceof Counter) made.inc(all, value);
+        else made.set(all, value);
+      }
+    }
+  }
+}
+
 /** Builds the exporter (prom-client) over `stats`; nothing is counted twice. */
 export function createMetricsExporter(stats: ServerStats): MetricsExporter {
   const registry = new Registry();
-  const registers = [registry];
-  /** A counter or gauge whose values are read from `stats` at each scrape. */
-  const fromStats = (
-    kind: "counter" | "gauge",
-    name: string,
-    help: string,
-    values: (port: PortStats) => [Record<string, string>, number][],
-  ): void => {
-    const options = { name, help, labelNames: ["port", "reason"], registers, collect };
-    const metric = kind === "counter" ? new Counter(options) : new Gauge(options);
-    function collect() {
-      metric.reset();
-      for (const [port, portStats] of stats.entries()) {
-        for (const [labels, value] of values(portStats)) {
-          const all = { port: String(port), ...labels };
-          if (metric instanceof Counter) metric.inc(all, value);
-          else metric.set(all, value);
-        }
-      }
-    }
-  };
-  fromStats("counter", "tcp_echo_connections_total", "Echo connections admitted.", (p) => [
-    [{}, p.accepted],
-  ]);
-  fromStats("gauge", "tcp_echo_connections_active", "Echo connections open now.", (p) => [
-    [{}, p.active],
-  ]);
-  fromStats(
-    "counter",
-    "tcp_echo_connections_rejected_total",
-    "Connections closed right after accept, by reason.",
-    (p) => REJECT_REASONS.map((reason) => [{ reason }, p.rejected[reason]]),
-  );
-  fromStats(
-    "counter",
-    "tcp_echo_connections_closed_total",
-    "Echo connections ended, by reason.",
-    (p) => CLOSE_REASONS.map((reason) => [{ reason }, p.closed[reason]]),
-  );
-  fromStats("counter", "tcp_echo_received_bytes_total", "Bytes received from clients.", (p) => [
-    [{}, p.bytesReceived],
-  ]);
-  fromStats(
-    "counter",
-    "tcp_echo_sent_bytes_total",
-    "Bytes sent to clients (banners and echoes).",
-    (p) => [[{}, p.bytesSent]],
-  );
-  new Counter({
-    name: "tcp_echo_accept_errors_total",
-    help: "Failed accepts by listening port: connection (reset while queued) or resources.",
-    labelNames: ["port", "kind"],
-    registers,
-    collect(this: Counter) {
-      this.reset();
-      for (const [port, counts] of stats.acceptErrors) {
-        for (const kind of ACCEPT_ERROR_KINDS) this.inc({ port: String(port), kind }, counts[kind]);
-      }
-    },
-  });
+  for (const metric of PORT_METRICS) register(registry, stats, metric);
+  register(registry, stats, ACCEPT_ERRORS_METRIC);
   const duration = new Histogram({
     name: "tcp_echo_connection_duration_seconds",
     help: "How long echo connections stayed open.",
     buckets: DURATION_BUCKETS_S,
     labelNames: ["port"],
-    registers,
+    registers: [registry],
   });
   new Gauge({
     name: "tcp_echo_build_info",
     help: "Always 1; the labels say which build runs.",
     labelNames: ["version", "deno"],
-    registers,
+    registers: [registry],
   }).set({ version: VERSION, deno: Deno.version.deno }, 1);
   return {
     render: () => registry.metrics(),

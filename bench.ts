@@ -18,7 +18,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { freePort, waitForPort } from "./test_support.ts";
+import { freePort, isInstalled, waitForPort } from "./test_support.ts";
 
 const repoDir = new URL(".", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -195,19 +195,43 @@ function format(value: number): string {
   return value.toFixed(2);
 }
 
-async function main(): Promise<void> {
+/** The command line: rounds, seconds per measurement, idle connections for the memory figure. */
+interface BenchOptions {
+  readonly rounds: number;
+  readonly seconds: number;
+  readonly idleConnections: number;
+}
+
+function parseOptions(args: readonly string[]): BenchOptions {
   const { values } = parseArgs({
-    args: Deno.args,
+    args: [...args],
     options: { rounds: { type: "string" }, seconds: { type: "string" }, idle: { type: "string" } },
   });
-  const rounds = Number(values.rounds ?? 5);
-  const seconds = Number(values.seconds ?? 2);
-  const idleConnections = Number(values.idle ?? 5_000);
+  return {
+    rounds: Number(values.rounds ?? 5),
+    seconds: Number(values.seconds ?? 2),
+    idleConnections: Number(values.idle ?? 5_000),
+  };
+}
+
+/** The workloads, each a `tcp-echo client` command line and the figures read from its report. */
+function scenarios(seconds: number): Scenario[] {
   const duration = `${Math.round(seconds * 1_000)}ms`;
-  const scenarios: Scenario[] = [
+  const load = (mode: string, connections: number, size: number) => [
+    "load",
+    "--mode",
+    mode,
+    "--connections",
+    String(connections),
+    "--size",
+    String(size),
+    "--duration",
+    duration,
+  ];
+  return [
     {
       name: "rr 1 conn × 64 B",
-      args: ["load", "--mode", "rr", "--connections", "1", "--size", "64", "--duration", duration],
+      args: load("rr", 1, 64),
       figures: [
         { label: "ops/s", pick: (r) => r.opsPerSecond, higherIsBetter: true },
         { label: "p50 µs", pick: (r) => r.latencyUs.p50, higherIsBetter: false },
@@ -216,7 +240,7 @@ async function main(): Promise<void> {
     },
     {
       name: "rr 50 conns × 64 B",
-      args: ["load", "--mode", "rr", "--connections", "50", "--size", "64", "--duration", duration],
+      args: load("rr", 50, 64),
       figures: [
         { label: "ops/s", pick: (r) => r.opsPerSecond, higherIsBetter: true },
         { label: "p99 µs", pick: (r) => r.latencyUs.p99, higherIsBetter: false },
@@ -224,52 +248,104 @@ async function main(): Promise<void> {
     },
     {
       name: "stream 4 conns × 64 KiB",
-      args: [
-        "load",
-        "--mode",
-        "stream",
-        "--connections",
-        "4",
-        "--size",
-        "65536",
-        "--duration",
-        duration,
-      ],
+      args: load("stream", 4, 65_536),
       figures: [{ label: "MB/s", pick: (r) => r.megabytesPerSecond, higherIsBetter: true }],
     },
     {
       name: "connection rate",
-      args: [
-        "probe",
-        "--count",
-        String(Math.round(8_000 * seconds)),
-        "--concurrency",
-        "8",
-        "--size",
-        "64",
-      ],
+      args: ["probe", "--count", String(Math.round(8_000 * seconds)), "--concurrency", "8"],
       figures: [{ label: "conn/s", pick: (r) => r.connectionsPerSecond, higherIsBetter: true }],
     },
   ];
+}
 
+/** Exits 2 with a line naming what is missing when taskset or node is not installed. */
+async function requireTools(): Promise<string> {
   for (const tool of ["taskset", "node"]) {
-    const found = await new Deno.Command(tool, {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .output().then(() => true, () => false);
-    if (!found) {
+    if (!await isInstalled(tool)) {
       console.error(`bench: ${tool} is needed (taskset: util-linux; node: nodejs)`);
       Deno.exit(2);
     }
   }
+  const node = await new Deno.Command("node", { args: ["--version"] }).output();
+  return decoder.decode(node.stdout).trim();
+}
+
+/** Every scenario on every server in turn (A B C A B C ...), `rounds` times: figure → values. */
+async function runRounds(
+  servers: readonly BenchServer[],
+  all: readonly Scenario[],
+  rounds: number,
+): Promise<Map<string, number[]>> {
+  const results = new Map<string, number[]>(); // `${scenario}|${figure}|${server}` -> values
+  for (let round = 1; round <= rounds; round++) {
+    for (const scenario of all) {
+      for (const server of servers) {
+        const report = await runClient(server, scenario.args);
+        if (report.integrityFailures > 0) {
+          throw new Error(`${server.name}: integrity failure in ${scenario.name}`);
+        }
+        for (const figure of scenario.figures) {
+          const key = `${scenario.name}|${figure.label}|${server.name}`;
+          results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
+        }
+      }
+    }
+    console.log(`  round ${round}/${rounds} done`);
+  }
+  return results;
+}
+
+/** The table: medians per server and their ratios to the first (the reference). */
+function renderTable(
+  servers: readonly BenchServer[],
+  all: readonly Scenario[],
+  results: Map<string, number[]>,
+  memory: { readonly connections: number; readonly bytesPerConnection: readonly number[] },
+): string {
+  const header = [
+    "scenario",
+    "figure",
+    ...servers.map((s) => s.name),
+    ...servers.slice(1).map((s) => `ratio ${s.name.replace("tcp-echo, ", "")}`),
+  ];
+  const rows: string[][] = [];
+  for (const scenario of all) {
+    for (const figure of scenario.figures) {
+      const medians = servers.map((s) =>
+        median(results.get(`${scenario.name}|${figure.label}|${s.name}`)!)
+      );
+      const ratios = medians.slice(1).map((m) =>
+        figure.higherIsBetter ? m / medians[0] : medians[0] / m
+      );
+      rows.push([
+        scenario.name,
+        figure.label,
+        ...medians.map(format),
+        ...ratios.map((r) => `${r.toFixed(2)}×`),
+      ]);
+    }
+  }
+  const kib = memory.bytesPerConnection.map((bytes) => bytes / 1024);
+  rows.push([
+    `idle memory (${memory.connections} conns)`,
+    "KiB/conn",
+    ...kib.map((m) => m.toFixed(2)),
+    ...kib.slice(1).map((m) => `${(kib[0] / m).toFixed(2)}×`),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join("  ");
+  return [line(header), ...rows.map(line)].join("\n");
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(Deno.args);
+  const nodeVersion = await requireTools();
+  const all = scenarios(options.seconds);
   console.log(
-    `tcp-echo bench: ${rounds} rounds of ${seconds} s per scenario, servers on core 0, client on core 1` +
-      ` (Deno ${Deno.version.deno}, node ${
-        decoder.decode((await new Deno.Command("node", { args: ["--version"] }).output()).stdout)
-          .trim()
-      })`,
+    `tcp-echo bench: ${options.rounds} rounds of ${options.seconds} s per scenario, ` +
+      `servers on core 0, client on core 1 (Deno ${Deno.version.deno}, node ${nodeVersion})`,
   );
   const servers = [
     await startReference(),
@@ -277,68 +353,16 @@ async function main(): Promise<void> {
     await startTcpEcho("tcp-echo, data records on", {}),
   ];
   try {
-    const memory = new Map<string, number>();
+    const bytesPerConnection: number[] = [];
     for (const server of servers) {
-      memory.set(server.name, await memoryPerConnection(server, idleConnections));
+      bytesPerConnection.push(await memoryPerConnection(server, options.idleConnections));
     }
-
-    const results = new Map<string, number[]>(); // `${scenario}|${figure}|${server}` -> values
-    for (let round = 1; round <= rounds; round++) {
-      for (const scenario of scenarios) {
-        for (const server of servers) {
-          const report = await runClient(server, scenario.args);
-          if (report.integrityFailures > 0) {
-            throw new Error(`${server.name}: integrity failure in ${scenario.name}`);
-          }
-          for (const figure of scenario.figures) {
-            const key = `${scenario.name}|${figure.label}|${server.name}`;
-            results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
-          }
-        }
-      }
-      console.log(`  round ${round}/${rounds} done`);
-    }
-
-    const reference = servers[0].name;
-    const header = [
-      "scenario",
-      "figure",
-      ...servers.map((s) => s.name),
-      ...servers.slice(1).map((s) => `ratio ${s.name.replace("tcp-echo, ", "")}`),
-    ];
-    const rows: string[][] = [];
-    for (const scenario of scenarios) {
-      for (const figure of scenario.figures) {
-        const medians = servers.map((s) =>
-          median(results.get(`${scenario.name}|${figure.label}|${s.name}`)!)
-        );
-        const ratios = medians.slice(1).map((m) =>
-          figure.higherIsBetter ? m / medians[0] : medians[0] / m
-        );
-        rows.push([
-          scenario.name,
-          figure.label,
-          ...medians.map(format),
-          ...ratios.map((r) => `${r.toFixed(2)}×`),
-        ]);
-      }
-    }
-    const memoryMedians = servers.map((s) => memory.get(s.name)! / 1024);
-    rows.push([
-      `idle memory (${idleConnections} conns)`,
-      "KiB/conn",
-      ...memoryMedians.map((m) => m.toFixed(2)),
-      ...memoryMedians.slice(1).map((m) => `${(memoryMedians[0] / m).toFixed(2)}×`),
-    ]);
-    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-    const line = (cells: string[]) =>
-      cells.map((c, i) => i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join("  ");
-    console.log("");
-    console.log(line(header));
-    for (const row of rows) console.log(line(row));
+    const results = await runRounds(servers, all, options.rounds);
+    const memory = { connections: options.idleConnections, bytesPerConnection };
+    console.log(`\n${renderTable(servers, all, results, memory)}`);
     console.log(
-      `\nmedians of ${rounds} rounds; ratios > 1× mean tcp-echo did better than ${reference}` +
-        " (higher rates, lower latency and memory).",
+      `\nmedians of ${options.rounds} rounds; ratios > 1× mean tcp-echo did better than ` +
+        `${servers[0].name} (higher rates, lower latency and memory).`,
     );
     for (const server of servers.slice(1)) {
       const size = (await Deno.stat(server.logFile!)).size;

@@ -165,11 +165,10 @@ export function parseTarget(text: string): { hostname: string; port: number } {
   return { hostname: match[1] ?? match[2], port };
 }
 
-/** Parses the client's command line. Throws {@linkcode UsageError}. */
-export function parseClientArgs(args: readonly string[]): ClientOptions {
-  let parsed;
+/** The flags and positionals of the command line, as node's parseArgs reads them. */
+function readFlags(args: readonly string[]) {
   try {
-    parsed = parseArgs({
+    return parseArgs({
       args: [...args],
       allowPositionals: true,
       options: {
@@ -189,7 +188,11 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
   } catch (error) {
     throw new UsageError((error as Error).message.split("\n")[0]);
   }
-  const { values, positionals } = parsed;
+}
+
+/** Parses the client's command line. Throws {@linkcode UsageError}. */
+export function parseClientArgs(args: readonly string[]): ClientOptions {
+  const { values, positionals } = readFlags(args);
   if (positionals.length === 0) throw new UsageError("the target HOST:PORT is missing");
   const [targetText, command = "probe", ...extra] = positionals;
   if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
@@ -397,7 +400,6 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
   const started = performance.now();
   let conn: Deno.TcpConn | undefined;
   const received: Uint8Array[] = [];
-  let length = 0;
   try {
     conn = await withTimeout(
       options.timeoutMs,
@@ -406,59 +408,14 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
     );
     const connected = performance.now();
     conn.setNoDelay(true);
-    let firstByteAt = NaN;
-    let lastByteAt = NaN;
-    let sentAt = NaN;
-    const c = conn;
-    const buffer = new Uint8Array(65_536);
-    await withTimeout(
-      options.timeoutMs,
-      writeWhileReading(
-        c,
-        async () => {
-          sentAt = performance.now();
-          await writeAll(c, exchange.payload);
-          await c.closeWrite();
-        },
-        async () => {
-          while (true) {
-            const n = await c.read(buffer);
-            if (n === null) break;
-            const now = performance.now();
-            if (Number.isNaN(firstByteAt)) firstByteAt = now;
-            lastByteAt = now;
-            received.push(buffer.slice(0, n));
-            length += n;
-          }
-        },
-      ),
-      () => c.close(),
-    );
-    const all = concatBytes(received);
-    const bannerLength = all.length - exchange.expected.length;
-    const identity = parseBanner(decoder.decode(all.subarray(0, Math.max(0, bannerLength))));
-    if (all.length < exchange.expected.length) {
-      return {
-        ok: false,
-        reason: "short",
-        identity,
-        detail: `${all.length} of ${exchange.expected.length} bytes`,
-      };
-    }
-    if (!endsWith(all, exchange.expected)) {
-      return {
-        ok: false,
-        reason: "mismatch",
-        identity,
-        detail: "the echo differs from what was sent",
-      };
-    }
+    const times = await exchangeBytes(conn, exchange.payload, received, options.timeoutMs);
+    const outcome = judgeEcho(concatBytes(received), exchange.expected);
+    if (!outcome.ok) return outcome;
     return {
-      ok: true,
-      identity,
+      ...outcome,
       connectMs: connected - started,
-      firstByteMs: firstByteAt - connected,
-      roundTripMs: lastByteAt - sentAt,
+      firstByteMs: times.firstByteAt - connected,
+      roundTripMs: times.lastByteAt - times.sentAt,
     };
   } catch (error) {
     const reason = failureOf(error);
@@ -467,6 +424,58 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
   } finally {
     if (conn) closeQuietly(conn);
   }
+}
+
+/**
+ * Sends `payload` and half-closes while reading everything into `received`;
+ * resolves with when it sent and when the first and last bytes came.
+ */
+async function exchangeBytes(
+  conn: Deno.TcpConn,
+  payload: Uint8Array,
+  received: Uint8Array[],
+  timeoutMs: number,
+): Promise<{ sentAt: number; firstByteAt: number; lastByteAt: number }> {
+  const times = { sentAt: NaN, firstByteAt: NaN, lastByteAt: NaN };
+  const buffer = new Uint8Array(65_536);
+  const send = async () => {
+    times.sentAt = performance.now();
+    await writeAll(conn, payload);
+    await conn.closeWrite();
+  };
+  const receive = async () => {
+    while (true) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      times.lastByteAt = performance.now();
+      if (Number.isNaN(times.firstByteAt)) times.firstByteAt = times.lastByteAt;
+      received.push(buffer.slice(0, n));
+    }
+  };
+  await withTimeout(timeoutMs, writeWhileReading(conn, send, receive), () => conn.close());
+  return times;
+}
+
+/** Whether everything received ends with the expected echo; what came before is the banner. */
+function judgeEcho(
+  all: Uint8Array,
+  expected: Uint8Array,
+): { ok: true; identity: ServerIdentity } | (ProbeOutcome & { ok: false }) {
+  const bannerLength = Math.max(0, all.length - expected.length);
+  const identity = parseBanner(decoder.decode(all.subarray(0, bannerLength)));
+  if (all.length < expected.length) {
+    const detail = `${all.length} of ${expected.length} bytes`;
+    return { ok: false, reason: "short", identity, detail };
+  }
+  if (!endsWith(all, expected)) {
+    return {
+      ok: false,
+      reason: "mismatch",
+      identity,
+      detail: "the echo differs from what was sent",
+    };
+  }
+  return { ok: true, identity };
 }
 
 /** The probe report: who answered, what failed, how fast. */

@@ -205,11 +205,30 @@ Deno.test("program: deno.json grants exactly the variables the program reads", a
   ]);
 });
 
-Deno.test("README documents every configuration variable and the two commands", async () => {
+/** The README's configuration table: each variable named in a row, with that row's default. */
+function readmeDefaults(readme: string): Map<string, string> {
+  const start = readme.indexOf("| variable ");
+  const table = readme.slice(start, readme.indexOf("\n\n", start)).split("\n").slice(2);
+  const defaults = new Map<string, string>();
+  for (const row of table) {
+    const [, names, defaultText] = row.split("|").map((cell) => cell.trim());
+    for (const [, name] of names.matchAll(/`(\w+)`/g)) {
+      defaults.set(name, defaultText.replaceAll("`", ""));
+    }
+  }
+  return defaults;
+}
+
+Deno.test("README: its configuration table has every variable with the default in code, and the two commands", async () => {
   const readme = await Deno.readTextFile(`${repoDir}README.md`);
-  const tableRows = readme.split("\n").filter((line) => line.startsWith("| `"));
-  for (const { name } of CONFIG_VARIABLES) {
-    assert.ok(tableRows.some((row) => row.split("|")[1].includes(`\`${name}\``)), name);
+  const documented = readmeDefaults(readme);
+  assert.deepEqual(
+    [...documented.keys()].sort(),
+    CONFIG_VARIABLES.map((v) => v.name).sort(),
+    "the same variables",
+  );
+  for (const { name, defaultText } of CONFIG_VARIABLES) {
+    assert.equal(documented.get(name), defaultText, `${name}: README default`);
   }
   const firstBlock = readme.slice(0, readme.indexOf("## "));
   assert.ok(firstBlock.includes("deno task start"));

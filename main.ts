@@ -48,6 +48,7 @@ import {
   REPEATED_SIGNAL_WINDOW_MS,
 } from "./config.ts";
 import { createStdoutSink, DataText, log, RawBytes, setupLogging } from "./log_output.ts";
+import { LineAnswerer } from "./line_mode.ts";
 import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./proxy_protocol.ts";
 import {
   closeQuietly,
@@ -60,8 +61,10 @@ import {
 
 export * from "./admin.ts";
 export * from "./config.ts";
+export * from "./line_mode.ts";
 export * from "./log_output.ts";
 export * from "./wire.ts";
+export type { Cidr } from "./proxy_protocol.ts";
 
 // ---------------------------------------------------------------------------
 // Types and constants
@@ -69,9 +72,6 @@ export * from "./wire.ts";
 
 /** How long a PROXY header may take to arrive. */
 export const PROXY_HEADER_TIMEOUT_MS = 5_000;
-
-/** Bytes of a line held at most in `ECHO_PREFIX` mode; longer lines are answered as they arrive. */
-export const MAX_LINE_BYTES = 65_536;
 
 /** First read buffer of a connection; idle connections keep only this much. */
 const INITIAL_BUFFER_BYTES = 256;
@@ -105,8 +105,6 @@ const GONE_BEFORE_ACCEPT_ERRORS = [
 
 const encoder = new TextEncoder();
 const NO_BYTES = new Uint8Array(0);
-const NEWLINE = 0x0a;
-const CARRIAGE_RETURN = 0x0d;
 
 /**
  * Hooks for tests only, never read from the environment: listening on port 0
@@ -127,27 +125,6 @@ export interface ShutdownOptions {
   readonly drainDelayMs?: number;
   /** Open connections may go on this long after accepting stopped. */
   readonly graceMs?: number;
-}
-
-/** A running echo server. */
-export interface EchoServer {
-  /** The addresses it listens on (with the real port when `port` was 0). */
-  readonly addresses: readonly Deno.NetAddr[];
-  /** The admin HTTP server's address, when it runs. */
-  readonly adminAddress: Deno.NetAddr | undefined;
-  /** Connections open right now. */
-  readonly activeConnections: number;
-  /** True while every listener accepts and no drain has begun. */
-  readonly ready: boolean;
-  /** The counters, as the metrics endpoint reports them. */
-  readonly stats: ServerStats;
-  /**
-   * Drains and stops: readiness fails at once; accepting goes on for
-   * `drainDelayMs`, then stops; open connections may go on for `graceMs`,
-   * then the rest are closed (reason `shutdown`); then the admin server stops.
-   * Resolves when all is closed. Calling it again returns the same promise.
-   */
-  shutdown(options?: ShutdownOptions): Promise<void>;
 }
 
 /** An address the server could not listen on; the message names it and says why. */
@@ -182,71 +159,6 @@ export function classifyAcceptError(error: unknown): AcceptErrorKind {
   return GONE_BEFORE_ACCEPT_ERRORS.some((type) => error instanceof type)
     ? ACCEPT_ERROR_KINDS[0]
     : ACCEPT_ERROR_KINDS[1];
-}
-
-/**
- * Line mode (`ECHO_PREFIX`): collects received bytes into lines and answers
- * each complete line as `prefix + " " + line` (its `\n` or `\r\n` kept), the
- * bytes Istio's tcp-echo sends. At most {@linkcode MAX_LINE_BYTES} of a line
- * are held: a longer line is answered as it arrives, its prefix first and its
- * newline last, so it still reads as one line (a `\r` is held back, so `\r\n`
- * goes out together). What is left at the end is answered as a line of its own.
- * Pure: bytes in, answers out.
- */
-export class LineAnswerer {
-  #pending: Uint8Array | undefined;
-  #pendingLength = 0;
-  /** The current line's prefix and first bytes are already answered. */
-  #begun = false;
-
-  /** `prefix` is `ECHO_PREFIX` and a space, encoded. */
-  constructor(readonly prefix: Uint8Array, readonly maxLineBytes: number = MAX_LINE_BYTES) {}
-
-  /** The answers to the lines that `chunk` completes or (when too long to hold) continues. */
-  push(chunk: Uint8Array): Uint8Array {
-    const answers: Uint8Array[] = [];
-    let start = 0;
-    while (start < chunk.length) {
-      const newline = chunk.indexOf(NEWLINE, start);
-      if (newline >= 0) {
-        answers.push(this.#answer(chunk.subarray(start, newline + 1)));
-        this.#begun = false;
-        start = newline + 1;
-        continue;
-      }
-      const rest = chunk.subarray(start);
-      if (this.#pendingLength + rest.length < this.maxLineBytes) this.#keep(rest);
-      else {
-        const heldBack = rest[rest.length - 1] === CARRIAGE_RETURN ? 1 : 0;
-        answers.push(this.#answer(rest.subarray(0, rest.length - heldBack)));
-        this.#begun = true;
-        this.#keep(rest.subarray(rest.length - heldBack));
-      }
-      break;
-    }
-    return answers.length === 1 ? answers[0] : concatBytes(answers);
-  }
-
-  /** The end of a last line without `\n` (at half-close), with one added, else nothing. */
-  finish(): Uint8Array {
-    if (this.#pendingLength === 0 && !this.#begun) return NO_BYTES;
-    const answer = this.#answer(Uint8Array.of(NEWLINE));
-    this.#begun = false;
-    return answer;
-  }
-
-  #keep(bytes: Uint8Array): void {
-    this.#pending ??= new Uint8Array(this.maxLineBytes);
-    this.#pending.set(bytes, this.#pendingLength);
-    this.#pendingLength += bytes.length;
-  }
-
-  #answer(rest: Uint8Array): Uint8Array {
-    const kept = this.#pending?.subarray(0, this.#pendingLength) ?? NO_BYTES;
-    const answer = concatBytes([this.#begun ? NO_BYTES : this.prefix, kept, rest]);
-    this.#pendingLength = 0;
-    return answer;
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -725,14 +637,20 @@ interface AcceptLoop {
  * left open then); everything after that is logged, never thrown.
  */
 export function startServer(config: Config, testHooks: TestHooks = {}): EchoServer {
-  return new Server(config, testHooks);
+  return new EchoServer(config, testHooks);
 }
 
-/** The echo listeners, their connections, the admin server and the drain. */
-class Server implements EchoServer {
+/**
+ * A running echo server: its listeners, their connections, the admin server
+ * and the drain. Made by {@linkcode startServer}.
+ */
+export class EchoServer {
+  /** The addresses it listens on (with the real port when `port` was 0). */
   readonly addresses: readonly Deno.NetAddr[];
+  /** The admin HTTP server's address, when it runs. */
   readonly adminAddress: Deno.NetAddr | undefined;
-  readonly stats = new ServerStats();
+  /** The counters, as the metrics endpoint reports them. */
+  readonly stats: ServerStats = new ServerStats();
   readonly #config: Config;
   readonly #context: ConnectionContext;
   readonly #listeners: readonly Deno.TcpListener[];
@@ -751,6 +669,7 @@ class Server implements EchoServer {
   #refusedUnreported = 0;
   #refusalTimer: ReturnType<typeof setTimeout> | undefined;
 
+  /** Listens as `config` says (or `testHooks`); throws {@linkcode ListenError}. */
   constructor(config: Config, testHooks: TestHooks) {
     const hostname = chooseHostname(config);
     const listeners = listenAll(
@@ -791,14 +710,22 @@ class Server implements EchoServer {
     );
   }
 
+  /** Connections open right now. */
   get activeConnections(): number {
     return this.#connections.size;
   }
 
+  /** True while every listener accepts and no drain has begun. */
   get ready(): boolean {
     return !this.#draining && this.#backingOff.size === 0;
   }
 
+  /**
+   * Drains and stops: readiness fails at once; accepting goes on for
+   * `drainDelayMs`, then stops; open connections may go on for `graceMs`,
+   * then the rest are closed (reason `shutdown`); then the admin server stops.
+   * Resolves when all is closed. Calling it again returns the same promise.
+   */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
     this.#shutdown ??= this.#drain(
       options.drainDelayMs ?? this.#config.drainDelayMs,

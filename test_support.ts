@@ -21,10 +21,16 @@ import {
 } from "./main.ts";
 
 export { writeAll };
+// Its signatures use main.ts's types: documented where they are defined.
+export type * from "./main.ts";
+export type { PartialWriter } from "./wire.ts";
 
-export const encoder = new TextEncoder();
-export const decoder = new TextDecoder();
-export const repoDir = new URL(".", import.meta.url).pathname;
+/** Encodes test text. */
+export const encoder: TextEncoder = new TextEncoder();
+/** Decodes received bytes. */
+export const decoder: TextDecoder = new TextDecoder();
+/** The repository's directory, with a trailing slash. */
+export const repoDir: string = new URL(".", import.meta.url).pathname;
 
 /** Rejects with `what` when `promise` takes longer than `ms`; always clears its timer. */
 export async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
@@ -50,7 +56,7 @@ export const ALL_BANNER_ENV = {
 };
 
 /** The banner {@linkcode ALL_BANNER_ENV} gives, byte for byte. */
-export const ALL_BANNER_TEXT = "Welcome, you are connected to node node-1.\n" +
+export const ALL_BANNER_TEXT: string = "Welcome, you are connected to node node-1.\n" +
   "Running on Pod tcp-echo-v1-7c775f57c9-frprp.\n" +
   "In namespace default.\n" +
   "With IP address 172.16.2.90.\n" +
@@ -78,9 +84,11 @@ export function withoutTimestamp(line: string): string {
 
 /** Collects log records and lets a test await the one it expects. */
 export class LogCapture {
+  /** Every record so far, in order. */
   readonly records: LogRecord[] = [];
   #waiters: { match: (r: LogRecord) => boolean; resolve: (r: LogRecord) => void }[] = [];
 
+  /** The sink to give {@linkcode setupLogging}. */
   readonly sink: Sink = (record) => {
     this.records.push(record);
     this.#waiters = this.#waiters.filter((w) => !(w.match(record) && (w.resolve(record), true)));
@@ -99,14 +107,21 @@ export class LogCapture {
   }
 }
 
-export const isOpen = (r: LogRecord) => r.rawMessage === "TCP connection open.";
-export const isClosedRecord = (id: string) => (r: LogRecord) =>
+/** Whether a record is a connection's open record. */
+export const isOpen = (r: LogRecord): boolean => r.rawMessage === "TCP connection open.";
+/** A matcher for the closed record of connection `id`. */
+export const isClosedRecord = (id: string): (r: LogRecord) => boolean => (r: LogRecord) =>
   r.rawMessage === "TCP connection closed." && r.properties.id === id;
 
+/** A server started by {@linkcode startTestServer}; dispose of it to stop it. */
 export interface TestServer extends AsyncDisposable {
+  /** The server. */
   readonly server: EchoServer;
+  /** Its (first) echo port on 127.0.0.1. */
   readonly port: number;
+  /** Its log records. */
   readonly logs: LogCapture;
+  /** Connects to the echo port. */
   connect(): Promise<Deno.TcpConn>;
   /** Id of the n-th (0-based) connection the server logged as open. */
   connectionId(n: number): Promise<string>;
@@ -182,6 +197,7 @@ export function readToEnd(conn: Deno.Conn, ms = 5_000): Promise<Uint8Array> {
   );
 }
 
+/** `length` random bytes. */
 export function randomBytes(length: number): Uint8Array {
   const out = new Uint8Array(length);
   for (let offset = 0; offset < length; offset += 65_536) {
@@ -219,8 +235,10 @@ export function freePort(): number {
 export class LineReader {
   #reader: ReadableStreamDefaultReader<string>;
   #pending = "";
+  /** The lines read so far. */
   readonly lines: string[] = [];
 
+  /** Reads `stream` as it is asked to. */
   constructor(stream: ReadableStream<Uint8Array>) {
     this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
   }
@@ -271,9 +289,13 @@ export class LineReader {
   }
 }
 
+/** The program running as a subprocess; dispose of it to kill its process group. */
 export interface ServerProcess extends AsyncDisposable {
+  /** The process (the group's leader). */
   readonly child: Deno.ChildProcess;
+  /** Its standard output, line by line. */
   readonly stdout: LineReader;
+  /** Its echo port on 127.0.0.1. */
   readonly port: number;
   /** Sends `signal` to the whole process group, as a terminal's Ctrl-C does. */
   signalGroup(signal: Deno.Signal): void;
