@@ -412,3 +412,37 @@ export class DescriptorReserve {
 export const RESERVED_DESCRIPTORS = 4;
 /** Admin connections served at once at most; more are closed at once. */
 export const ADMIN_MAX_CONNECTIONS = 32;
+
+/**
+ * The admin server's side of its accept loop (the loop itself is main.ts's,
+ * shared with the echo ports): it serves each connection, keeps descriptors
+ * in reserve for probes, and waits for requests in progress when it closes.
+ */
+export class AdminConnections {
+  readonly #served = new Set<Promise<void>>();
+  readonly #reserve = new DescriptorReserve(RESERVED_DESCRIPTORS);
+
+  /** Answers from `state`. */
+  constructor(readonly state: AdminState) {}
+
+  /** Serves one accepted connection, or closes it at once past {@linkcode ADMIN_MAX_CONNECTIONS}. */
+  serve(conn: Deno.TcpConn): void {
+    if (this.#served.size >= ADMIN_MAX_CONNECTIONS) return closeQuietly(conn);
+    const served: Promise<void> = serveAdminConnection(conn, this.state).finally(() => {
+      this.#served.delete(served);
+      this.#reserve.refill();
+    });
+    this.#served.add(served);
+  }
+
+  /** Gives a reserved descriptor back to the process, so the next accept can succeed. */
+  freeDescriptor(): boolean {
+    return this.#reserve.release();
+  }
+
+  /** Waits for the requests in progress, then lets the reserve go. */
+  async close(): Promise<void> {
+    await Promise.all(this.#served);
+    this.#reserve.close();
+  }
+}

@@ -26,16 +26,12 @@
 import {
   ACCEPT_ERROR_KINDS,
   type AcceptErrorKind,
-  ADMIN_MAX_CONNECTIONS,
-  type AdminState,
+  AdminConnections,
   type CloseReason,
   createMetricsExporter,
-  DescriptorReserve,
   type MetricsExporter,
   type PortStats,
   type RejectReason,
-  RESERVED_DESCRIPTORS,
-  serveAdminConnection,
   ServerStats,
 } from "./admin.ts";
 import {
@@ -655,9 +651,8 @@ export class EchoServer {
   readonly #context: ConnectionContext;
   readonly #listeners: readonly Deno.TcpListener[];
   readonly #adminListener: Deno.TcpListener | undefined;
-  readonly #reserve = new DescriptorReserve(RESERVED_DESCRIPTORS);
   readonly #connections = new Map<EchoConnection, Promise<void>>();
-  readonly #adminConnections = new Set<Promise<void>>();
+  readonly #admin: AdminConnections;
   readonly #stopping = new AbortController();
   readonly #adminStopping = new AbortController();
   /** Echo listeners whose accepts fail for want of resources. */
@@ -697,7 +692,8 @@ export class EchoServer {
       proxyHeaderTimeoutMs: testHooks.proxyHeaderTimeoutMs ?? PROXY_HEADER_TIMEOUT_MS,
     };
     for (const { port } of this.addresses) this.stats.forPort(port);
-    this.#adminAccepting = this.#startAdmin(metrics);
+    this.#admin = new AdminConnections({ isReady: () => this.ready, metrics });
+    this.#adminAccepting = this.#startAdmin();
     for (const address of this.addresses) {
       log.info("Listening on TCP port {port}", {
         port: address.port,
@@ -761,27 +757,19 @@ export class EchoServer {
   }
 
   /** Logs the admin port and starts its accept loop; resolves when the loop ends. */
-  #startAdmin(metrics: MetricsExporter): Promise<void> {
+  #startAdmin(): Promise<void> {
     const listener = this.#adminListener;
     if (listener === undefined) return Promise.resolve();
     log.info("Admin HTTP on port {port}", {
       port: listener.addr.port,
       address: formatAddress(listener.addr),
     });
-    const state: AdminState = { isReady: () => this.ready, metrics };
     return this.#acceptLoop({
       listener,
       port: listener.addr.port,
       signal: this.#adminStopping.signal,
-      onConnection: (conn) => {
-        if (this.#adminConnections.size >= ADMIN_MAX_CONNECTIONS) return closeQuietly(conn);
-        const served: Promise<void> = serveAdminConnection(conn, state).finally(() => {
-          this.#adminConnections.delete(served);
-          this.#reserve.refill();
-        });
-        this.#adminConnections.add(served);
-      },
-      freeDescriptor: () => this.#reserve.release(),
+      onConnection: (conn) => this.#admin.serve(conn),
+      freeDescriptor: () => this.#admin.freeDescriptor(),
     });
   }
 
@@ -868,8 +856,7 @@ export class EchoServer {
     this.#adminStopping.abort();
     this.#adminListener?.close();
     await this.#adminAccepting;
-    await Promise.all(this.#adminConnections);
-    this.#reserve.close();
+    await this.#admin.close();
     const served = Array.from(this.stats.entries()).reduce(
       (total, [, port]) => total + port.accepted,
       0,
