@@ -340,11 +340,11 @@ export class BatchingSink implements AsyncDisposable {
     this.#pending.push(record);
     if (!this.#scheduled && this.#writing === undefined) {
       this.#scheduled = true;
-      setTimeout(() => this.#drain(), 0);
+      setTimeout(() => this.#flushBatch(), 0);
     }
   };
 
-  #drain(): void {
+  #flushBatch(): void {
     this.#scheduled = false;
     if (this.#writing !== undefined || this.#pending.length === 0) return;
     const entries = this.#pending;
@@ -366,14 +366,14 @@ export class BatchingSink implements AsyncDisposable {
       () => {}, // Nowhere left to report a failing log output.
     ).finally(() => {
       this.#writing = undefined;
-      if (this.#pending.length > 0) this.#drain();
+      if (this.#pending.length > 0) this.#flushBatch();
     });
   }
 
   /** Writes everything still waiting. */
   async flush(): Promise<void> {
     while (this.#writing !== undefined || this.#pending.length > 0) {
-      if (this.#writing === undefined) this.#drain();
+      if (this.#writing === undefined) this.#flushBatch();
       await this.#writing;
     }
   }
