@@ -7,6 +7,8 @@
  * @module
  */
 import { configure, getLogger, reset as resetLogging } from "@logtape/logtape";
+import type { LogFormat, LogLevelName } from "./config.ts";
+import { writeAll } from "./wire.ts";
 
 /** LogTape's levels (its own type is not exported in a documentable form). */
 export type LogLevel = "trace" | "debug" | "info" | "warning" | "error" | "fatal";
@@ -28,8 +30,6 @@ export interface LogRecord {
 
 /** A LogTape sink, as far as this module gives and takes one. */
 export type Sink = (record: LogRecord) => void;
-import type { LogFormat, LogLevelName } from "./config.ts";
-import { writeAll } from "./wire.ts";
 
 const encoder = new TextEncoder();
 const pad2 = (n: number) => String(n).padStart(2, "0");
@@ -297,82 +297,129 @@ const LOGTAPE_LEVEL: Readonly<Record<LogLevelName, LogLevel>> = {
 export const MAX_PENDING_RECORDS = 20_000;
 /** Bytes of received data held by waiting data records at most (each holds up to `LOG_DATA_BYTES`). */
 export const MAX_PENDING_DATA_BYTES = 32 * 1024 * 1024;
+/** A buffer a batch was written from is kept for the next batch up to this size. */
+const KEPT_BUFFER_BYTES = 1 << 20;
 
 /**
- * A LogTape sink that batches: records wait in memory and are formatted and
- * written together, in one write, once the current task is done (and again
- * whenever a write completes), so echoing never waits for the log and a busy
- * connection costs one write per batch, not one per record. (LogTape's own
- * non-blocking stream sink writes records one by one and silently drops the
- * oldest once 2,000 wait, which lost records under data-heavy streams.) When
- * `maxPending` records wait, newer records that `isExpendable` are dropped;
- * the others (connection and lifecycle records) only beyond twice that. A
- * record then says how many were dropped. Dispose it to flush.
+ * A LogTape sink that batches: each record is formatted as it arrives into
+ * one buffer, and the buffer is written in one write once the current task is
+ * done (and again whenever a write completes), so echoing never waits for the
+ * log and a busy connection costs one write per batch, not one per record.
+ * (LogTape's own non-blocking stream sink writes records one by one and
+ * silently drops the oldest once 2,000 wait, which lost records under
+ * data-heavy streams.) Data records skip LogTape's record objects: they are
+ * formatted from the read buffer straight into the batch
+ * ({@linkcode BatchingSink.appendDataRecords}). When `maxPending` records
+ * wait, newer records that `isExpendable` (data records) are dropped; the
+ * others (connection and lifecycle records) only beyond twice that. A record
+ * then says how many were dropped, where the gap is. Dispose it to flush.
  */
 export class BatchingSink implements AsyncDisposable {
-  /** Records, and where dropping began, the count of records dropped since. */
-  #pending: (LogRecord | DropCount)[] = [];
-  #dropCount: DropCount | undefined;
+  /** The batch being filled, and the other buffer while no write holds it. */
+  #filling: Uint8Array<ArrayBuffer> = new Uint8Array(65_536);
+  #spare: Uint8Array<ArrayBuffer> | undefined;
+  #length = 0;
+  #records = 0;
+  #dropped = 0;
   #writing: Promise<void> | undefined;
   #scheduled = false;
-  #buffer = new Uint8Array(65_536);
+  readonly #json: boolean;
 
-  /** `write` takes each batch; `format` makes a record's line; the limits are as above. */
+  /**
+   * `write` takes each batch; `format` makes a record's line; the limits are
+   * as above; `dataFormat` is how {@linkcode BatchingSink.appendDataRecords}
+   * writes (the same lines `format` makes of LogTape's data records).
+   */
   constructor(
     readonly write: (bytes: Uint8Array) => Promise<unknown>,
     readonly format: (record: LogRecord) => string,
     readonly maxPending: number = MAX_PENDING_RECORDS,
     readonly isExpendable: (record: LogRecord) => boolean = () => true,
-  ) {}
+    dataFormat: LogFormat = "text",
+  ) {
+    this.#json = dataFormat === "json";
+  }
 
   /** The sink to give LogTape. */
   readonly sink: Sink = (record) => {
-    const limit = this.isExpendable(record) ? this.maxPending : 2 * this.maxPending;
-    if (this.#pending.length >= limit) {
-      if (this.#dropCount === undefined) {
-        // The report goes where the gap is.
-        this.#dropCount = { dropped: 0 };
-        this.#pending.push(this.#dropCount);
-      }
-      this.#dropCount.dropped++;
-      return;
+    if (!this.#admit(this.isExpendable(record), 1)) return;
+    this.#appendText(this.format(record));
+  };
+
+  /**
+   * Appends the two data records of a received chunk (its raw bytes, then its
+   * escaped text, each capped at `limit` bytes), formatted straight from
+   * `chunk` into the batch: byte for byte what `format` makes of the records
+   * {@linkcode logReceived} gives LogTape.
+   */
+  appendDataRecords(id: string, chunk: Uint8Array, limit: number): void {
+    if (!this.#admit(true, 2)) return;
+    const shown = Math.min(chunk.length, limit);
+    this.#reserve(8 * shown + 512);
+    const now = Date.now();
+    this.#length = this.#json
+      ? jsonDataRecords(this.#filling, this.#length, now, id, chunk, shown)
+      : textDataRecords(this.#filling, this.#length, now, id, chunk, shown);
+  }
+
+  /** Counts `count` records in, or drops them (counted) when too many wait. */
+  #admit(expendable: boolean, count: number): boolean {
+    const limit = expendable ? this.maxPending : 2 * this.maxPending;
+    if (this.#records + count > limit) {
+      this.#dropped += count;
+      return false;
     }
-    this.#pending.push(record);
+    if (this.#dropped > 0) this.#reportDrops();
+    this.#records += count;
     if (!this.#scheduled && this.#writing === undefined) {
       this.#scheduled = true;
       setTimeout(() => this.#flushBatch(), 0);
     }
-  };
+    return true;
+  }
+
+  #reportDrops(): void {
+    const dropped = this.#dropped;
+    this.#dropped = 0;
+    this.#appendText(this.format(dropRecord(dropped)));
+  }
+
+  #appendText(text: string): void {
+    this.#reserve(text.length * 3);
+    this.#length += encoder.encodeInto(text, this.#filling.subarray(this.#length)).written;
+  }
+
+  /** Makes room for `bytes` more in the batch being filled. */
+  #reserve(bytes: number): void {
+    if (this.#filling.length - this.#length >= bytes) return;
+    const grown = new Uint8Array(Math.max(this.#filling.length * 2, this.#length + bytes));
+    grown.set(this.#filling.subarray(0, this.#length));
+    this.#filling = grown;
+  }
 
   #flushBatch(): void {
     this.#scheduled = false;
-    if (this.#writing !== undefined || this.#pending.length === 0) return;
-    const entries = this.#pending;
-    this.#pending = [];
-    this.#dropCount = undefined;
-    let length = 0;
-    for (const entry of entries) {
-      const text = this.format("dropped" in entry ? dropRecord(entry.dropped) : entry);
-      // Encoded into one reused buffer: no write is in flight while it fills.
-      if (this.#buffer.length - length < text.length * 3) {
-        const grown = new Uint8Array(Math.max(this.#buffer.length * 2, length + text.length * 3));
-        grown.set(this.#buffer.subarray(0, length));
-        this.#buffer = grown;
-      }
-      length += encoder.encodeInto(text, this.#buffer.subarray(length)).written;
-    }
-    this.#writing = this.write(this.#buffer.subarray(0, length)).then(
+    if (this.#dropped > 0) this.#reportDrops();
+    if (this.#writing !== undefined || this.#length === 0) return;
+    const written = this.#filling;
+    const batch = written.subarray(0, this.#length);
+    this.#filling = this.#spare ?? new Uint8Array(65_536);
+    this.#spare = undefined;
+    this.#length = 0;
+    this.#records = 0;
+    this.#writing = this.write(batch).then(
       () => {},
       () => {}, // Nowhere left to report a failing log output.
     ).finally(() => {
+      if (written.length <= KEPT_BUFFER_BYTES) this.#spare = written;
       this.#writing = undefined;
-      if (this.#pending.length > 0) this.#flushBatch();
+      if (this.#length > 0 || this.#dropped > 0) this.#flushBatch();
     });
   }
 
   /** Writes everything still waiting. */
   async flush(): Promise<void> {
-    while (this.#writing !== undefined || this.#pending.length > 0) {
+    while (this.#writing !== undefined || this.#length > 0 || this.#dropped > 0) {
       if (this.#writing === undefined) this.#flushBatch();
       await this.#writing;
     }
@@ -382,11 +429,6 @@ export class BatchingSink implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.flush();
   }
-}
-
-/** How many records a {@linkcode BatchingSink} dropped at one point of its output. */
-interface DropCount {
-  dropped: number;
 }
 
 function dropRecord(dropped: number): LogRecord {
@@ -415,24 +457,190 @@ export function createStdoutSink(format: LogFormat, logDataBytes: number): Batch
     format === "json" ? formatJsonRecord : formatTextRecord,
     Math.max(100, Math.min(MAX_PENDING_RECORDS, Math.floor(MAX_PENDING_DATA_BYTES / perRecord))),
     isDataRecord,
+    format,
   );
+}
+
+/** The sink data records go straight into, when logging was set up with a {@linkcode BatchingSink}. */
+let dataRecordSink: BatchingSink | undefined;
+
+/**
+ * Logs the two data records of a received chunk, as the original server
+ * wrote them: its bytes as Go prints a `[]byte`, then as escaped text, each
+ * capped at `limit` bytes (`omitted_bytes` says how many were left out).
+ * With a {@linkcode BatchingSink} they are formatted straight into its batch;
+ * otherwise (tests capturing records) they go through LogTape.
+ */
+export function logReceived(id: string, chunk: Uint8Array, limit: number): void {
+  if (dataRecordSink !== undefined) return dataRecordSink.appendDataRecords(id, chunk, limit);
+  const shown = chunk.slice(0, limit);
+  const omitted = chunk.length - shown.length;
+  const facts = omitted > 0 ? { omitted_bytes: omitted } : {};
+  log.info("Received Raw Data: {raw}", { id, raw: new RawBytes(shown), ...facts });
+  log.info("Received Data (converted to string): {data}", {
+    id,
+    data: new DataText(shown),
+    ...facts,
+  });
 }
 
 /**
  * Points LogTape at `sink` for the server's category at the configured level
- * (and LogTape's own warnings). Returns a function that flushes and detaches.
+ * (and LogTape's own warnings); data records go straight into a
+ * {@linkcode BatchingSink}. Returns a function that flushes and detaches.
  */
 export async function setupLogging(
   level: LogLevelName,
-  sink: Sink,
+  sink: Sink | BatchingSink,
 ): Promise<() => Promise<void>> {
+  dataRecordSink = sink instanceof BatchingSink ? sink : undefined;
   await configure({
     reset: true,
-    sinks: { main: sink },
+    sinks: { main: sink instanceof BatchingSink ? sink.sink : sink },
     loggers: [
       { category: LOG_CATEGORY, lowestLevel: LOGTAPE_LEVEL[level], sinks: ["main"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["main"] },
     ],
   });
-  return resetLogging;
+  return async () => {
+    dataRecordSink = undefined;
+    await resetLogging();
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Data records, formatted from the read buffer straight into bytes
+// ---------------------------------------------------------------------------
+
+const ascii = (text: string) => Uint8Array.from(text, (c) => c.charCodeAt(0));
+const TEXT_RAW = ascii(" - Received Raw Data: [");
+const TEXT_DATA = ascii(" - Received Data (converted to string): ");
+const JSON_TS = ascii('{"ts":"');
+const JSON_RAW = ascii('","level":"info","msg":"Received Raw Data","id":"');
+const JSON_DATA = ascii('","level":"info","msg":"Received Data (converted to string)","id":"');
+const JSON_RAW_FIELD = ascii('","raw":[');
+const JSON_DATA_FIELD = ascii('","data":"');
+
+/** Each byte's escaped text ({@linkcode escapeData}), as bytes, and the same inside a JSON string. */
+const SINGLE_BYTE_ESCAPED = SINGLE_BYTE_TEXT.map(ascii);
+const SINGLE_BYTE_JSON = SINGLE_BYTE_TEXT.map((text) => ascii(JSON.stringify(text).slice(1, -1)));
+const HEX_DIGITS = ascii("0123456789abcdef");
+
+/** Writes ASCII `text` at `o`; returns the offset after it. */
+function putAscii(out: Uint8Array, o: number, text: string): number {
+  for (let i = 0; i < text.length; i++) out[o++] = text.charCodeAt(i);
+  return o;
+}
+
+function putBytes(out: Uint8Array, o: number, bytes: Uint8Array): number {
+  for (let i = 0; i < bytes.length; i++) out[o++] = bytes[i];
+  return o;
+}
+
+/** The bytes' decimal values, separated by `separator` (Go's `[]byte` form without brackets). */
+function putDecimals(out: Uint8Array, o: number, bytes: Uint8Array, n: number, separator: number) {
+  for (let i = 0; i < n; i++) {
+    if (i > 0) out[o++] = separator;
+    o = putBytes(out, o, DECIMAL_DIGITS[bytes[i]]);
+  }
+  return o;
+}
+
+/** {@linkcode escapeData} of `bytes[0..n)` written as bytes; inside a JSON string with `json`. */
+function putEscaped(out: Uint8Array, o: number, bytes: Uint8Array, n: number, json: boolean) {
+  const table = json ? SINGLE_BYTE_JSON : SINGLE_BYTE_ESCAPED;
+  const end = n > 0 && bytes[n - 1] === 0x0a ? n - 1 : n;
+  let i = 0;
+  while (i < end) {
+    const b = bytes[i];
+    const length = b < 0x80 ? 0 : utf8SequenceLength(bytes, i, end);
+    if (length === 0) {
+      o = putBytes(out, o, table[b]);
+      i++;
+      continue;
+    }
+    const codePoint = decodeCodePoint(bytes, i, length);
+    if (codePoint < 0xa0 || codePoint === 0x2028 || codePoint === 0x2029) {
+      out[o++] = 0x5c;
+      if (json) out[o++] = 0x5c;
+      out[o++] = 0x75;
+      for (let shift = 12; shift >= 0; shift -= 4) out[o++] = HEX_DIGITS[(codePoint >> shift) & 15];
+    } else {
+      for (let k = 0; k < length; k++) out[o++] = bytes[i + k];
+    }
+    i += length;
+  }
+  return o;
+}
+
+function textDataRecords(
+  out: Uint8Array,
+  o: number,
+  now: number,
+  id: string,
+  chunk: Uint8Array,
+  shown: number,
+): number {
+  const timestamp = formatGoTimestamp(now);
+  const omitted = chunk.length > shown ? ` omitted_bytes=${chunk.length - shown}` : "";
+  o = putAscii(out, o, timestamp);
+  out[o++] = 0x20;
+  o = putAscii(out, o, id);
+  o = putBytes(out, o, TEXT_RAW);
+  o = putDecimals(out, o, chunk, shown, 0x20);
+  out[o++] = 0x5d;
+  o = putAscii(out, o, omitted);
+  out[o++] = 0x0a;
+  o = putAscii(out, o, timestamp);
+  out[o++] = 0x20;
+  o = putAscii(out, o, id);
+  o = putBytes(out, o, TEXT_DATA);
+  o = putEscaped(out, o, chunk, shown, false);
+  o = putAscii(out, o, omitted);
+  out[o++] = 0x0a;
+  return o;
+}
+
+function jsonDataRecords(
+  out: Uint8Array,
+  o: number,
+  now: number,
+  id: string,
+  chunk: Uint8Array,
+  shown: number,
+): number {
+  const timestamp = isoTimestamp(now);
+  const omitted = chunk.length > shown ? `,"omitted_bytes":${chunk.length - shown}` : "";
+  o = putBytes(out, o, JSON_TS);
+  o = putAscii(out, o, timestamp);
+  o = putBytes(out, o, JSON_RAW);
+  o = putAscii(out, o, id);
+  o = putBytes(out, o, JSON_RAW_FIELD);
+  o = putDecimals(out, o, chunk, shown, 0x2c);
+  out[o++] = 0x5d;
+  o = putAscii(out, o, omitted);
+  out[o++] = 0x7d;
+  out[o++] = 0x0a;
+  o = putBytes(out, o, JSON_TS);
+  o = putAscii(out, o, timestamp);
+  o = putBytes(out, o, JSON_DATA);
+  o = putAscii(out, o, id);
+  o = putBytes(out, o, JSON_DATA_FIELD);
+  o = putEscaped(out, o, chunk, shown, true);
+  out[o++] = 0x22;
+  o = putAscii(out, o, omitted);
+  out[o++] = 0x7d;
+  out[o++] = 0x0a;
+  return o;
+}
+
+/** Records of one millisecond share their RFC 3339 text. */
+const lastIso = { ms: NaN, text: "" };
+
+function isoTimestamp(ms: number): string {
+  if (ms !== lastIso.ms) {
+    lastIso.ms = ms;
+    lastIso.text = new Date(ms).toISOString();
+  }
+  return lastIso.text;
 }

@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import type { LogRecord } from "./log_output.ts";
-import { BatchingSink, escapeData, formatGoTimestamp, formatRawBytes } from "./log_output.ts";
+import {
+  BatchingSink,
+  DataText,
+  escapeData,
+  formatGoTimestamp,
+  formatJsonRecord,
+  formatRawBytes,
+  formatTextRecord,
+  RawBytes,
+} from "./log_output.ts";
 import { decoder, encoder, within } from "./test_support.ts";
 
 Deno.test("log formatting helpers", async (t) => {
@@ -71,4 +80,60 @@ Deno.test("BatchingSink: one write per batch, in order, drops counted when outpu
   release();
   await flushed;
   assert.equal(writes.length, 2, "nothing was left to write");
+});
+
+Deno.test("data records formatted straight from the buffer are byte for byte LogTape's", async (t) => {
+  const chunks: [string, Uint8Array][] = [
+    ["text with a newline", encoder.encode("hello, app1\n")],
+    ["CRLF and a forged line", encoder.encode("a\r\nFAKE 2026/11/25 line\r\n")],
+    ["every byte value", Uint8Array.from({ length: 256 }, (_, i) => i)],
+    [
+      "UTF-8, C1 controls, line separators",
+      encoder.encode('héllo → 世界 😀 \u0085 \u009b \u2028 \u2029 "q" \\'),
+    ],
+    ["broken UTF-8", Uint8Array.of(0xff, 0xc0, 0x80, 0xed, 0xa0, 0x80, 0xe4, 0xb8, 0xf4, 0x90)],
+    ["empty", new Uint8Array(0)],
+    ["only a newline", Uint8Array.of(0x0a)],
+    ["random", crypto.getRandomValues(new Uint8Array(4_000))],
+  ];
+  const id = crypto.randomUUID();
+  for (const format of ["text", "json"] as const) {
+    for (const limit of [1024, 3, 0x10000]) {
+      await t.step(`${format}, LOG_DATA_BYTES=${limit}`, async () => {
+        for (const [what, chunk] of chunks) {
+          const formatter = format === "json" ? formatJsonRecord : formatTextRecord;
+          let direct = "";
+          const sink = new BatchingSink(
+            (bytes) => Promise.resolve(direct += decoder.decode(bytes)),
+            formatter,
+            100,
+            () => true,
+            format,
+          );
+          const before = Date.now();
+          sink.appendDataRecords(id, chunk, limit);
+          await sink.flush();
+          const shown = chunk.slice(0, limit);
+          const omitted = chunk.length - shown.length;
+          const facts = omitted > 0 ? { omitted_bytes: omitted } : {};
+          const record = (rawMessage: string, properties: Record<string, unknown>) => ({
+            level: "info" as const,
+            timestamp: before,
+            rawMessage,
+            properties: { id, ...properties, ...facts },
+          });
+          const expected =
+            formatter(record("Received Raw Data: {raw}", { raw: new RawBytes(shown) })) +
+            formatter(
+              record("Received Data (converted to string): {data}", { data: new DataText(shown) }),
+            );
+          // The timestamps are taken a moment apart: compare the rest of each line.
+          const strip = (text: string) =>
+            text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /gm, "").replace(/"ts":"[^"]+"/g, "");
+          assert.equal(strip(direct), strip(expected), what);
+          assert.equal(direct.split("\n").length, 3, `${what}: two lines`);
+        }
+      });
+    }
+  }
 });

@@ -43,7 +43,7 @@ import {
   renderHelp,
   REPEATED_SIGNAL_WINDOW_MS,
 } from "./config.ts";
-import { createStdoutSink, DataText, log, RawBytes, setupLogging } from "./log_output.ts";
+import { createStdoutSink, log, logReceived, setupLogging } from "./log_output.ts";
 import { LineAnswerer } from "./line_mode.ts";
 import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./proxy_protocol.ts";
 import {
@@ -177,6 +177,8 @@ interface ConnectionContext {
   readonly echoLimit: number;
   /** How long a PROXY header may take. */
   readonly proxyHeaderTimeoutMs: number;
+  /** No line mode, delay, echo limit or idle timeout: chunks go straight back ({@linkcode echoChunk}). */
+  readonly plainEcho: boolean;
 }
 
 /** One accepted echo connection and what is known about it. */
@@ -455,7 +457,9 @@ async function echo(
   while (!ended) {
     const n = await conn.read(buffer);
     if (n === null) break;
-    await onChunk(connection, context, buffer.subarray(0, n));
+    const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
+    if (context.plainEcho && !connection.bannerDue) await echoChunk(connection, context, chunk);
+    else await onChunk(connection, context, chunk);
     if (n === buffer.length && buffer.length < context.maxBufferBytes) {
       buffer = new Uint8Array(buffer.length * 4);
     }
@@ -464,6 +468,24 @@ async function echo(
   // write sends nothing, succeeds after a FIN and fails after a RST.
   await conn.write(NO_BYTES);
   if (connection.lineMode) await answer(connection, context, connection.lineMode.finish());
+}
+
+/**
+ * The common case of {@linkcode onChunk}, kept short because it runs for
+ * every read: count, echo, and log the data records while the write is on
+ * its way (they read the buffer; nothing writes it before the next read).
+ */
+async function echoChunk(
+  connection: EchoConnection,
+  context: ConnectionContext,
+  chunk: Uint8Array,
+): Promise<void> {
+  connection.bytesIn += chunk.length;
+  connection.stats.bytesReceived += chunk.length;
+  const writing = connection.write(chunk);
+  if (context.logData) logReceived(connection.id, chunk, context.config.logDataBytes);
+  const written = await writing;
+  if (written < chunk.length) await connection.send(chunk.subarray(written));
 }
 
 /** Handles bytes received: count, log, banner if due, delay fault, answer. */
@@ -481,19 +503,6 @@ async function onChunk(
   if (config.echoDelayMs > 0) await pause(config.echoDelayMs);
   const lineMode = connection.lineMode;
   await answer(connection, context, lineMode ? lineMode.push(chunk) : chunk);
-}
-
-/** The two data records of a chunk, as the original server wrote them. */
-function logReceived(id: string, chunk: Uint8Array, limit: number): void {
-  const shown = chunk.slice(0, limit);
-  const omitted = chunk.length - shown.length;
-  const facts = omitted > 0 ? { omitted_bytes: omitted } : {};
-  log.info("Received Raw Data: {raw}", { id, raw: new RawBytes(shown), ...facts });
-  log.info("Received Data (converted to string): {data}", {
-    id,
-    data: new DataText(shown),
-    ...facts,
-  });
 }
 
 async function sendBanner(connection: EchoConnection, context: ConnectionContext): Promise<void> {
@@ -690,6 +699,8 @@ export class EchoServer {
       maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
       echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
       proxyHeaderTimeoutMs: testHooks.proxyHeaderTimeoutMs ?? PROXY_HEADER_TIMEOUT_MS,
+      plainEcho: config.echoPrefix === undefined && config.echoDelayMs === 0 &&
+        config.closeAfterBytes === 0 && config.idleTimeoutMs === 0,
     };
     for (const { port } of this.addresses) this.stats.forPort(port);
     this.#admin = new AdminConnections({ isReady: () => this.ready, metrics });
@@ -952,7 +963,7 @@ export async function main(args: readonly string[]): Promise<number> {
     return 2;
   }
   const sink = createStdoutSink(config.logFormat, config.logDataBytes);
-  const detachLogging = await setupLogging(config.logLevel, sink.sink);
+  const detachLogging = await setupLogging(config.logLevel, sink);
   const closeLog = async () => {
     await detachLogging();
     await sink[Symbol.asyncDispose]();

@@ -1,0 +1,3 @@
+module go-copy-echo
+
+go 1.19

@@ -1,0 +1,3 @@
+module go-stream-load
+
+go 1.19
