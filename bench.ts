@@ -1,19 +1,29 @@
 /**
- * `deno task bench`: measures tcp-echo against a reference echo server in one
- * run, on this machine's loopback.
+ * `deno task bench`: tcp-echo against reference echo servers in one run, on
+ * this machine's loopback, servers pinned to core 0 and clients to core 1.
  *
- * The reference is an echo server written the way a Node.js user would
- * (`net.createServer((s) => s.pipe(s))`, run with `node`). tcp-echo runs as it
- * is deployed: banner on, open/close records on, metrics on; data records off,
- * then on. Servers are pinned to core 0 and the client (`tcp-echo client`) to
- * core 1 (`taskset`), or the client's share of a shared core would hide the
- * servers' differences. Each scenario is run on every server in turn
- * (A B C A B C ...), for several rounds; the table shows medians and their
- * ratios to the reference.
+ * Servers: `cecho` (C, epoll: the one-core limit, a sanity row), a Go
+ * `io.Copy` server, a Node `s.pipe(s)` server, tcp-echo with data records
+ * off, `go-logging-echo` (what the seed's Go server does per read: two `log`
+ * records) and tcp-echo as shipped (data records on). Logging servers write
+ * to a pipe read by `cat` into a file, as a container runtime keeps stdout.
  *
- * A program of its own (it starts servers and clients as subprocesses); it
- * prints figures and asserts nothing: performance is measured here, never in
- * a test.
+ * Clients: `cload` (C, epoll) for request/response and the connection rate,
+ * `go-stream-load` for the stream, and tcp-echo's own client for latency
+ * percentiles. The references are built from `bench/` and `../shared/bench/`
+ * with `gcc` and `go`; a reference that cannot be built is left out with a
+ * printed reason.
+ *
+ * Each round runs every scenario on every server in turn (A B C ... A B C);
+ * rounds go on until the medians settle. The table shows medians and ratios:
+ * tcp-echo with data records off against Go `io.Copy` (and Node), tcp-echo
+ * as shipped against `go-logging-echo`. When cecho, Go and tcp-echo give the
+ * same figure, the figure is the client's, and the table says so. After the
+ * run, the log of tcp-echo as shipped is checked: every byte received is in
+ * its data records and no record was dropped.
+ *
+ * A program of its own; it prints figures and asserts nothing: performance is
+ * measured here, never in a test.
  *
  * @module
  */
@@ -21,35 +31,50 @@ import { parseArgs } from "node:util";
 import { freePort, isInstalled, waitForPort } from "./test_support.ts";
 
 const repoDir = new URL(".", import.meta.url).pathname;
+const sharedBench = `${repoDir}../shared/bench/`;
 const decoder = new TextDecoder();
 
 /** One server under measurement. */
 interface BenchServer {
   readonly name: string;
   readonly port: number;
-  readonly child: Deno.ChildProcess;
+  /** The server's own process (for its memory), inside a process group led by `group`. */
+  readonly pid: () => Promise<number>;
+  readonly group: Deno.ChildProcess;
   /** Bytes the server sends before echoing (its banner). */
   readonly bannerBytes: number;
-  /** Where its log goes, for the log volume (tcp-echo only). */
+  /** Where its log goes (logging servers). */
   readonly logFile?: string;
+  /** Its admin port (tcp-echo). */
+  readonly adminPort?: number;
 }
 
-/** One measurement: the client's arguments and the figures taken from its JSON report. */
+/** How to start one kind of server. */
+interface ServerKind {
+  readonly name: string;
+  /** The command; `TCP_PORT` is set in its environment. */
+  readonly command: readonly string[];
+  readonly env?: Record<string, string>;
+  readonly logs: boolean;
+  readonly bannerBytes: number;
+  readonly tcpEcho: boolean;
+}
+
+/** One measurement: a client command and the figures read from its JSON line. */
 interface Scenario {
   readonly name: string;
-  readonly args: readonly string[];
-  readonly figures: readonly {
-    label: string;
-    pick: (report: ClientReport) => number;
-    higherIsBetter: boolean;
-  }[];
+  readonly client: (port: number) => string[];
+  readonly figures: readonly Figure[];
+}
+
+interface Figure {
+  readonly label: string;
+  readonly pick: (report: Report) => number;
+  readonly higherIsBetter: boolean;
 }
 
 // deno-lint-ignore no-explicit-any
-type ClientReport = Record<string, any>;
-
-const REFERENCE_SOURCE = "require('net').createServer((s) => s.pipe(s))" +
-  ".listen(Number(process.argv[1]), '127.0.0.1')";
+type Report = Record<string, any>;
 
 const BANNER_ENV = {
   NODE_NAME: "bench-node",
@@ -60,61 +85,176 @@ const BANNER_ENV = {
   SERVICE_VERSION: "v1",
 };
 
-async function startReference(): Promise<BenchServer> {
-  const port = freePort();
-  const child = new Deno.Command("taskset", {
-    args: ["-c", "0", "node", "-e", REFERENCE_SOURCE, String(port)],
-    stdin: "null",
-    stdout: "null",
-    stderr: "inherit",
-  }).spawn();
-  await waitForPort(port);
-  return { name: "node reference", port, child, bannerBytes: 0 };
+// A reset from a client ends only its socket (unhandled, the error would end the process).
+const NODE_SOURCE = "require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); })" +
+  ".listen(Number(process.env.TCP_PORT), '127.0.0.1')";
+
+/** The command line: rounds, seconds per measurement, idle connections, JSON output. */
+interface BenchOptions {
+  readonly minRounds: number;
+  readonly maxRounds: number;
+  readonly seconds: number;
+  readonly idleConnections: number;
+  readonly json: boolean;
 }
 
-async function startTcpEcho(name: string, env: Record<string, string>): Promise<BenchServer> {
+function parseOptions(args: readonly string[]): BenchOptions {
+  const { values } = parseArgs({
+    args: [...args],
+    options: {
+      rounds: { type: "string" },
+      "max-rounds": { type: "string" },
+      seconds: { type: "string" },
+      idle: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+  const minRounds = Number(values.rounds ?? 3);
+  return {
+    minRounds,
+    maxRounds: Math.max(minRounds, Number(values["max-rounds"] ?? 7)),
+    seconds: Number(values.seconds ?? 2),
+    idleConnections: Number(values.idle ?? 5_000),
+    json: values.json ?? false,
+  };
+}
+
+/** Builds the references into `dir`; returns the paths built and why the others were not. */
+async function buildReferences(
+  dir: string,
+): Promise<{ built: Map<string, string>; missing: string[] }> {
+  const built = new Map<string, string>();
+  const missing: string[] = [];
+  const build = async (name: string, tool: string, args: string[], cwd = repoDir) => {
+    if (!await isInstalled(tool)) return missing.push(`${name}: ${tool} is not installed`);
+    const output = await new Deno.Command(tool, { args, cwd, stdout: "null", stderr: "piped" })
+      .output();
+    if (!output.success) return missing.push(`${name}: ${decoder.decode(output.stderr).trim()}`);
+    built.set(name, `${dir}/${name}`);
+  };
+  await build("cecho", "gcc", ["-O2", "-o", `${dir}/cecho`, `${sharedBench}cecho/cecho.c`]);
+  await build("cload", "gcc", ["-O2", "-o", `${dir}/cload`, `${sharedBench}cload/cload.c`]);
+  for (
+    const [name, source] of [
+      ["go-copy-echo", `${repoDir}bench/go-copy-echo`],
+      ["go-stream-load", `${repoDir}bench/go-stream-load`],
+      ["go-logging-echo", `${sharedBench}go-logging-echo`],
+    ]
+  ) {
+    await build(name, "go", ["build", "-o", `${dir}/${name}`, "."], source);
+  }
+  return { built, missing };
+}
+
+/** The servers to measure, in table order, from what could be built. */
+async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
+  const startArgs = String(
+    JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).tasks.start,
+  ).split(/\s+/).slice(1);
+  const tcpEcho = (name: string, env: Record<string, string>): ServerKind => ({
+    name,
+    command: [Deno.execPath(), ...startArgs],
+    env: { HOST: "127.0.0.1", ...BANNER_ENV, ...env },
+    logs: true,
+    bannerBytes: new TextEncoder().encode(bannerText()).length,
+    tcpEcho: true,
+  });
+  const goLogBanner = `Welcome, you are connected to node ${BANNER_ENV.NODE_NAME}.\n` +
+    `Running on Pod ${BANNER_ENV.POD_NAME}.\n`;
+  const kinds: (ServerKind | undefined)[] = [
+    built.has("cecho")
+      ? {
+        name: "cecho",
+        command: [built.get("cecho")!],
+        logs: false,
+        bannerBytes: 0,
+        tcpEcho: false,
+      }
+      : undefined,
+    built.has("go-copy-echo")
+      ? {
+        name: "go io.Copy",
+        command: [built.get("go-copy-echo")!],
+        logs: false,
+        bannerBytes: 0,
+        tcpEcho: false,
+      }
+      : undefined,
+    {
+      name: "node pipe",
+      command: ["node", "-e", NODE_SOURCE],
+      logs: false,
+      bannerBytes: 0,
+      tcpEcho: false,
+    },
+    tcpEcho("tcp-echo, data off", { LOG_DATA_BYTES: "0" }),
+    built.has("go-logging-echo")
+      ? {
+        name: "go-logging-echo",
+        command: [built.get("go-logging-echo")!],
+        env: BANNER_ENV,
+        logs: true,
+        bannerBytes: new TextEncoder().encode(goLogBanner).length,
+        tcpEcho: false,
+      }
+      : undefined,
+    tcpEcho("tcp-echo, defaults", {}),
+  ];
+  return kinds.filter((kind) => kind !== undefined);
+}
+
+function bannerText(): string {
+  return `Welcome, you are connected to node ${BANNER_ENV.NODE_NAME}.\n` +
+    `Running on Pod ${BANNER_ENV.POD_NAME}.\nIn namespace ${BANNER_ENV.POD_NAMESPACE}.\n` +
+    `With IP address ${BANNER_ENV.POD_IP}.\nService ${BANNER_ENV.SERVICE_ACCOUNT}.\n` +
+    `Version ${BANNER_ENV.SERVICE_VERSION}.\n`;
+}
+
+/**
+ * Starts a server on core 0 in a process group of its own; a logging
+ * server's output goes through a pipe to `cat` (core 1) into a file.
+ */
+async function startServer(kind: ServerKind): Promise<BenchServer> {
   const port = freePort();
-  const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
-  const startArgs = String(denoJson.tasks.start).split(/\s+/).slice(1);
-  const logFile = await Deno.makeTempFile({ prefix: "tcp-echo-bench-", suffix: ".log" });
-  const log = await Deno.open(logFile, { write: true });
-  // The log goes to a file, as a container runtime keeps it.
-  const child = new Deno.Command("taskset", {
-    args: ["-c", "0", Deno.execPath(), ...startArgs],
+  const adminPort = kind.tcpEcho ? freePort() : undefined;
+  const logFile = kind.logs
+    ? await Deno.makeTempFile({ prefix: "tcp-echo-bench-", suffix: ".log" })
+    : undefined;
+  const quoted = kind.command.map((word) => `'${word.replaceAll("'", "'\\''")}'`).join(" ");
+  const script = logFile
+    ? `taskset -c 0 ${quoted} 2>&1 | taskset -c 1 cat > '${logFile}'`
+    : `exec taskset -c 0 ${quoted} > /dev/null 2>&1`;
+  const group = new Deno.Command("setsid", {
+    args: ["sh", "-c", script],
     cwd: repoDir,
     env: {
-      HOST: "127.0.0.1",
+      ...kind.env,
       TCP_PORT: String(port),
-      ADMIN_PORT: String(freePort()),
-      ...BANNER_ENV,
-      ...env,
+      ...(adminPort ? { ADMIN_PORT: String(adminPort) } : {}),
     },
     stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
   }).spawn();
-  // Copy the log to the file without this process reading it line by line.
-  child.stdout.pipeTo(log.writable).catch(() => {});
   await waitForPort(port);
-  const bannerBytes = new TextEncoder().encode(
-    `Welcome, you are connected to node ${BANNER_ENV.NODE_NAME}.\n` +
-      `Running on Pod ${BANNER_ENV.POD_NAME}.\nIn namespace ${BANNER_ENV.POD_NAMESPACE}.\n` +
-      `With IP address ${BANNER_ENV.POD_IP}.\nService ${BANNER_ENV.SERVICE_ACCOUNT}.\n` +
-      `Version ${BANNER_ENV.SERVICE_VERSION}.\n`,
-  ).length;
-  return { name, port, child, bannerBytes, logFile };
+  const pid = async () => {
+    const output = await new Deno.Command("pgrep", { args: ["-g", String(group.pid)] }).output();
+    const pids = decoder.decode(output.stdout).trim().split("\n").map(Number);
+    // The server is the group's process that listens: the largest RSS of them.
+    const sizes = await Promise.all(pids.map((p) => rssBytes(p).catch(() => 0)));
+    return pids[sizes.indexOf(Math.max(...sizes))];
+  };
+  return { name: kind.name, port, pid, group, bannerBytes: kind.bannerBytes, logFile, adminPort };
 }
 
 async function stop(server: BenchServer): Promise<void> {
   try {
-    server.child.kill("SIGTERM");
+    Deno.kill(-server.group.pid, "SIGTERM");
   } catch {
     // Already gone.
   }
-  await server.child.status;
+  await server.group.status;
 }
 
-/** The server's resident memory, as `ps` reports it (Deno reads /proc only with --allow-all). */
+/** A process's resident memory, as `ps` reports it (Deno reads /proc only with --allow-all). */
 async function rssBytes(pid: number): Promise<number> {
   const output = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output();
   const kib = Number(decoder.decode(output.stdout).trim());
@@ -128,7 +268,8 @@ async function rssBytes(pid: number): Promise<number> {
  * connection.
  */
 async function memoryPerConnection(server: BenchServer, count: number): Promise<number> {
-  const before = await rssBytes(server.child.pid);
+  const pid = await server.pid();
+  const before = await rssBytes(pid);
   const conns: Deno.TcpConn[] = [];
   try {
     for (let batch = 0; batch < count; batch += 250) {
@@ -139,40 +280,100 @@ async function memoryPerConnection(server: BenchServer, count: number): Promise<
         ),
       );
       conns.push(...opened);
-      await Promise.all(opened.map(async (conn) => {
-        await conn.write(Uint8Array.of(0x2a));
-        const want = server.bannerBytes + 1;
-        const buffer = new Uint8Array(want);
-        let got = 0;
-        while (got < want) {
-          const n = await conn.read(buffer.subarray(got));
-          if (n === null) throw new Error("closed while opening idle connections");
-          got += n;
-        }
-      }));
+      await Promise.all(opened.map((conn) => echoOneByte(conn, server.bannerBytes)));
     }
-    // Let the server settle (its log flushes every 50 ms) before reading RSS.
+    // Let the server settle (its log flushes within milliseconds) before reading RSS.
     await new Promise((resolve) => setTimeout(resolve, 500));
-    return (await rssBytes(server.child.pid) - before) / count;
+    return (await rssBytes(pid) - before) / count;
   } finally {
     for (const conn of conns) conn.close();
   }
 }
 
-async function runClient(server: BenchServer, args: readonly string[]): Promise<ClientReport> {
+async function echoOneByte(conn: Deno.TcpConn, bannerBytes: number): Promise<void> {
+  await conn.write(Uint8Array.of(0x2a));
+  const buffer = new Uint8Array(bannerBytes + 1);
+  let got = 0;
+  while (got < buffer.length) {
+    const n = await conn.read(buffer.subarray(got));
+    if (n === null) throw new Error("closed while opening idle connections");
+    got += n;
+  }
+}
+
+/** The workloads: a client on core 1 and the figures read from its JSON report. */
+function scenarios(seconds: number, built: Map<string, string>): Scenario[] {
+  const cload = built.get("cload")!;
+  const streamLoad = built.get("go-stream-load");
+  const tcpEchoClient = (port: number, args: string[]) => [
+    Deno.execPath(),
+    "run",
+    "--allow-net",
+    `${repoDir}main.ts`,
+    "client",
+    `127.0.0.1:${port}`,
+    ...args,
+    "--json",
+  ];
+  const ops: Figure = { label: "ops/s", pick: (r) => r.ops_per_sec, higherIsBetter: true };
+  return [
+    {
+      name: "rr 1 × 64 B",
+      client: (p) => [cload, String(p), "rr", "1", "64", String(seconds)],
+      figures: [ops],
+    },
+    {
+      name: "rr 1 × 64 B latency",
+      client: (p) =>
+        tcpEchoClient(p, [
+          "load",
+          "--mode",
+          "rr",
+          "--connections",
+          "1",
+          "--duration",
+          `${Math.round(seconds * 1_000)}ms`,
+        ]),
+      figures: [
+        { label: "p50 µs", pick: (r) => r.latencyUs.p50, higherIsBetter: false },
+        { label: "p99 µs", pick: (r) => r.latencyUs.p99, higherIsBetter: false },
+      ],
+    },
+    {
+      name: "rr 50 × 64 B",
+      client: (p) => [cload, String(p), "rr", "50", "64", String(seconds)],
+      figures: [ops],
+    },
+    {
+      name: "connections, 8 at a time",
+      client: (p) => [cload, String(p), "conn", "8", "1", String(seconds)],
+      figures: [{ label: "conn/s", pick: (r) => r.ops_per_sec, higherIsBetter: true }],
+    },
+    {
+      name: "stream 4 × 64 KiB",
+      client: (p) =>
+        streamLoad ? [streamLoad, String(p), "4", "65536", String(seconds)] : tcpEchoClient(p, [
+          "load",
+          "--mode",
+          "stream",
+          "--connections",
+          "4",
+          "--duration",
+          `${Math.round(seconds * 1_000)}ms`,
+        ]),
+      figures: [{
+        label: "MB/s",
+        pick: (r) => r.mb_per_sec ?? r.megabytesPerSecond,
+        higherIsBetter: true,
+      }],
+    },
+  ];
+}
+
+/** Runs a client pinned to core 1; returns its JSON report. */
+async function runClient(server: BenchServer, command: readonly string[]): Promise<Report> {
   const output = await new Deno.Command("taskset", {
-    args: [
-      "-c",
-      "1",
-      Deno.execPath(),
-      "run",
-      "--allow-net",
-      "main.ts",
-      "client",
-      `127.0.0.1:${server.port}`,
-      ...args,
-      "--json",
-    ],
+    args: ["-c", "1", ...command],
     cwd: repoDir,
     stdin: "null",
   }).output();
@@ -180,14 +381,122 @@ async function runClient(server: BenchServer, args: readonly string[]): Promise<
   if (!output.success) {
     throw new Error(`client failed on ${server.name}: ${text}${decoder.decode(output.stderr)}`);
   }
-  return JSON.parse(text);
+  const report = JSON.parse(text.trim().split("\n").at(-1)!);
+  if ((report.failures ?? 0) > 0 || (report.integrityFailures ?? 0) > 0) {
+    throw new Error(`${server.name}: the client saw failures: ${text}`);
+  }
+  return report;
 }
 
-const median = (values: number[]) => {
+const median = (values: readonly number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
   const middle = sorted.length >> 1;
   return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 };
+
+/** Figure values by `${scenario}|${figure}|${server}`. */
+type Results = Map<string, number[]>;
+
+/** One round: every scenario on every server in turn (A B C ... A B C). */
+async function runRound(
+  servers: readonly BenchServer[],
+  all: readonly Scenario[],
+  results: Results,
+): Promise<void> {
+  for (const scenario of all) {
+    for (const server of servers) {
+      const report = await runClient(server, scenario.client(server.port));
+      for (const figure of scenario.figures) {
+        const key = `${scenario.name}|${figure.label}|${server.name}`;
+        results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
+      }
+    }
+  }
+}
+
+/** Rounds until every median moved less than 3% in the last round (at least `minRounds`). */
+async function runRounds(
+  servers: readonly BenchServer[],
+  all: readonly Scenario[],
+  options: BenchOptions,
+): Promise<{ results: Results; rounds: number }> {
+  const results: Results = new Map();
+  let previous: number[] = [];
+  for (let round = 1; round <= options.maxRounds; round++) {
+    await runRound(servers, all, results);
+    const medians = [...results.values()].map(median);
+    const settled = round >= options.minRounds &&
+      medians.every((m, i) => Math.abs(m - previous[i]) <= 0.03 * Math.abs(previous[i]));
+    console.error(`  round ${round} done${settled ? ": medians settled" : ""}`);
+    if (settled) return { results, rounds: round };
+    previous = medians;
+  }
+  return { results, rounds: options.maxRounds };
+}
+
+/** A row of the table: a figure's medians and the ratios that matter for it. */
+interface Row {
+  readonly scenario: string;
+  readonly figure: string;
+  readonly medians: Record<string, number>;
+  readonly ratios: Record<string, number | string>;
+}
+
+/** The comparisons the table makes: tcp-echo's variant against its reference. */
+const RATIOS: readonly [label: string, ours: string, reference: string][] = [
+  ["data off / go io.Copy", "tcp-echo, data off", "go io.Copy"],
+  ["data off / node", "tcp-echo, data off", "node pipe"],
+  ["defaults / go-logging-echo", "tcp-echo, defaults", "go-logging-echo"],
+];
+
+function tableRows(
+  servers: readonly BenchServer[],
+  all: readonly Scenario[],
+  results: Results,
+  memory: Record<string, number>,
+): Row[] {
+  const rows: Row[] = [];
+  for (const scenario of all) {
+    for (const figure of scenario.figures) {
+      const medians = Object.fromEntries(servers.map((s) => [
+        s.name,
+        median(results.get(`${scenario.name}|${figure.label}|${s.name}`)!),
+      ]));
+      rows.push({
+        scenario: scenario.name,
+        figure: figure.label,
+        medians,
+        ratios: ratiosOf(medians, figure.higherIsBetter),
+      });
+    }
+  }
+  rows.push({
+    scenario: "idle memory, per connection",
+    figure: "KiB",
+    medians: memory,
+    ratios: ratiosOf(memory, false),
+  });
+  return rows;
+}
+
+/**
+ * The ratios of a row (above 1× is tcp-echo doing better); "client-bound"
+ * where cecho, Go and tcp-echo give the same figure within 5%.
+ */
+function ratiosOf(medians: Record<string, number>, higherIsBetter: boolean) {
+  const ratios: Record<string, number | string> = {};
+  const same = ["cecho", "go io.Copy", "tcp-echo, data off"].map((name) => medians[name]);
+  const clientBound = same.every((v) => v !== undefined) &&
+    Math.max(...same) <= 1.05 * Math.min(...same) && higherIsBetter;
+  for (const [label, ours, reference] of RATIOS) {
+    if (medians[ours] === undefined || medians[reference] === undefined) continue;
+    const ratio = higherIsBetter
+      ? medians[ours] / medians[reference]
+      : medians[reference] / medians[ours];
+    ratios[label] = clientBound && label.startsWith("data off") ? "client-bound" : ratio;
+  }
+  return ratios;
+}
 
 function format(value: number): string {
   if (value >= 10_000) return `${(value / 1_000).toFixed(1)}k`;
@@ -195,184 +504,102 @@ function format(value: number): string {
   return value.toFixed(2);
 }
 
-/** The command line: rounds, seconds per measurement, idle connections for the memory figure. */
-interface BenchOptions {
-  readonly rounds: number;
-  readonly seconds: number;
-  readonly idleConnections: number;
-}
-
-function parseOptions(args: readonly string[]): BenchOptions {
-  const { values } = parseArgs({
-    args: [...args],
-    options: { rounds: { type: "string" }, seconds: { type: "string" }, idle: { type: "string" } },
-  });
-  return {
-    rounds: Number(values.rounds ?? 5),
-    seconds: Number(values.seconds ?? 2),
-    idleConnections: Number(values.idle ?? 5_000),
-  };
-}
-
-/** The workloads, each a `tcp-echo client` command line and the figures read from its report. */
-function scenarios(seconds: number): Scenario[] {
-  const duration = `${Math.round(seconds * 1_000)}ms`;
-  const load = (mode: string, connections: number, size: number) => [
-    "load",
-    "--mode",
-    mode,
-    "--connections",
-    String(connections),
-    "--size",
-    String(size),
-    "--duration",
-    duration,
-  ];
-  return [
-    {
-      name: "rr 1 conn × 64 B",
-      args: load("rr", 1, 64),
-      figures: [
-        { label: "ops/s", pick: (r) => r.opsPerSecond, higherIsBetter: true },
-        { label: "p50 µs", pick: (r) => r.latencyUs.p50, higherIsBetter: false },
-        { label: "p99 µs", pick: (r) => r.latencyUs.p99, higherIsBetter: false },
-      ],
-    },
-    {
-      name: "rr 50 conns × 64 B",
-      args: load("rr", 50, 64),
-      figures: [
-        { label: "ops/s", pick: (r) => r.opsPerSecond, higherIsBetter: true },
-        { label: "p99 µs", pick: (r) => r.latencyUs.p99, higherIsBetter: false },
-      ],
-    },
-    {
-      name: "stream 4 conns × 64 KiB",
-      args: load("stream", 4, 65_536),
-      figures: [{ label: "MB/s", pick: (r) => r.megabytesPerSecond, higherIsBetter: true }],
-    },
-    {
-      name: "connection rate",
-      args: ["probe", "--count", String(Math.round(8_000 * seconds)), "--concurrency", "8"],
-      figures: [{ label: "conn/s", pick: (r) => r.connectionsPerSecond, higherIsBetter: true }],
-    },
-  ];
-}
-
-/** Exits 2 with a line naming what is missing when taskset or node is not installed. */
-async function requireTools(): Promise<string> {
-  for (const tool of ["taskset", "node"]) {
-    if (!await isInstalled(tool)) {
-      console.error(`bench: ${tool} is needed (taskset: util-linux; node: nodejs)`);
-      Deno.exit(2);
-    }
-  }
-  const node = await new Deno.Command("node", { args: ["--version"] }).output();
-  return decoder.decode(node.stdout).trim();
-}
-
-/** Every scenario on every server in turn (A B C A B C ...), `rounds` times: figure → values. */
-async function runRounds(
-  servers: readonly BenchServer[],
-  all: readonly Scenario[],
-  rounds: number,
-): Promise<Map<string, number[]>> {
-  const results = new Map<string, number[]>(); // `${scenario}|${figure}|${server}` -> values
-  for (let round = 1; round <= rounds; round++) {
-    for (const scenario of all) {
-      for (const server of servers) {
-        const report = await runClient(server, scenario.args);
-        if (report.integrityFailures > 0) {
-          throw new Error(`${server.name}: integrity failure in ${scenario.name}`);
-        }
-        for (const figure of scenario.figures) {
-          const key = `${scenario.name}|${figure.label}|${server.name}`;
-          results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
-        }
-      }
-    }
-    console.log(`  round ${round}/${rounds} done`);
-  }
-  return results;
-}
-
-/** The table: medians per server and their ratios to the first (the reference). */
-function renderTable(
-  servers: readonly BenchServer[],
-  all: readonly Scenario[],
-  results: Map<string, number[]>,
-  memory: { readonly connections: number; readonly bytesPerConnection: readonly number[] },
-): string {
-  const header = [
-    "scenario",
-    "figure",
-    ...servers.map((s) => s.name),
-    ...servers.slice(1).map((s) => `ratio ${s.name.replace("tcp-echo, ", "")}`),
-  ];
-  const rows: string[][] = [];
-  for (const scenario of all) {
-    for (const figure of scenario.figures) {
-      const medians = servers.map((s) =>
-        median(results.get(`${scenario.name}|${figure.label}|${s.name}`)!)
-      );
-      const ratios = medians.slice(1).map((m) =>
-        figure.higherIsBetter ? m / medians[0] : medians[0] / m
-      );
-      rows.push([
-        scenario.name,
-        figure.label,
-        ...medians.map(format),
-        ...ratios.map((r) => `${r.toFixed(2)}×`),
-      ]);
-    }
-  }
-  const kib = memory.bytesPerConnection.map((bytes) => bytes / 1024);
-  rows.push([
-    `idle memory (${memory.connections} conns)`,
-    "KiB/conn",
-    ...kib.map((m) => m.toFixed(2)),
-    ...kib.slice(1).map((m) => `${(kib[0] / m).toFixed(2)}×`),
+/** The table as Markdown, to paste into the README. */
+function renderTable(servers: readonly BenchServer[], rows: readonly Row[]): string {
+  const ratioLabels = RATIOS.map(([label]) => label).filter((label) =>
+    rows.some((row) => row.ratios[label] !== undefined)
+  );
+  const header = ["scenario", "figure", ...servers.map((s) => s.name), ...ratioLabels];
+  const cells = rows.map((row) => [
+    row.scenario,
+    row.figure,
+    ...servers.map((s) => format(row.medians[s.name])),
+    ...ratioLabels.map((label) => {
+      const ratio = row.ratios[label];
+      return typeof ratio === "number" ? `${ratio.toFixed(2)}×` : ratio ?? "";
+    }),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) =>
-    cells.map((c, i) => i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i].length)));
+  const line = (values: string[]) =>
+    `| ${values.map((c, i) => i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(" | ")} |`;
+  const rule = `| ${
+    widths.map((w, i) => i < 2 ? "-".repeat(w) : "-".repeat(w - 1) + ":").join(" | ")
+  } |`;
+  return [line(header), rule, ...cells.map(line)].join("\n");
+}
+
+/**
+ * Checks the log of tcp-echo as shipped: no record dropped, as many closed
+ * records as open ones, and the data records hold every byte the server
+ * counted as received (shown bytes plus `omitted_bytes`).
+ */
+async function checkRecords(server: BenchServer): Promise<string> {
+  const metrics = await (await fetch(`http://127.0.0.1:${server.adminPort}/metrics`)).text();
+  const received = metrics.split("\n").filter((l) => l.startsWith("tcp_echo_received_bytes_total{"))
+    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+  await stop(server); // Everything is written once it exits.
+  let opened = 0, closed = 0, rawBytes = 0, dropped = 0, records = 0;
+  const file = await Deno.open(server.logFile!);
+  let rest = "";
+  for await (const chunk of file.readable.pipeThrough(new TextDecoderStream())) {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop()!;
+    for (const line of lines) {
+      records++;
+      if (line.includes(" - TCP connection open.")) opened++;
+      else if (line.includes(" - TCP connection closed.")) closed++;
+      else if (line.includes("records dropped")) dropped++;
+      const at = line.indexOf(" - Received Raw Data: [");
+      if (at < 0) continue;
+      const inside = line.slice(at + 23, line.indexOf("]", at));
+      rawBytes += inside === "" ? 0 : inside.split(" ").length;
+      const omitted = /omitted_bytes=(\d+)/.exec(line);
+      if (omitted) rawBytes += Number(omitted[1]);
+    }
+  }
+  const ok = dropped === 0 && opened === closed && rawBytes === received;
+  return `${ok ? "ok" : "FAILED"}: ${records} records, ${opened} connections opened and closed, ` +
+    `${rawBytes} bytes in data records of ${received} received, ${dropped} drop reports`;
 }
 
 async function main(): Promise<void> {
   const options = parseOptions(Deno.args);
-  const nodeVersion = await requireTools();
-  const all = scenarios(options.seconds);
-  console.log(
-    `tcp-echo bench: ${options.rounds} rounds of ${options.seconds} s per scenario, ` +
-      `servers on core 0, client on core 1 (Deno ${Deno.version.deno}, node ${nodeVersion})`,
-  );
-  const servers = [
-    await startReference(),
-    await startTcpEcho("tcp-echo, data records off", { LOG_DATA_BYTES: "0" }),
-    await startTcpEcho("tcp-echo, data records on", {}),
-  ];
+  const dir = await Deno.makeTempDir({ prefix: "tcp-echo-bench-" });
+  const { built, missing } = await buildReferences(dir);
+  if (!built.has("cload") || !await isInstalled("taskset") || !await isInstalled("node")) {
+    console.error("bench: needs gcc (for cload), taskset (util-linux) and node");
+    Deno.exit(2);
+  }
+  for (const reason of missing) console.error(`left out: ${reason}`);
+  const kinds = await serverKinds(built);
+  const all = scenarios(options.seconds, built);
+  const servers: BenchServer[] = [];
   try {
-    const bytesPerConnection: number[] = [];
+    for (const kind of kinds) servers.push(await startServer(kind));
+    const memory: Record<string, number> = {};
     for (const server of servers) {
-      bytesPerConnection.push(await memoryPerConnection(server, options.idleConnections));
+      memory[server.name] = await memoryPerConnection(server, options.idleConnections) / 1024;
     }
-    const results = await runRounds(servers, all, options.rounds);
-    const memory = { connections: options.idleConnections, bytesPerConnection };
-    console.log(`\n${renderTable(servers, all, results, memory)}`);
+    const { results, rounds } = await runRounds(servers, all, options);
+    const rows = tableRows(servers, all, results, memory);
+    const shipped = servers.find((s) => s.name === "tcp-echo, defaults")!;
+    const records = await checkRecords(shipped);
+    if (options.json) {
+      console.log(JSON.stringify({ rounds, seconds: options.seconds, rows, records, missing }));
+      return;
+    }
     console.log(
-      `\nmedians of ${options.rounds} rounds; ratios > 1× mean tcp-echo did better than ` +
-        `${servers[0].name} (higher rates, lower latency and memory).`,
+      `tcp-echo bench: ${rounds} rounds of ${options.seconds} s per run, medians; servers on core 0, ` +
+        `clients on core 1; Deno ${Deno.version.deno}; ratios above 1× mean tcp-echo did better\n`,
     );
-    for (const server of servers.slice(1)) {
-      const size = (await Deno.stat(server.logFile!)).size;
-      console.log(`log volume, ${server.name}: ${(size / 1e6).toFixed(1)} MB`);
-    }
+    console.log(renderTable(servers, rows));
+    console.log(`\nrecord check (tcp-echo, defaults): ${records}`);
   } finally {
     for (const server of servers) await stop(server);
     for (const server of servers) {
       if (server.logFile) await Deno.remove(server.logFile).catch(() => {});
     }
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
 

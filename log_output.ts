@@ -299,6 +299,14 @@ export const MAX_PENDING_RECORDS = 20_000;
 export const MAX_PENDING_DATA_BYTES = 32 * 1024 * 1024;
 /** A buffer a batch was written from is kept for the next batch up to this size. */
 const KEPT_BUFFER_BYTES = 1 << 20;
+/**
+ * How long the first record of a batch waits for others: each write to a
+ * pipe costs the log reader a wake-up, and at 5 ms the writes are few
+ * (measured: rr 50 with data records, 84k/s flushing every turn, 98k/s at 5 ms).
+ */
+const BATCH_WINDOW_MS = 5;
+/** A batch this large is written at once, whatever the window. */
+const BATCH_MAX_BYTES = 256 * 1024;
 
 /**
  * A LogTape sink that batches: each record is formatted as it arrives into
@@ -323,6 +331,7 @@ export class BatchingSink implements AsyncDisposable {
   #dropped = 0;
   #writing: Promise<void> | undefined;
   #scheduled = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
   readonly #json: boolean;
 
   /**
@@ -341,10 +350,13 @@ export class BatchingSink implements AsyncDisposable {
   }
 
   /** The sink to give LogTape. */
-  readonly sink: Sink = (record) => {
+  readonly sink: Sink = (record) => this.append(record);
+
+  /** Appends one record, formatted, unless too many wait (see the class). */
+  append(record: LogRecord): void {
     if (!this.#admit(this.isExpendable(record), 1)) return;
     this.#appendText(this.format(record));
-  };
+  }
 
   /**
    * Appends the two data records of a received chunk (its raw bytes, then its
@@ -370,10 +382,11 @@ export class BatchingSink implements AsyncDisposable {
       return false;
     }
     if (this.#dropped > 0) this.#reportDrops();
+    if (this.#writing === undefined && this.#length >= BATCH_MAX_BYTES) this.#flushBatch();
     this.#records += count;
-    if (!this.#scheduled && this.#writing === undefined) {
+    if (this.#writing === undefined && !this.#scheduled) {
       this.#scheduled = true;
-      setTimeout(() => this.#flushBatch(), 0);
+      this.#timer = setTimeout(() => this.#flushBatch(), BATCH_WINDOW_MS);
     }
     return true;
   }
@@ -398,6 +411,7 @@ export class BatchingSink implements AsyncDisposable {
   }
 
   #flushBatch(): void {
+    clearTimeout(this.#timer);
     this.#scheduled = false;
     if (this.#dropped > 0) this.#reportDrops();
     if (this.#writing !== undefined || this.#length === 0) return;
@@ -461,8 +475,19 @@ export function createStdoutSink(format: LogFormat, logDataBytes: number): Batch
   );
 }
 
-/** The sink data records go straight into, when logging was set up with a {@linkcode BatchingSink}. */
+/** The sink hot-path records go straight into, when logging was set up with a {@linkcode BatchingSink}. */
 let dataRecordSink: BatchingSink | undefined;
+
+/**
+ * Logs an info record of a connection (open, closed): formatted straight into
+ * the {@linkcode BatchingSink} when logging goes to one, skipping LogTape's
+ * record machinery (about 3.5 µs a record, which cost 15% of the connection
+ * rate), else through LogTape. The caller checks that info is enabled.
+ */
+export function logConnectionRecord(message: string, properties: Record<string, unknown>): void {
+  if (dataRecordSink === undefined) return log.info(message, properties);
+  dataRecordSink.append({ level: "info", timestamp: Date.now(), rawMessage: message, properties });
+}
 
 /**
  * Logs the two data records of a received chunk, as the original server

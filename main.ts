@@ -43,7 +43,13 @@ import {
   renderHelp,
   REPEATED_SIGNAL_WINDOW_MS,
 } from "./config.ts";
-import { createStdoutSink, log, logReceived, setupLogging } from "./log_output.ts";
+import {
+  createStdoutSink,
+  log,
+  logConnectionRecord,
+  logReceived,
+  setupLogging,
+} from "./log_output.ts";
 import { LineAnswerer } from "./line_mode.ts";
 import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./proxy_protocol.ts";
 import {
@@ -169,6 +175,8 @@ interface ConnectionContext {
   /** `ECHO_PREFIX` and a space, encoded; `undefined` for byte-exact echo. */
   readonly linePrefix: Uint8Array | undefined;
   readonly metrics: MetricsExporter;
+  /** Open and closed records are on (`LOG_LEVEL` debug or info). */
+  readonly logConnections: boolean;
   /** Data records are on (and not filtered out by the level). */
   readonly logData: boolean;
   /** How large a connection's read buffer may grow. */
@@ -179,6 +187,8 @@ interface ConnectionContext {
   readonly proxyHeaderTimeoutMs: number;
   /** No line mode, delay, echo limit or idle timeout: chunks go straight back ({@linkcode echoChunk}). */
   readonly plainEcho: boolean;
+  /** Tells the server a connection is closed and counted. */
+  readonly closed: (connection: EchoConnection) => void;
 }
 
 /** One accepted echo connection and what is known about it. */
@@ -358,30 +368,40 @@ async function readProxyHeader(
  * (a client that never reads stops the server from reading). Never throws:
  * every ending is logged with a reason.
  */
-async function serveConnection(
+function serveConnection(
   connection: EchoConnection,
   context: ConnectionContext,
 ): Promise<void> {
-  const origin = await admit(connection, context);
-  if (origin === undefined) return;
-  let reason: CloseReason = "eof";
-  let failure: unknown;
-  try {
-    await echo(connection, context, origin);
-  } catch (error) {
-    if (error instanceof FaultClose) reason = "fault";
-    else if (connection.closedBy !== undefined) reason = connection.closedBy;
-    else if (PEER_GONE_ERRORS.some((type) => error instanceof type)) reason = "reset";
-    else {
-      reason = "error";
-      failure = error;
-    }
-  } finally {
-    clearTimeout(connection.idleTimer);
-    connection.closeFor(reason);
-    connection.stats.active--;
-  }
-  logClosed(connection, context, reason, failure);
+  // Chained rather than awaited: an idle connection then holds one suspended
+  // function (echo's read), not two.
+  return admit(connection, context).then((origin) =>
+    origin && echo(connection, context, origin).then(
+      () => endConnection(connection, context, "eof", undefined),
+      (error) => endConnection(connection, context, closeReason(connection, error), error),
+    )
+  );
+}
+
+/** Why a connection ended, from what its echo loop threw. */
+function closeReason(connection: EchoConnection, error: unknown): CloseReason {
+  if (error instanceof FaultClose) return "fault";
+  if (connection.closedBy !== undefined) return connection.closedBy;
+  if (PEER_GONE_ERRORS.some((type) => error instanceof type)) return "reset";
+  return "error";
+}
+
+/** Closes the socket, then counts and logs the ending. */
+function endConnection(
+  connection: EchoConnection,
+  context: ConnectionContext,
+  reason: CloseReason,
+  error: unknown,
+): void {
+  clearTimeout(connection.idleTimer);
+  connection.closeFor(reason);
+  connection.stats.active--;
+  logClosed(connection, context, reason, reason === "error" ? error : undefined);
+  context.closed(connection);
 }
 
 /**
@@ -413,6 +433,7 @@ async function admit(
       detail: refusal.detail,
     });
     connection.closeFor("error");
+    context.closed(connection);
     return undefined;
   }
   stats.accepted++;
@@ -424,7 +445,7 @@ async function admit(
     port: connection.port,
   };
   if (origin.proxy) opened.peer = formatAddress(origin.proxy);
-  log.info("TCP connection open.", opened);
+  if (context.logConnections) logConnectionRecord("TCP connection open.", opened);
   // Everything per connection lives in `connection`; the helpers are shared,
   // so an idle connection holds no closures of its own.
   const { config } = context;
@@ -569,7 +590,7 @@ function logClosed(
     port: connection.port,
   };
   if (failure !== undefined) facts.error = failure;
-  log.info("TCP connection closed.", facts);
+  if (context.logConnections) logConnectionRecord("TCP connection closed.", facts);
 }
 
 // ---------------------------------------------------------------------------
@@ -660,7 +681,9 @@ export class EchoServer {
   readonly #context: ConnectionContext;
   readonly #listeners: readonly Deno.TcpListener[];
   readonly #adminListener: Deno.TcpListener | undefined;
-  readonly #connections = new Map<EchoConnection, Promise<void>>();
+  readonly #connections = new Set<EchoConnection>();
+  /** Resolved when the last connection closes, once the drain waits for it. */
+  #allClosed: PromiseWithResolvers<void> | undefined;
   readonly #admin: AdminConnections;
   readonly #stopping = new AbortController();
   readonly #adminStopping = new AbortController();
@@ -687,7 +710,8 @@ export class EchoServer {
     this.addresses = this.#listeners.map((listener) => listener.addr);
     this.adminAddress = this.#adminListener?.addr;
     const metrics = createMetricsExporter(this.stats);
-    const logData = config.logDataBytes > 0 && log.isEnabledFor("info");
+    const logConnections = log.isEnabledFor("info");
+    const logData = config.logDataBytes > 0 && logConnections;
     this.#context = {
       config,
       banner: renderBanner(config.banner),
@@ -695,12 +719,17 @@ export class EchoServer {
         ? undefined
         : encoder.encode(`${config.echoPrefix} `),
       metrics,
+      logConnections,
       logData,
       maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
       echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
       proxyHeaderTimeoutMs: testHooks.proxyHeaderTimeoutMs ?? PROXY_HEADER_TIMEOUT_MS,
       plainEcho: config.echoPrefix === undefined && config.echoDelayMs === 0 &&
         config.closeAfterBytes === 0 && config.idleTimeoutMs === 0,
+      closed: (connection) => {
+        this.#connections.delete(connection);
+        if (this.#connections.size === 0) this.#allClosed?.resolve();
+      },
     };
     for (const { port } of this.addresses) this.stats.forPort(port);
     this.#admin = new AdminConnections({ isReady: () => this.ready, metrics });
@@ -757,11 +786,8 @@ export class EchoServer {
           return;
         }
         const connection = new EchoConnection(conn, port, stats);
-        const served = serveConnection(connection, this.#context);
-        this.#connections.set(
-          connection,
-          served.finally(() => this.#connections.delete(connection)),
-        );
+        this.#connections.add(connection);
+        serveConnection(connection, this.#context);
       },
       freeDescriptor: () => false,
     };
@@ -877,18 +903,18 @@ export class EchoServer {
 
   /** Lets open connections go on for `graceMs`, then closes the rest (reason `shutdown`). */
   async #closeConnections(graceMs: number): Promise<void> {
-    if (this.#connections.size > 0) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const graceOver = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
-      await Promise.race([Promise.all(this.#connections.values()), graceOver]);
-      clearTimeout(timer);
-    }
+    if (this.#connections.size === 0) return;
+    this.#allClosed = Promise.withResolvers();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const graceOver = new Promise<void>((resolve) => timer = setTimeout(resolve, graceMs));
+    await Promise.race([this.#allClosed.promise, graceOver]);
+    clearTimeout(timer);
     if (this.#connections.size > 0) {
       log.info("Shutting down: grace period over, closing connections.", {
         open_connections: this.#connections.size,
       });
-      for (const connection of this.#connections.keys()) connection.closeFor("shutdown");
-      await Promise.all(this.#connections.values());
+      for (const connection of this.#connections) connection.closeFor("shutdown");
+      await this.#allClosed.promise;
     }
   }
 }

@@ -88,7 +88,7 @@ export function parseBannerText(text: string): BannerValues {
 
 /** Shows an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4; other text as it is. */
 export function unmapIPv4(hostname: string): string {
-  if (!ipaddr.IPv6.isValid(hostname)) return hostname;
+  if (!hostname.includes(":") || !ipaddr.IPv6.isValid(hostname)) return hostname;
   const address = ipaddr.IPv6.parse(hostname);
   return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : hostname;
 }
