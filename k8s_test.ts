@@ -14,9 +14,11 @@ import {
   Gateway as IstioGateway,
   VirtualService,
 } from "@kubernetes-models/istio/networking.istio.io/v1";
+import { AuthorizationPolicy } from "@kubernetes-models/istio/security.istio.io/v1";
+import { IstioOperator } from "@kubernetes-models/istio/install.istio.io/v1alpha1";
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 import { TCPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
-import { applyArguments, CONFIG_VARIABLES, loadConfig } from "./main.ts";
+import { applyArguments, CONFIG_VARIABLES, loadConfig, parseDuration } from "./main.ts";
 import { ignoreWithout, repoDir } from "./test_support.ts";
 
 const decoder = new TextDecoder();
@@ -36,6 +38,8 @@ const SCHEMAS: Record<string, (manifest: Manifest) => void> = {
   "networking.istio.io/v1/DestinationRule": schemaOf(DestinationRule),
   "networking.istio.io/v1/Gateway": schemaOf(IstioGateway),
   "networking.istio.io/v1/VirtualService": schemaOf(VirtualService),
+  "security.istio.io/v1/AuthorizationPolicy": schemaOf(AuthorizationPolicy),
+  "install.istio.io/v1alpha1/IstioOperator": schemaOf(IstioOperator),
   "gateway.networking.k8s.io/v1/Gateway": schemaOf(Gateway),
   "gateway.networking.k8s.io/v1alpha2/TCPRoute": schemaOf(TCPRoute),
 };
@@ -107,6 +111,15 @@ const VERSION: string = denoJson.version;
 const DEFAULT_PORT = loadConfig({}).ports[0];
 const DEFAULT_ADMIN_PORT = loadConfig({}).adminPort;
 
+/** Istio's "Authorization for TCP traffic" kit: the workload, then the task's policies in order. */
+const AUTHORIZATION_FILES = [
+  "k8s/istio-tcp-authorization/tcp-echo.yaml",
+  "k8s/istio-tcp-authorization/tcp-policy-allow.yaml",
+  "k8s/istio-tcp-authorization/tcp-policy-allow-http-only.yaml",
+  "k8s/istio-tcp-authorization/tcp-policy-deny-http-only.yaml",
+  "k8s/istio-tcp-authorization/tcp-policy-deny-port.yaml",
+];
+
 const MANIFEST_FILES = [
   "k8s/deployment.yml",
   "k8s/service.yml",
@@ -120,6 +133,8 @@ const MANIFEST_FILES = [
   "k8s/istio-tcp-traffic-shifting/tcp-echo-services.yaml",
   "k8s/istio-tcp-traffic-shifting/tcp-echo-all-v1.yaml",
   "k8s/istio-tcp-traffic-shifting/tcp-echo-20-v2.yaml",
+  ...AUTHORIZATION_FILES,
+  "k8s/istio-install/ingress-ports.yaml",
 ];
 
 // ---------------------------------------------------------------------------
@@ -186,6 +201,10 @@ Deno.test({
         "networking.istio.io/v1 DestinationRule tcp-echo-destination",
         "networking.istio.io/v1 Gateway tcp-echo-gateway",
         "networking.istio.io/v1 VirtualService tcp-echo",
+        "v1 Service tcp-echo",
+      ],
+      "k8s/istio-tcp-authorization": [
+        "apps/v1 Deployment tcp-echo",
         "v1 Service tcp-echo",
       ],
     };
@@ -336,6 +355,7 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
         "prometheus.io/scrape": "true",
         "prometheus.io/port": String(adminPort.containerPort),
         "prometheus.io/path": "/metrics",
+        "proxy.istio.io/config": '{"terminationDrainDuration": "15s"}',
       });
       assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
       // 64 MiB for the runtime plus 16 KiB per connection (measured: about 9-10 KiB,
@@ -359,6 +379,18 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
       assert.ok(
         pod.terminationGracePeriodSeconds * 1000 >= drainMs + 5_000,
         "SIGKILL comes after DRAIN_DELAY + SHUTDOWN_GRACE + a 5 s margin",
+      );
+      const proxy = JSON.parse(
+        deployment.spec.template.metadata.annotations["proxy.istio.io/config"],
+      );
+      const sidecarDrainMs = parseDuration(proxy.terminationDrainDuration)!;
+      assert.ok(
+        sidecarDrainMs >= drainMs,
+        "the sidecar serves open connections for the whole drain",
+      );
+      assert.ok(
+        sidecarDrainMs < pod.terminationGracePeriodSeconds * 1000,
+        "and stops before SIGKILL",
       );
       const accounts = deployments.filter((m) => m.kind === "ServiceAccount");
       assert.deepEqual(accounts.map((a) => a.metadata.name), [pod.serviceAccountName]);
@@ -551,4 +583,62 @@ Deno.test("consistency: Istio's TCP Traffic Shifting task, with this image", asy
       "the split replaces the all-v1 route",
     );
   });
+});
+
+Deno.test("consistency: Istio's Authorization for TCP traffic task, with this image", async (t) => {
+  const [workload, ...policyFiles] = AUTHORIZATION_FILES;
+  const manifests = await readManifests(workload);
+  const service = find(manifests, "Service", "tcp-echo");
+  const deployment = find(manifests, "Deployment", "tcp-echo");
+  const [c] = deployment.spec.template.spec.containers;
+  const config = loadConfig(applyArguments(c.args, {}));
+
+  await t.step("started as Istio's sample: 9000,9001,9002 hello, no banner", () => {
+    assert.deepEqual(config.ports, [9000, 9001, 9002]);
+    assert.equal(config.echoPrefix, "hello");
+    assert.equal(config.banner.node, undefined, "no banner: output as Istio's server");
+    assert.deepEqual(c.ports.map((p: Manifest) => p.containerPort), config.ports);
+    assert.deepEqual(service.spec.ports.map((p: Manifest) => p.port), [9000, 9001]);
+    assert.ok(selects(service.spec.selector, podLabels(deployment)));
+  });
+
+  await t.step("each policy selects the workload and names ports it listens on", async () => {
+    const actions: string[] = [];
+    for (const file of policyFiles) {
+      const [policy] = await readManifests(file);
+      assert.equal(policy.metadata.name, "tcp-policy", `${file}: each step replaces the last`);
+      assert.equal(policy.metadata.namespace, undefined, `${file}: works in any namespace`);
+      assert.ok(selects(policy.spec.selector.matchLabels, podLabels(deployment)), file);
+      for (const rule of policy.spec.rules) {
+        for (const { operation } of rule.to) {
+          for (const port of operation.ports ?? []) {
+            assert.ok(config.ports.includes(Number(port)), `${file}: port ${port}`);
+          }
+        }
+      }
+      actions.push(policy.spec.action);
+    }
+    assert.deepEqual(actions, ["ALLOW", "ALLOW", "DENY", "DENY"]);
+  });
+});
+
+Deno.test("consistency: the Istio install overlay exposes every port the Gateways listen on", async () => {
+  const [operator] = await readManifests("k8s/istio-install/ingress-ports.yaml");
+  assert.equal(operator.spec.profile, "demo");
+  const [ingress] = operator.spec.components.ingressGateways;
+  assert.equal(ingress.name, "istio-ingressgateway");
+  const exposed: number[] = ingress.k8s.service.ports.map((p: Manifest) => p.port);
+  const gateways = [
+    ...await readManifests("k8s/gateway.yaml"),
+    ...await readManifests("k8s/istio-tcp-traffic-shifting/tcp-echo-all-v1.yaml"),
+  ].filter((m) => m.kind === "Gateway");
+  for (const gateway of gateways) {
+    for (const server of gateway.spec.servers) {
+      assert.ok(
+        exposed.includes(server.port.number),
+        `${gateway.metadata.name}: ${server.port.number}`,
+      );
+    }
+  }
+  assert.ok(exposed.includes(15021), "the profile's status port stays");
 });

@@ -1,0 +1,158 @@
+/**
+ * The pure parts of the end-to-end suite (`deno task e2e`): the pinned
+ * versions, the README's cluster walkthroughs as commands, the binomial
+ * bound for the traffic-shifting split, and reading the client's JSON. They
+ * are unit-tested with the other tests; the suite itself needs Docker and
+ * kind (e2e/run.ts).
+ *
+ * @module
+ */
+
+/** The versions the suite installs, from e2e/versions.json: the one place they are pinned. */
+export interface Versions {
+  /** kind's release, e.g. `v0.23.0`. */
+  readonly kind: string;
+  /** The node image of that kind release, with its digest, as its release notes list it. */
+  readonly kindNodeImage: string;
+  /** Istio's release, e.g. `1.22.0`. */
+  readonly istio: string;
+  /** The Gateway API release whose experimental CRDs (TCPRoute) are installed. */
+  readonly gatewayApi: string;
+}
+
+/** Reads and checks the pinned versions. */
+export function parseVersions(text: string): Versions {
+  const value = JSON.parse(text);
+  const checks: [keyof Versions, RegExp][] = [
+    ["kind", /^v\d+\.\d+\.\d+$/],
+    ["kindNodeImage", /^kindest\/node:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$/],
+    ["istio", /^\d+\.\d+\.\d+$/],
+    ["gatewayApi", /^v\d+\.\d+\.\d+$/],
+  ];
+  for (const [key, pattern] of checks) {
+    if (typeof value[key] !== "string" || !pattern.test(value[key])) {
+      throw new Error(`e2e/versions.json: ${key} is ${JSON.stringify(value[key])}`);
+    }
+  }
+  return value as Versions;
+}
+
+/** The README sections whose commands the suite runs. */
+export const WALKTHROUGH_SECTIONS = [
+  "## Kubernetes",
+  "## Istio: port 31400 reaches v1, port 31401 reaches v2",
+  "## Istio with the Kubernetes Gateway API",
+  "## Istio's TCP Traffic Shifting task, with this image",
+  "## Istio's Authorization for TCP traffic task, with this image",
+] as const;
+
+/**
+ * The commands of the README's cluster walkthroughs: every line of their
+ * `sh` and `console` blocks that is a command (a `$ ` prompt in console
+ * blocks; every line in sh blocks), without the prompt, trailing comments and
+ * continuation lines joined.
+ */
+export function walkthroughCommands(readme: string): string[] {
+  return WALKTHROUGH_SECTIONS.flatMap((section) => sectionCommands(readme, section));
+}
+
+/** The commands of one README section's `sh` and `console` blocks, as {@linkcode walkthroughCommands}. */
+export function sectionCommands(readme: string, section: string): string[] {
+  const start = readme.indexOf(`\n${section}\n`);
+  if (start < 0) throw new Error(`README has no section "${section}"`);
+  const end = readme.indexOf("\n## ", start + section.length + 2);
+  const text = readme.slice(start, end < 0 ? undefined : end);
+  const commands: string[] = [];
+  for (const [, kind, body] of text.matchAll(/```(sh|console)\n([\s\S]*?)```/g)) {
+    commands.push(...blockCommands(kind as "sh" | "console", body));
+  }
+  return commands;
+}
+
+function blockCommands(kind: "sh" | "console", body: string): string[] {
+  const commands: string[] = [];
+  let pending: string | undefined;
+  for (const line of body.split("\n")) {
+    if (pending !== undefined) {
+      pending += " " + line.trim();
+    } else if (kind === "console" && line.startsWith("$ ")) {
+      pending = line.slice(2);
+    } else if (kind === "sh" && line.trim() !== "" && !line.startsWith("#")) {
+      pending = line;
+    } else continue;
+    if (pending.endsWith("\\")) {
+      pending = pending.slice(0, -1).trimEnd();
+      continue;
+    }
+    commands.push(pending.replace(/\s+#.*$/, "").trim());
+    pending = undefined;
+  }
+  return commands;
+}
+
+/** log of n choose k, for the binomial bound. */
+function logChoose(n: number, k: number): number {
+  let sum = 0;
+  for (let i = 1; i <= k; i++) sum += Math.log(n - k + i) - Math.log(i);
+  return sum;
+}
+
+/**
+ * The counts a correct split may give: with `n` independent probes each
+ * reaching the version with probability `p`, the count falls outside
+ * `[low, high]` with probability at most `failureRate` (half below, half
+ * above). The suite fails a mesh whose count is outside.
+ *
+ * @example
+ * ```ts
+ * binomialBounds(200, 0.2, 0.001); // { low: 22, high: 59 }
+ * ```
+ */
+export function binomialBounds(
+  n: number,
+  p: number,
+  failureRate: number,
+): { low: number; high: number } {
+  const pmf = Array.from(
+    { length: n + 1 },
+    (_, k) => Math.exp(logChoose(n, k) + k * Math.log(p) + (n - k) * Math.log1p(-p)),
+  );
+  const tail = failureRate / 2;
+  let low = 0;
+  for (let below = 0; below + pmf[low] <= tail; low++) below += pmf[low];
+  let high = n;
+  for (let above = 0; above + pmf[high] <= tail; high--) above += pmf[high];
+  return { low, high };
+}
+
+/** What the suite reads of `tcp-echo client … --json` (probe). */
+export interface ProbeSummary {
+  /** Connections that echoed correctly. */
+  readonly succeeded: number;
+  /** Connections made. */
+  readonly connections: number;
+  /** Who answered: the banner's version (or `(no banner)`) and how often. */
+  readonly versions: Readonly<Record<string, number>>;
+  /** Failures by reason. */
+  readonly failures: Readonly<Record<string, number>>;
+}
+
+/** Reads the client's probe report (its last line of output is the JSON object). */
+export function parseProbeReport(stdout: string): ProbeSummary {
+  const line = stdout.trim().split("\n").at(-1) ?? "";
+  const report = JSON.parse(line);
+  if (typeof report.succeeded !== "number" || !Array.isArray(report.answeredBy)) {
+    throw new Error(`not a probe report: ${line.slice(0, 200)}`);
+  }
+  const versions: Record<string, number> = {};
+  for (const { server, count } of report.answeredBy) {
+    const version = /version (\S+?)(,|$)/.exec(server)?.[1] ?? server;
+    versions[version] = (versions[version] ?? 0) + count;
+  }
+  return {
+    succeeded: report.succeeded,
+    connections: report.connections,
+    versions,
+    failures: report.failures ?? {},
+  };
+}

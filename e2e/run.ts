@@ -1,0 +1,703 @@
+/**
+ * `deno task e2e`: the end-to-end suite on a kind cluster. It builds the
+ * image from the repository's Dockerfile (so `deno compile` runs for real),
+ * checks the container, creates a kind cluster with Istio and the Gateway
+ * API CRDs (versions pinned in e2e/versions.json), runs every command of the
+ * README's cluster walkthroughs as written (e2e/walkthroughs.ts lists the
+ * few it replaces and why) and asserts each with `tcp-echo client … --json`,
+ * checks the pods themselves, and tears everything down, also on failure.
+ *
+ * It needs Docker, kind's and Istio's release downloads, `kubectl`, `nc`
+ * (netcat-openbsd) and about 8 GB of memory. Each step is named; a failing
+ * step prints its command's output, `kubectl describe` of the pods and their
+ * logs, then the suite stops.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import {
+  binomialBounds,
+  parseProbeReport,
+  parseVersions,
+  type ProbeSummary,
+  sectionCommands,
+  type Versions,
+  type WALKTHROUGH_SECTIONS,
+} from "./lib.ts";
+import { AUTHORIZATION_STEPS, commandToRun, interactiveInput } from "./walkthroughs.ts";
+import { parseBannerText } from "../wire.ts";
+
+const repoDir = new URL("..", import.meta.url).pathname;
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+const CLUSTER = "tcp-echo-e2e";
+const CONTAINER = "tcp-echo-e2e";
+
+/** Runs a command; resolves with its output, or throws with it when it fails. */
+async function run(command: string, args: string[], options: { input?: string } = {}) {
+  const child = new Deno.Command(command, {
+    args,
+    cwd: repoDir,
+    stdin: options.input === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (options.input !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(encoder.encode(options.input));
+    await writer.close();
+  }
+  const output = await child.output();
+  const text = decoder.decode(output.stdout) + decoder.decode(output.stderr);
+  if (!output.success) {
+    throw new Error(`${command} ${args.join(" ")} exited ${output.code}:\n${text}`);
+  }
+  return decoder.decode(output.stdout);
+}
+
+const kubectl = (...args: string[]) => run("kubectl", args);
+
+/** Runs a command whatever its exit code; resolves with its standard output (a report). */
+async function capture(command: string, args: string[]): Promise<string> {
+  const output = await new Deno.Command(command, { args, cwd: repoDir, stdin: "null" }).output();
+  return decoder.decode(output.stdout);
+}
+
+/**
+ * A bash session that keeps its directory and variables from one command to
+ * the next, as a reader's terminal does.
+ */
+class Shell {
+  readonly #child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #reader: ReadableStreamDefaultReader<string>;
+  #buffered = "";
+
+  constructor(env: Record<string, string>) {
+    this.#child = new Deno.Command("bash", {
+      args: ["--noprofile", "--norc"],
+      cwd: repoDir,
+      env,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    this.#writer = this.#child.stdin.getWriter();
+    this.#reader = this.#child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  }
+
+  /** Runs `command`; resolves with its exit code and output (stdout and stderr). */
+  async run(command: string): Promise<{ code: number; output: string }> {
+    const marker = `__e2e_done_${crypto.randomUUID()}__`;
+    await this.#writer.write(encoder.encode(`{ ${command}\n} 2>&1; echo "${marker} $?"\n`));
+    while (true) {
+      const at = this.#buffered.indexOf(marker);
+      if (at >= 0) {
+        const end = this.#buffered.indexOf("\n", at);
+        if (end >= 0) {
+          const code = Number(this.#buffered.slice(at + marker.length + 1, end));
+          const output = this.#buffered.slice(0, at);
+          this.#buffered = this.#buffered.slice(end + 1);
+          return { code, output };
+        }
+      }
+      const { value, done } = await this.#reader.read();
+      if (done) throw new Error(`the shell ended during: ${command}`);
+      this.#buffered += value;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#writer.close().catch(() => {});
+    await this.#reader.cancel().catch(() => {});
+    await this.#child.status;
+  }
+}
+
+/** A port-forward kept open while a step needs it. */
+async function portForward(target: string, namespace: string, ports: string[]) {
+  const child = new Deno.Command("kubectl", {
+    args: ["port-forward", "-n", namespace, "--address", "127.0.0.1", target, ...ports],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (seen.split("Forwarding from").length <= ports.length) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`port-forward ${target} ended`);
+    seen += value;
+  }
+  reader.releaseLock();
+  child.stdout.cancel().catch(() => {});
+  return {
+    async [Symbol.asyncDispose]() {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Steps
+// ---------------------------------------------------------------------------
+
+/** What a step proves, and where the README says it. */
+interface Step {
+  readonly name: string;
+  readonly proves: string;
+  run(context: Context): Promise<void>;
+}
+
+interface Context {
+  readonly versions: Versions;
+  readonly image: string;
+  readonly tools: string;
+  readonly readme: string;
+}
+
+/** A probe with the client inside the image, from a pod in the mesh. */
+async function probeInMesh(namespace: string, pod: string, target: string, args: string[]) {
+  const output = await capture("kubectl", [
+    "exec",
+    "-n",
+    namespace,
+    pod,
+    "-c",
+    pod,
+    "--",
+    "/tcp-echo",
+    "client",
+    target,
+    ...args,
+    "--json",
+  ]);
+  return parseProbeReport(output);
+}
+
+/** A probe with the repository's client from this machine. */
+async function probeHere(target: string, args: string[]): Promise<ProbeSummary> {
+  const output = await capture(Deno.execPath(), [
+    "run",
+    "--allow-net",
+    `${repoDir}main.ts`,
+    "client",
+    target,
+    ...args,
+    "--json",
+  ]);
+  return parseProbeReport(output);
+}
+
+function expectOnly(summary: ProbeSummary, version: string, what: string): void {
+  const versions = Object.keys(summary.versions);
+  if (summary.succeeded !== summary.connections || versions.join() !== version) {
+    throw new Error(
+      `${what}: expected every probe to reach ${version}: ${JSON.stringify(summary)}`,
+    );
+  }
+}
+
+/** Retries `check` for up to `ms` (policies and routes take seconds to reach Envoy). */
+async function eventually(ms: number, check: () => Promise<void>): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    try {
+      return await check();
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+    }
+  }
+}
+
+const STEPS: Step[] = [
+  {
+    name: "image",
+    proves: "README Docker: the Dockerfile builds, deno compile runs on the build stage",
+    async run({ image }) {
+      await run("docker", ["build", "-t", image, "."]);
+      const size = Number(
+        (await run("docker", ["image", "inspect", "-f", "{{.Size}}", image])).trim(),
+      );
+      console.log(`  image ${image}: ${(size / 2 ** 20).toFixed(1)} MiB`);
+    },
+  },
+  {
+    name: "container",
+    proves:
+      "README Docker: read-only root, uid 65532, 256 MiB, banner and echo, client, drain on stop",
+    run: containerChecks,
+  },
+  {
+    name: "cluster",
+    proves: "README Kubernetes: kind load docker-image",
+    async run({ versions, image, tools }) {
+      await run(`${tools}/kind`, [
+        "create",
+        "cluster",
+        "--name",
+        CLUSTER,
+        "--image",
+        versions.kindNodeImage,
+        "--wait",
+        "180s",
+      ]);
+      await run(`${tools}/kind`, ["load", "docker-image", image, "--name", CLUSTER]);
+    },
+  },
+  {
+    name: "istio",
+    proves: "Troubleshooting: the install overlay exposes 31400 and 31401 on the ingress gateway",
+    async run({ tools, versions }) {
+      await run(`${tools}/istioctl`, [
+        "install",
+        "-y",
+        "-f",
+        "k8s/istio-install/ingress-ports.yaml",
+      ]);
+      await kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        `https://github.com/kubernetes-sigs/gateway-api/releases/download/${versions.gatewayApi}/experimental-install.yaml`,
+      );
+      await kubectl("label", "namespace", "default", "istio-injection=enabled", "--overwrite");
+    },
+  },
+  {
+    name: "walkthrough: Kubernetes and Istio, 31400 → v1, 31401 → v2",
+    proves: "README Kubernetes; Istio: port 31400 reaches v1, port 31401 reaches v2",
+    run: classicWalkthrough,
+  },
+  {
+    name: "pods: banner, metrics, drain under load, logs",
+    proves: "README Kubernetes (Downward API, probes, scrape annotations, drain) and Logs",
+    run: podChecks,
+  },
+  {
+    name: "walkthrough: Gateway API",
+    proves: "README Istio with the Kubernetes Gateway API",
+    run: gatewayApiWalkthrough,
+  },
+  {
+    name: "walkthrough: TCP traffic shifting",
+    proves:
+      "README Istio's TCP Traffic Shifting task: all to v1, then 80/20 within a binomial bound",
+    run: trafficShiftingWalkthrough,
+  },
+  {
+    name: "walkthrough: authorization for TCP traffic",
+    proves:
+      "README Istio's Authorization for TCP traffic task: each policy step allows and refuses its ports",
+    run: authorizationWalkthrough,
+  },
+];
+
+async function containerChecks({ image }: Context): Promise<void> {
+  await run("docker", [
+    "run",
+    "-d",
+    "--name",
+    CONTAINER,
+    "--read-only",
+    "--user",
+    "65532:65532",
+    "--memory",
+    "256m",
+    "-e",
+    "NODE_NAME=e2e-node",
+    "-p",
+    "127.0.0.1::3333",
+    "-p",
+    "127.0.0.1::8080",
+    image,
+  ]);
+  const port = Number(
+    (await run("docker", ["port", CONTAINER, "3333/tcp"])).trim().split(":").at(-1),
+  );
+  await eventually(
+    20_000,
+    async () => (await Deno.connect({ hostname: "127.0.0.1", port })).close(),
+  );
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(encoder.encode("hello\n"));
+    await conn.closeWrite();
+    const received = decoder.decode(await new Response(conn.readable).arrayBuffer());
+    const expected = "Welcome, you are connected to node e2e-node.\nhello\n";
+    if (received !== expected) throw new Error(`container answered ${JSON.stringify(received)}`);
+  } catch (error) {
+    conn.close();
+    throw error;
+  }
+  const probe = parseProbeReport(
+    await run("docker", [
+      "run",
+      "--rm",
+      "--network",
+      `container:${CONTAINER}`,
+      image,
+      "client",
+      "127.0.0.1:3333",
+      "--count",
+      "5",
+      "--json",
+    ]),
+  );
+  if (probe.succeeded !== 5) throw new Error(`the image's client: ${JSON.stringify(probe)}`);
+  await run("docker", ["stop", "-t", "30", CONTAINER]);
+  const exitCode = (await run("docker", ["inspect", "-f", "{{.State.ExitCode}}", CONTAINER]))
+    .trim();
+  const logs = await run("docker", ["logs", CONTAINER]);
+  if (exitCode !== "0" || !logs.includes("Shutdown complete.")) {
+    throw new Error(`docker stop: exit ${exitCode}, logs:\n${logs}`);
+  }
+}
+
+/** Runs the README commands of a section in one shell; `hooks` run checks before a command. */
+async function runSection(
+  readme: string,
+  section: typeof WALKTHROUGH_SECTIONS[number],
+  hooks: Record<string, () => Promise<void>> = {},
+): Promise<void> {
+  const commands = sectionCommands(readme, section);
+  const shell = new Shell({ ...Deno.env.toObject(), INGRESS_HOST: "127.0.0.1" });
+  try {
+    for (const command of commands) {
+      for (const [prefix, hook] of Object.entries(hooks)) {
+        if (command.startsWith(prefix)) await hook();
+      }
+      const { run: toRun, why } = commandToRun(command);
+      console.log(
+        `  $ ${command}${why ? `\n    (runs instead: ${toRun || "nothing"}: ${why})` : ""}`,
+      );
+      if (toRun === "") continue;
+      const input = interactiveInput(command);
+      const line = input === undefined
+        ? toRun
+        : `printf '%s' '${input}' | timeout 10 ${toRun}; [ $? -eq 124 ] || true`;
+      const { code, output } = await shell.run(line);
+      if (code !== 0) {
+        throw new Error(`README command failed (exit ${code}): ${command}\n${output}`);
+      }
+      if (input !== undefined && !/Version v[12]\.\n[\s\S]*hello, app1/.test(output)) {
+        throw new Error(`${command}: no banner and echo:\n${output}`);
+      }
+    }
+  } finally {
+    await shell.close();
+  }
+}
+
+async function classicWalkthrough({ readme, image }: Context): Promise<void> {
+  await runSection(readme, "## Kubernetes");
+  await kubectl("rollout", "status", "deployment/tcp-echo-v1", "--timeout=180s");
+  await kubectl("rollout", "status", "deployment/tcp-echo-v2", "--timeout=180s");
+  await using _ingress = await portForward("service/istio-ingressgateway", "istio-system", [
+    "31400",
+    "31401",
+  ]);
+  await runSection(readme, "## Istio: port 31400 reaches v1, port 31401 reaches v2");
+  await eventually(60_000, async () => {
+    expectOnly(await probeHere("127.0.0.1:31400", ["--count", "20"]), "v1", "31400 from outside");
+    expectOnly(await probeHere("127.0.0.1:31401", ["--count", "20"]), "v2", "31401 from outside");
+  });
+  // A pod in the mesh that runs the image; its /tcp-echo client probes from inside.
+  await kubectl("run", "e2e-client", "--image", image, "--labels", "app=e2e-client");
+  await kubectl("wait", "--for=condition=ready", "pod/e2e-client", "--timeout=120s");
+  const gateway = "istio-ingressgateway.istio-system";
+  expectOnly(
+    await probeInMesh("default", "e2e-client", `${gateway}:31400`, ["--count", "20"]),
+    "v1",
+    "31400 in the mesh",
+  );
+  expectOnly(
+    await probeInMesh("default", "e2e-client", `${gateway}:31401`, ["--count", "20"]),
+    "v2",
+    "31401 in the mesh",
+  );
+}
+
+/** The pods' own facts, as the Downward API hands them to the banner. */
+async function podChecks(): Promise<void> {
+  const pods = JSON.parse(await kubectl("get", "pods", "-l", "app=tcp-echo", "-o", "json")).items;
+  for (const pod of pods) {
+    const name = pod.metadata.name;
+    await using _forward = await portForward(`pod/${name}`, "default", [
+      "13333:3333",
+      "18080:8080",
+    ]);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: 13333 });
+    await conn.closeWrite();
+    const banner = parseBannerText(decoder.decode(await new Response(conn.readable).arrayBuffer()));
+    const expected = {
+      node: pod.spec.nodeName,
+      pod: name,
+      namespace: pod.metadata.namespace,
+      ip: pod.status.podIP,
+      serviceAccount: pod.spec.serviceAccountName,
+      version: pod.metadata.labels.version,
+    };
+    for (const [key, value] of Object.entries(expected)) {
+      if (banner[key as keyof typeof banner] !== value) {
+        throw new Error(
+          `${name}: banner ${key} is ${banner[key as keyof typeof banner]}, not ${value}`,
+        );
+      }
+    }
+    const annotations = pod.metadata.annotations;
+    if (annotations["prometheus.io/port"] !== "8080") {
+      throw new Error(`${name}: scrape port annotation`);
+    }
+    const metrics =
+      await (await fetch(`http://127.0.0.1:18080${annotations["prometheus.io/path"]}`)).text();
+    if (!metrics.includes('tcp_echo_connections_total{port="3333"}')) {
+      throw new Error(`${name}: /metrics`);
+    }
+  }
+  await drainUnderLoad();
+  const logs = await kubectl("logs", "deploy/tcp-echo-v1", "-c", "tcp-echo-container");
+  if (!/ - TCP connection open\. /.test(logs) || !/ - TCP connection closed\. reason=/.test(logs)) {
+    throw new Error(`kubectl logs has no open and closed records:\n${logs.slice(-2_000)}`);
+  }
+}
+
+/**
+ * Deletes a pod while load runs through the Service: connections open before
+ * the delete must all finish (DRAIN_DELAY 5 s, then SHUTDOWN_GRACE 10 s: the
+ * 8 s load ends within them).
+ */
+async function drainUnderLoad(): Promise<void> {
+  const load = run("kubectl", [
+    "exec",
+    "e2e-client",
+    "-c",
+    "e2e-client",
+    "--",
+    "/tcp-echo",
+    "client",
+    "tcp-echo:3333",
+    "load",
+    "--connections",
+    "20",
+    "--duration",
+    "8s",
+    "--json",
+  ]);
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  const [pod] = (await kubectl("get", "pods", "-l", "app=tcp-echo,version=v1", "-o", "name")).trim()
+    .split("\n");
+  await kubectl("delete", pod, "--wait=false");
+  const report = JSON.parse((await load).trim().split("\n").at(-1)!);
+  if (Object.keys(report.failures).length > 0 || report.operations === 0) {
+    throw new Error(`load during the delete of ${pod}: ${JSON.stringify(report)}`);
+  }
+  await kubectl("rollout", "status", "deployment/tcp-echo-v1", "--timeout=180s");
+}
+
+async function gatewayApiWalkthrough({ readme }: Context): Promise<void> {
+  const forwards: AsyncDisposable[] = [];
+  try {
+    await runSection(readme, "## Istio with the Kubernetes Gateway API", {
+      // Without a load balancer the gateway gets no address and is never Programmed:
+      // a ClusterIP Service gives it one, reached through a port-forward.
+      "kubectl wait --for=condition=programmed": async () => {
+        await kubectl(
+          "annotate",
+          "gateway/tcp-echo-gateway",
+          "networking.istio.io/service-type=ClusterIP",
+          "--overwrite",
+        );
+      },
+      "nc $INGRESS_HOST 31400": async () => {
+        await kubectl("rollout", "status", "deployment/tcp-echo-gateway-istio", "--timeout=180s");
+        forwards.push(
+          await portForward("service/tcp-echo-gateway-istio", "default", ["31400", "31401"]),
+        );
+      },
+    });
+    await eventually(60_000, async () => {
+      expectOnly(await probeHere("127.0.0.1:31400", ["--count", "20"]), "v1", "TCPRoute 31400");
+      expectOnly(await probeHere("127.0.0.1:31401", ["--count", "20"]), "v2", "TCPRoute 31401");
+    });
+  } finally {
+    for (const forward of forwards) await forward[Symbol.asyncDispose]();
+  }
+  // The task's kit uses the ingress gateway's 31400 too: the classic routes must go first.
+  await kubectl("delete", "-k", "k8s/gateway-api", "--ignore-not-found");
+  await kubectl("delete", "-k", "k8s", "--ignore-not-found");
+}
+
+/** Answers of `count` raw line probes to the ingress gateway, by their first word. */
+async function linePrefixes(count: number): Promise<Record<string, number>> {
+  const seen: Record<string, number> = {};
+  for (let i = 0; i < count; i++) {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: 31400 });
+    await conn.write(encoder.encode(`probe ${i}\n`));
+    await conn.closeWrite();
+    const answer = decoder.decode(await new Response(conn.readable).arrayBuffer());
+    const word = answer.endsWith(` probe ${i}\n`) ? answer.split(" ")[0] : `bad:${answer}`;
+    seen[word] = (seen[word] ?? 0) + 1;
+  }
+  return seen;
+}
+
+async function trafficShiftingWalkthrough({ readme }: Context): Promise<void> {
+  const probes = 200;
+  await using _ingress = await portForward("service/istio-ingressgateway", "istio-system", [
+    "31400",
+  ]);
+  await runSection(readme, "## Istio's TCP Traffic Shifting task, with this image", {
+    "for i in $(seq 1 20)": async () => {
+      await kubectl(
+        "rollout",
+        "status",
+        "-n",
+        "istio-io-tcp-traffic-shifting",
+        "deployment/tcp-echo-v1",
+        "--timeout=180s",
+      );
+    },
+    "kubectl apply -n istio-io-tcp-traffic-shifting -f": async () => {
+      await eventually(60_000, async () => {
+        const seen = await linePrefixes(probes);
+        if (seen.one !== probes) throw new Error(`all to v1: ${JSON.stringify(seen)}`);
+      });
+    },
+  });
+  const { low, high } = binomialBounds(probes, 0.2, 0.001);
+  await eventually(60_000, async () => {
+    const seen = await linePrefixes(probes);
+    const two = seen.two ?? 0;
+    if ((seen.one ?? 0) + two !== probes || two < low || two > high) {
+      throw new Error(
+        `80/20: ${JSON.stringify(seen)}, v2 share must be ${low}..${high} of ${probes}`,
+      );
+    }
+    console.log(`  80/20: v2 answered ${two} of ${probes} (bound ${low}..${high})`);
+  });
+  await kubectl("delete", "namespace", "istio-io-tcp-traffic-shifting", "--wait=false");
+}
+
+async function expectPorts(answers: [boolean, boolean, boolean], what: string): Promise<void> {
+  const ip = JSON.parse(
+    await kubectl("get", "pod", "-n", "istio-tcp-authz", "-l", "app=tcp-echo", "-o", "json"),
+  )
+    .items[0].status.podIP;
+  await eventually(60_000, async () => {
+    const targets = ["tcp-echo:9000", "tcp-echo:9001", `${ip}:9002`];
+    for (const [i, target] of targets.entries()) {
+      const summary = await probeInMesh("istio-tcp-authz", "client", target, [
+        "--prefix",
+        "hello",
+        "--count",
+        "3",
+      ]);
+      const answered = summary.succeeded === summary.connections;
+      const refused = summary.succeeded === 0;
+      if (answers[i] ? !answered : !refused) {
+        throw new Error(
+          `${what}: ${target} should ${answers[i] ? "answer" : "be refused"}: ${
+            JSON.stringify(summary)
+          }`,
+        );
+      }
+    }
+  });
+}
+
+async function authorizationWalkthrough({ readme }: Context): Promise<void> {
+  let previous: string | undefined;
+  const hooks: Record<string, () => Promise<void>> = {
+    "for target in": () => expectPorts([true, true, true], "no policy"),
+  };
+  for (const command of Object.keys(AUTHORIZATION_STEPS)) {
+    const before = previous;
+    hooks[command] = () =>
+      before ? expectPorts(AUTHORIZATION_STEPS[before], before) : Promise.resolve();
+    previous = command;
+  }
+  await runSection(readme, "## Istio's Authorization for TCP traffic task, with this image", hooks);
+  await expectPorts(AUTHORIZATION_STEPS[previous!], previous!);
+}
+
+// ---------------------------------------------------------------------------
+// Tools, diagnostics, teardown
+// ---------------------------------------------------------------------------
+
+/** Downloads kind and istioctl at the pinned versions (once) into `dir`. */
+async function installTools(versions: Versions, dir: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true });
+  const arch = Deno.build.arch === "aarch64" ? "arm64" : "amd64";
+  const download = async (url: string, to: string) => {
+    if (await Deno.stat(to).then(() => true, () => false)) return;
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`${url}: ${response.status}`);
+    await Deno.writeFile(to, new Uint8Array(await response.arrayBuffer()), { mode: 0o755 });
+  };
+  await download(`https://kind.sigs.k8s.io/dl/${versions.kind}/kind-linux-${arch}`, `${dir}/kind`);
+  const tarball = `${dir}/istioctl-${versions.istio}.tar.gz`;
+  await download(
+    `https://github.com/istio/istio/releases/download/${versions.istio}/istioctl-${versions.istio}-linux-${arch}.tar.gz`,
+    tarball,
+  );
+  await run("tar", ["-xzf", tarball, "-C", dir]);
+}
+
+/** What a maintainer needs when a step fails: pods, their descriptions and logs, events. */
+async function diagnostics(): Promise<void> {
+  const commands: string[][] = [
+    ["get", "pods", "-A", "-o", "wide"],
+    ["describe", "pods", "-A", "-l", "app"],
+    ["logs", "-A", "-l", "app=tcp-echo", "--all-containers", "--tail=100", "--prefix"],
+    ["get", "events", "-A", "--sort-by=.lastTimestamp"],
+  ];
+  for (const args of commands) {
+    console.log(`\n----- kubectl ${args.join(" ")}`);
+    console.log(await kubectl(...args).catch((error: Error) => error.message));
+  }
+}
+
+async function teardown(tools: string): Promise<void> {
+  await run("docker", ["rm", "-f", CONTAINER]).catch(() => {});
+  await run(`${tools}/kind`, ["delete", "cluster", "--name", CLUSTER]).catch(() => {});
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({ args: Deno.args, options: { keep: { type: "boolean" } } });
+  const versions = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
+  const version = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).version;
+  const tools = `${repoDir}.e2e-tools`;
+  const context: Context = {
+    versions,
+    image: `tcp-echo:${version}`,
+    tools,
+    readme: await Deno.readTextFile(`${repoDir}README.md`),
+  };
+  console.log(
+    `e2e: kind ${versions.kind}, Istio ${versions.istio}, Gateway API ${versions.gatewayApi}`,
+  );
+  let failed = false;
+  try {
+    await installTools(versions, tools);
+    for (const step of STEPS) {
+      const started = performance.now();
+      console.log(`\n▶ ${step.name}  (${step.proves})`);
+      try {
+        await step.run(context);
+      } catch (error) {
+        console.log(`✗ ${step.name}: ${(error as Error).message}`);
+        if (step.name !== "image" && step.name !== "container") await diagnostics();
+        failed = true;
+        break;
+      }
+      console.log(`✓ ${step.name} (${((performance.now() - started) / 1_000).toFixed(0)} s)`);
+    }
+  } finally {
+    if (!values.keep) await teardown(tools);
+  }
+  return failed ? 1 : 0;
+}
+
+if (import.meta.main) Deno.exit(await main());

@@ -1,0 +1,80 @@
+/**
+ * Tests of what runs around the code, where it cannot run here: the GitHub
+ * Actions workflows (schema and pinned actions), the shell scripts
+ * (shellcheck), and the end-to-end suite's tie to the README.
+ */
+import assert from "node:assert/strict";
+import { validateWorkflow } from "@action-validator/core";
+import { parse } from "yaml";
+import { ignoreWithout, repoDir } from "./test_support.ts";
+
+const decoder = new TextDecoder();
+const WORKFLOWS = [".github/workflows/ci.yml", ".github/workflows/e2e.yml"];
+
+Deno.test("workflows: valid against the GitHub Actions schema, every action pinned to a version", async (t) => {
+  for (const file of WORKFLOWS) {
+    await t.step(file, async () => {
+      const text = await Deno.readTextFile(`${repoDir}${file}`);
+      assert.deepEqual(validateWorkflow(text).errors, [], file);
+      const workflow = parse(text);
+      for (const [name, job] of Object.entries<{ steps: { uses?: string }[] }>(workflow.jobs)) {
+        for (const { uses } of job.steps) {
+          if (uses === undefined) continue;
+          assert.match(uses, /^[\w.-]+\/[\w.-]+@v\d+\.\d+\.\d+$/, `${file} ${name}: ${uses}`);
+        }
+      }
+    });
+  }
+  await t.step("a broken workflow is caught", () => {
+    const broken = "on: push\njobs:\n  x:\n    runs-on: ubuntu-24.04\n    stepz: []\n";
+    assert.notDeepEqual(validateWorkflow(broken).errors, []);
+  });
+});
+
+Deno.test("workflows: ci runs .ci/run with CI=true; e2e runs deno task e2e and a two-platform build", async () => {
+  const ci = parse(await Deno.readTextFile(`${repoDir}.github/workflows/ci.yml`));
+  const ciRun = ci.jobs.ci.steps.find((s: { name?: string }) => s.name === ".ci/run");
+  assert.match(ciRun.run, /bash \.ci\/run$/);
+  assert.equal(ciRun.env.CI, "true");
+  assert.deepEqual(Object.keys(ci.on).sort(), ["pull_request", "push"]);
+  const e2e = parse(await Deno.readTextFile(`${repoDir}.github/workflows/e2e.yml`));
+  assert.deepEqual(e2e.on.push.branches, ["main"]);
+  assert.ok("workflow_dispatch" in e2e.on);
+  assert.ok(e2e.jobs.e2e.steps.some((s: { run?: string }) => s.run === "deno task e2e"));
+  const build = e2e.jobs.image.steps.find((s: { uses?: string }) =>
+    s.uses?.startsWith("docker/build-push-action@")
+  );
+  assert.equal(build.with.platforms, "linux/amd64,linux/arm64");
+  assert.equal(build.with.push, false);
+  const denoVersions = [ci, e2e].map((w) =>
+    Object.values<{ steps: { with?: { "deno-version"?: string } }[] }>(w.jobs)
+      .flatMap((job) => job.steps).find((s) => s.with?.["deno-version"])?.with?.["deno-version"]
+  );
+  const ciRunScript = await Deno.readTextFile(`${repoDir}.ci/run`);
+  const pinned = /^DENO_VERSION=(\S+)$/m.exec(ciRunScript)![1];
+  assert.deepEqual(denoVersions, [`v${pinned}`, `v${pinned}`], "the Deno version CI uses");
+});
+
+Deno.test({
+  name: "shell scripts pass shellcheck",
+  ignore: await ignoreWithout("shellcheck", "the shell script check"),
+  async fn() {
+    const output = await new Deno.Command("shellcheck", {
+      args: ["--shell=bash", ".ci/run"],
+      cwd: repoDir,
+    }).output();
+    assert.equal(output.code, 0, decoder.decode(output.stdout));
+  },
+});
+
+Deno.test({
+  name: "workflows pass yamllint",
+  ignore: await ignoreWithout("yamllint", "the workflow lint"),
+  async fn() {
+    const output = await new Deno.Command("yamllint", {
+      args: ["--strict", "-c", ".yamllint", ".github/workflows"],
+      cwd: repoDir,
+    }).output();
+    assert.equal(output.code, 0, decoder.decode(output.stdout));
+  },
+});
