@@ -301,20 +301,22 @@ async function echoOneByte(conn: Deno.TcpConn, bannerBytes: number): Promise<voi
   }
 }
 
+/** tcp-echo's own client with `args`, against a server on loopback. */
+const tcpEchoClient = (port: number, args: string[]) => [
+  Deno.execPath(),
+  "run",
+  "--allow-net",
+  `${repoDir}main.ts`,
+  "client",
+  `127.0.0.1:${port}`,
+  ...args,
+  "--json",
+];
+
 /** The workloads: a client on core 1 and the figures read from its JSON report. */
 function scenarios(seconds: number, built: Map<string, string>): Scenario[] {
   const cload = built.get("cload")!;
   const streamLoad = built.get("go-stream-load");
-  const tcpEchoClient = (port: number, args: string[]) => [
-    Deno.execPath(),
-    "run",
-    "--allow-net",
-    `${repoDir}main.ts`,
-    "client",
-    `127.0.0.1:${port}`,
-    ...args,
-    "--json",
-  ];
   const ops: Figure = { label: "ops/s", pick: (r) => r.ops_per_sec, higherIsBetter: true };
   return [
     {
