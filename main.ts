@@ -377,13 +377,8 @@ function serveConnection(
   context: ConnectionContext,
 ): Promise<void> {
   // Chained rather than awaited: an idle connection then holds one suspended
-  // function (echo's read), not two.
-  return admit(connection, context).then((origin) =>
-    origin && echo(connection, context, origin).then(
-      () => endConnection(connection, context, "eof", undefined),
-      (error) => endConnection(connection, context, closeReason(connection, error), error),
-    )
-  );
+  // function (echo's read) and nothing else of its own.
+  return admit(connection, context).then((origin) => origin && echo(connection, context, origin));
 }
 
 /** Why a connection ended, from what its echo loop threw. */
@@ -461,38 +456,42 @@ async function admit(
   return origin;
 }
 
-/** The banner (when due on connect), then everything received, echoed, until the client ends. */
+/**
+ * The banner (when due on connect), then everything received, echoed, until
+ * the client ends; then the ending is counted and logged. Never throws.
+ */
 async function echo(
   connection: EchoConnection,
   context: ConnectionContext,
   origin: ConnectionOrigin,
 ): Promise<void> {
   const { conn } = connection;
-  if (connection.bannerDue && context.config.bannerMode === "connect") {
-    await sendBanner(connection, context);
-  }
-  if (origin.firstData.length > 0) await onChunk(connection, context, origin.firstData);
-  let ended = false;
-  if (origin.pendingRead) {
-    const first = await origin.pendingRead;
-    if (first === null) ended = true;
-    else await onChunk(connection, context, first);
-  }
-  let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
-  while (!ended) {
-    const n = await conn.read(buffer);
-    if (n === null) break;
-    const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
-    if (context.plainEcho && !connection.bannerDue) await echoChunk(connection, context, chunk);
-    else await onChunk(connection, context, chunk);
-    if (n === buffer.length && buffer.length < context.maxBufferBytes) {
-      buffer = new Uint8Array(buffer.length * 4);
+  try {
+    if (connection.bannerDue && context.config.bannerMode === "connect") {
+      await sendBanner(connection, context);
     }
+    if (origin.firstData.length > 0) await onChunk(connection, context, origin.firstData);
+    const first = origin.pendingRead ? await origin.pendingRead : undefined;
+    if (first) await onChunk(connection, context, first);
+    let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
+    while (first !== null) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
+      if (context.plainEcho && !connection.bannerDue) await echoChunk(connection, context, chunk);
+      else await onChunk(connection, context, chunk);
+      if (n === buffer.length && buffer.length < context.maxBufferBytes) {
+        buffer = new Uint8Array(buffer.length * 4);
+      }
+    }
+    // Deno reports a reset during read as end of stream. A zero-length
+    // write sends nothing, succeeds after a FIN and fails after a RST.
+    await conn.write(NO_BYTES);
+    if (connection.lineMode) await answer(connection, context, connection.lineMode.finish());
+  } catch (error) {
+    return endConnection(connection, context, closeReason(connection, error), error);
   }
-  // Deno reports a reset during read as end of stream. A zero-length
-  // write sends nothing, succeeds after a FIN and fails after a RST.
-  await conn.write(NO_BYTES);
-  if (connection.lineMode) await answer(connection, context, connection.lineMode.finish());
+  endConnection(connection, context, "eof", undefined);
 }
 
 /**
