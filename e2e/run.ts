@@ -128,12 +128,15 @@ async function portForward(target: string, namespace: string, ports: string[]) {
     if (done) throw new Error(`port-forward ${target} ended`);
     seen += value;
   }
-  reader.releaseLock();
-  child.stdout.cancel().catch(() => {});
+  // kubectl writes a line per connection: keep reading, or the full pipe would stall it.
+  const draining = (async () => {
+    while (!(await reader.read()).done);
+  })().catch(() => {});
   return {
     async [Symbol.asyncDispose]() {
       child.kill("SIGTERM");
       await child.status;
+      await draining;
     },
   };
 }
@@ -505,10 +508,13 @@ async function gatewayApiWalkthrough({ readme }: Context): Promise<void> {
       "kubectl wait --for=condition=programmed": async () => {
         await kubectl(
           "annotate",
-          "gateway/tcp-echo-gateway",
+          "gateways.gateway.networking.k8s.io/tcp-echo-gateway",
           "networking.istio.io/service-type=ClusterIP",
           "--overwrite",
         );
+        await eventually(180_000, async () => {
+          await kubectl("rollout", "status", "deployment/tcp-echo-gateway-istio", "--timeout=60s");
+        });
       },
       "nc $INGRESS_HOST 31400": async () => {
         await kubectl("rollout", "status", "deployment/tcp-echo-gateway-istio", "--timeout=180s");

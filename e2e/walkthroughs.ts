@@ -25,7 +25,7 @@ const NO_LOAD_BALANCER = "kind has no load balancer: the suite port-forwards the
 export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
   "export INGRESS_HOST=$(kubectl -n istio-system get service istio-ingressgateway -o jsonpath='{.status.loadBalancer.ingress[0].ip}')":
     { run: "", why: NO_LOAD_BALANCER },
-  "export INGRESS_HOST=$(kubectl get gateway tcp-echo-gateway -o jsonpath='{.status.addresses[0].value}')":
+  "export INGRESS_HOST=$(kubectl get gateways.gateway.networking.k8s.io tcp-echo-gateway -o jsonpath='{.status.addresses[0].value}')":
     { run: "", why: NO_LOAD_BALANCER },
   "export INGRESS_HOST=...": { run: "", why: NO_LOAD_BALANCER },
   "kubectl logs tcp-echo-v1-7c775f57c9-frprp -c tcp-echo-container | grep Received": {
