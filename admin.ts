@@ -395,6 +395,11 @@ export class DescriptorReserve {
     }
   }
 
+  /** How many descriptors are held now. */
+  get held(): number {
+    return this.#files.length;
+  }
+
   /** Gives one descriptor back to the process; false when none is held. */
   release(): boolean {
     const file = this.#files.pop();
@@ -433,6 +438,11 @@ export class AdminConnections {
       this.#reserve.refill();
     });
     this.#served.add(served);
+  }
+
+  /** Descriptors held in reserve for probes right now. */
+  get reservedDescriptors(): number {
+    return this.#reserve.held;
   }
 
   /** Gives a reserved descriptor back to the process, so the next accept can succeed. */

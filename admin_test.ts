@@ -79,6 +79,8 @@ Deno.test("admin HTTP: healthz, readyz, 404 and 405", async () => {
       .map((r) => String(r.rawMessage)),
     ["Admin HTTP on port {port}"],
   );
+  const started = s.logs.records.find((r) => r.rawMessage === "Admin HTTP on port {port}")!;
+  assert.equal(started.properties.reserved_descriptors, 4, "descriptors kept for probes");
 });
 
 Deno.test("metrics: exact values after a known set of connections, read by real parsers", async (t) => {

@@ -687,7 +687,7 @@ export class EchoServer {
   readonly #connections = new Set<EchoConnection>();
   /** Resolved when the last connection closes, once the drain waits for it. */
   #allClosed: PromiseWithResolvers<void> | undefined;
-  readonly #admin: AdminConnections;
+  #admin: AdminConnections | undefined;
   readonly #stopping = new AbortController();
   readonly #adminStopping = new AbortController();
   /** Echo listeners whose accepts fail for want of resources. */
@@ -735,8 +735,7 @@ export class EchoServer {
       },
     };
     for (const { port } of this.addresses) this.stats.forPort(port);
-    this.#admin = new AdminConnections({ isReady: () => this.ready, metrics });
-    this.#adminAccepting = this.#startAdmin();
+    this.#adminAccepting = this.#startAdmin(metrics);
     for (const address of this.addresses) {
       log.info("Listening on TCP port {port}", {
         port: address.port,
@@ -797,19 +796,23 @@ export class EchoServer {
   }
 
   /** Logs the admin port and starts its accept loop; resolves when the loop ends. */
-  #startAdmin(): Promise<void> {
+  #startAdmin(metrics: MetricsExporter): Promise<void> {
     const listener = this.#adminListener;
     if (listener === undefined) return Promise.resolve();
+    const admin = new AdminConnections({ isReady: () => this.ready, metrics });
+    this.#admin = admin;
+    // The reserve is what keeps probes answered when echo connections take every descriptor.
     log.info("Admin HTTP on port {port}", {
       port: listener.addr.port,
       address: formatAddress(listener.addr),
+      reserved_descriptors: admin.reservedDescriptors,
     });
     return this.#acceptLoop({
       listener,
       port: listener.addr.port,
       signal: this.#adminStopping.signal,
-      onConnection: (conn) => this.#admin.serve(conn),
-      freeDescriptor: () => this.#admin.freeDescriptor(),
+      onConnection: (conn) => admin.serve(conn),
+      freeDescriptor: () => admin.freeDescriptor(),
     });
   }
 
@@ -896,7 +899,7 @@ export class EchoServer {
     this.#adminStopping.abort();
     this.#adminListener?.close();
     await this.#adminAccepting;
-    await this.#admin.close();
+    await this.#admin?.close();
     const served = Array.from(this.stats.entries()).reduce(
       (total, [, port]) => total + port.accepted,
       0,
