@@ -358,7 +358,7 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
         "proxy.istio.io/config": '{"terminationDrainDuration": "15s"}',
       });
       assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
-      // 64 MiB for the runtime plus 16 KiB per connection (measured: about 9-10 KiB,
+      // 64 MiB for the runtime plus 16 KiB per connection (measured: about 7 KiB idle,
       // see README, Performance) keeps a full MAX_CONNECTIONS clear of the OOM killer.
       const limitMiB = Number(/^(\d+)Mi$/.exec(c.resources.limits.memory)?.[1]);
       const maxConnections = loadConfig(Object.fromEntries(
