@@ -330,9 +330,9 @@ export class BatchingSink implements AsyncDisposable {
   #records = 0;
   #dropped = 0;
   #writing: Promise<void> | undefined;
-  #scheduled = false;
+  /** The pending batch window, while one runs. */
   #timer: ReturnType<typeof setTimeout> | undefined;
-  readonly #json: boolean;
+  readonly #dataFormat: DataRecordFormat;
 
   /**
    * `write` takes each batch; `format` makes a record's line; the limits are
@@ -346,7 +346,7 @@ export class BatchingSink implements AsyncDisposable {
     readonly isExpendable: (record: LogRecord) => boolean = () => true,
     dataFormat: LogFormat = "text",
   ) {
-    this.#json = dataFormat === "json";
+    this.#dataFormat = dataFormat === "json" ? JSON_DATA_FORMAT : TEXT_DATA_FORMAT;
   }
 
   /** The sink to give LogTape. */
@@ -369,9 +369,15 @@ export class BatchingSink implements AsyncDisposable {
     const shown = Math.min(chunk.length, limit);
     this.#reserve(8 * shown + 512);
     const now = Date.now();
-    this.#length = this.#json
-      ? jsonDataRecords(this.#filling, this.#length, now, id, chunk, shown)
-      : textDataRecords(this.#filling, this.#length, now, id, chunk, shown);
+    this.#length = putDataRecords(
+      this.#dataFormat,
+      this.#filling,
+      this.#length,
+      now,
+      id,
+      chunk,
+      shown,
+    );
   }
 
   /** Counts `count` records in, or drops them (counted) when too many wait. */
@@ -384,8 +390,7 @@ export class BatchingSink implements AsyncDisposable {
     if (this.#dropped > 0) this.#reportDrops();
     if (this.#writing === undefined && this.#length >= BATCH_MAX_BYTES) this.#flushBatch();
     this.#records += count;
-    if (this.#writing === undefined && !this.#scheduled) {
-      this.#scheduled = true;
+    if (this.#writing === undefined && this.#timer === undefined) {
       this.#timer = setTimeout(() => this.#flushBatch(), BATCH_WINDOW_MS);
     }
     return true;
@@ -412,7 +417,7 @@ export class BatchingSink implements AsyncDisposable {
 
   #flushBatch(): void {
     clearTimeout(this.#timer);
-    this.#scheduled = false;
+    this.#timer = undefined;
     if (this.#dropped > 0) this.#reportDrops();
     if (this.#writing !== undefined || this.#length === 0) return;
     const written = this.#filling;
@@ -538,13 +543,66 @@ export async function setupLogging(
 // ---------------------------------------------------------------------------
 
 const ascii = (text: string) => Uint8Array.from(text, (c) => c.charCodeAt(0));
-const TEXT_RAW = ascii(" - Received Raw Data: [");
-const TEXT_DATA = ascii(" - Received Data (converted to string): ");
-const JSON_TS = ascii('{"ts":"');
-const JSON_RAW = ascii('","level":"info","msg":"Received Raw Data","id":"');
-const JSON_DATA = ascii('","level":"info","msg":"Received Data (converted to string)","id":"');
-const JSON_RAW_FIELD = ascii('","raw":[');
-const JSON_DATA_FIELD = ascii('","data":"');
+/** The fixed bytes around one data line: before its id, before its body, after its body. */
+interface DataLineParts {
+  readonly beforeId: Uint8Array;
+  readonly beforeBody: Uint8Array;
+  readonly afterBody: Uint8Array;
+}
+
+/** How one record format writes the two data lines (the same bytes as its LogTape formatter). */
+interface DataRecordFormat {
+  readonly beforeTimestamp: Uint8Array;
+  readonly timestamp: (epochMs: number) => string;
+  readonly raw: DataLineParts;
+  readonly data: DataLineParts;
+  /** Between the raw bytes' values. */
+  readonly separator: number;
+  /** The escaped text goes inside a JSON string. */
+  readonly json: boolean;
+  readonly omitted: (count: number) => string;
+  readonly end: Uint8Array;
+}
+
+const JSON_MESSAGE = (msg: string) => ascii(`","level":"info","msg":"${msg}","id":"`);
+
+const TEXT_DATA_FORMAT: DataRecordFormat = {
+  beforeTimestamp: new Uint8Array(0),
+  timestamp: (ms) => formatGoTimestamp(ms),
+  raw: {
+    beforeId: ascii(" "),
+    beforeBody: ascii(" - Received Raw Data: ["),
+    afterBody: ascii("]"),
+  },
+  data: {
+    beforeId: ascii(" "),
+    beforeBody: ascii(" - Received Data (converted to string): "),
+    afterBody: new Uint8Array(0),
+  },
+  separator: 0x20,
+  json: false,
+  omitted: (count) => ` omitted_bytes=${count}`,
+  end: ascii("\n"),
+};
+
+const JSON_DATA_FORMAT: DataRecordFormat = {
+  beforeTimestamp: ascii('{"ts":"'),
+  timestamp: (ms) => isoTimestamp(ms),
+  raw: {
+    beforeId: JSON_MESSAGE("Received Raw Data"),
+    beforeBody: ascii('","raw":['),
+    afterBody: ascii("]"),
+  },
+  data: {
+    beforeId: JSON_MESSAGE("Received Data (converted to string)"),
+    beforeBody: ascii('","data":"'),
+    afterBody: ascii('"'),
+  },
+  separator: 0x2c,
+  json: true,
+  omitted: (count) => `,"omitted_bytes":${count}`,
+  end: ascii("}\n"),
+};
 
 /** Each byte's escaped text ({@linkcode escapeData}), as bytes, and the same inside a JSON string. */
 const SINGLE_BYTE_ESCAPED = SINGLE_BYTE_TEXT.map(ascii);
@@ -598,7 +656,9 @@ function putEscaped(out: Uint8Array, o: number, bytes: Uint8Array, n: number, js
   return o;
 }
 
-function textDataRecords(
+/** Writes the two data lines of a chunk (its first `shown` bytes) at `o`; returns the offset after. */
+function putDataRecords(
+  format: DataRecordFormat,
   out: Uint8Array,
   o: number,
   now: number,
@@ -606,57 +666,44 @@ function textDataRecords(
   chunk: Uint8Array,
   shown: number,
 ): number {
-  const timestamp = formatGoTimestamp(now);
-  const omitted = chunk.length > shown ? ` omitted_bytes=${chunk.length - shown}` : "";
-  o = putAscii(out, o, timestamp);
-  out[o++] = 0x20;
-  o = putAscii(out, o, id);
-  o = putBytes(out, o, TEXT_RAW);
-  o = putDecimals(out, o, chunk, shown, 0x20);
-  out[o++] = 0x5d;
-  o = putAscii(out, o, omitted);
-  out[o++] = 0x0a;
-  o = putAscii(out, o, timestamp);
-  out[o++] = 0x20;
-  o = putAscii(out, o, id);
-  o = putBytes(out, o, TEXT_DATA);
-  o = putEscaped(out, o, chunk, shown, false);
-  o = putAscii(out, o, omitted);
-  out[o++] = 0x0a;
+  const timestamp = format.timestamp(now);
+  const omitted = chunk.length > shown ? format.omitted(chunk.length - shown) : "";
+  o = putLineStart(out, o, format, format.raw, timestamp, id);
+  o = putDecimals(out, o, chunk, shown, format.separator);
+  o = putLineEnd(out, o, format, format.raw, omitted);
+  o = putLineStart(out, o, format, format.data, timestamp, id);
+  o = putEscaped(out, o, chunk, shown, format.json);
+  o = putLineEnd(out, o, format, format.data, omitted);
   return o;
 }
 
-function jsonDataRecords(
+/** A data line up to its body: timestamp, id and the fixed bytes around them. */
+function putLineStart(
   out: Uint8Array,
   o: number,
-  now: number,
+  format: DataRecordFormat,
+  parts: DataLineParts,
+  timestamp: string,
   id: string,
-  chunk: Uint8Array,
-  shown: number,
 ): number {
-  const timestamp = isoTimestamp(now);
-  const omitted = chunk.length > shown ? `,"omitted_bytes":${chunk.length - shown}` : "";
-  o = putBytes(out, o, JSON_TS);
+  o = putBytes(out, o, format.beforeTimestamp);
   o = putAscii(out, o, timestamp);
-  o = putBytes(out, o, JSON_RAW);
+  o = putBytes(out, o, parts.beforeId);
   o = putAscii(out, o, id);
-  o = putBytes(out, o, JSON_RAW_FIELD);
-  o = putDecimals(out, o, chunk, shown, 0x2c);
-  out[o++] = 0x5d;
+  return putBytes(out, o, parts.beforeBody);
+}
+
+/** A data line after its body: the closing bytes, `omitted_bytes` if any, the line's end. */
+function putLineEnd(
+  out: Uint8Array,
+  o: number,
+  format: DataRecordFormat,
+  parts: DataLineParts,
+  omitted: string,
+): number {
+  o = putBytes(out, o, parts.afterBody);
   o = putAscii(out, o, omitted);
-  out[o++] = 0x7d;
-  out[o++] = 0x0a;
-  o = putBytes(out, o, JSON_TS);
-  o = putAscii(out, o, timestamp);
-  o = putBytes(out, o, JSON_DATA);
-  o = putAscii(out, o, id);
-  o = putBytes(out, o, JSON_DATA_FIELD);
-  o = putEscaped(out, o, chunk, shown, true);
-  out[o++] = 0x22;
-  o = putAscii(out, o, omitted);
-  out[o++] = 0x7d;
-  out[o++] = 0x0a;
-  return o;
+  return putBytes(out, o, format.end);
 }
 
 /** Records of one millisecond share their RFC 3339 text. */
