@@ -438,13 +438,15 @@ async function admit(
   stats.accepted++;
   stats.active++;
   connection.client = formatAddress(origin.client);
-  const opened: Record<string, unknown> = {
-    id: connection.id,
-    client: connection.client,
-    port: connection.port,
-  };
-  if (origin.proxy) opened.peer = formatAddress(origin.proxy);
-  if (context.logConnections) logConnectionRecord("TCP connection open.", opened);
+  if (context.logConnections) {
+    const opened: Record<string, unknown> = {
+      id: connection.id,
+      client: connection.client,
+      port: connection.port,
+    };
+    if (origin.proxy) opened.peer = formatAddress(origin.proxy);
+    logConnectionRecord("TCP connection open.", opened);
+  }
   // Everything per connection lives in `connection`; the helpers are shared,
   // so an idle connection holds no closures of its own.
   const { config } = context;
@@ -574,7 +576,7 @@ function checkIdle(connection: EchoConnection, config: Config): void {
   }
 }
 
-/** Counts and logs how a connection ended. */
+/** Counts how a connection ended, and logs it when connection records are on. */
 function logClosed(
   connection: EchoConnection,
   context: ConnectionContext,
@@ -584,6 +586,7 @@ function logClosed(
   const durationMs = performance.now() - connection.startedAt;
   connection.stats.closed[reason]++;
   context.metrics.observeDuration(connection.port, durationMs / 1_000);
+  if (!context.logConnections) return;
   const facts: Record<string, unknown> = {
     id: connection.id,
     reason,
@@ -593,7 +596,7 @@ function logClosed(
     port: connection.port,
   };
   if (failure !== undefined) facts.error = failure;
-  if (context.logConnections) logConnectionRecord("TCP connection closed.", facts);
+  logConnectionRecord("TCP connection closed.", facts);
 }
 
 // ---------------------------------------------------------------------------
