@@ -11,7 +11,7 @@ FROM denoland/deno:${DENO_VERSION} AS build
 WORKDIR /src
 COPY deno.json deno.lock ./
 RUN deno install --frozen
-COPY main.ts config.ts wire.ts log_output.ts admin.ts line_mode.ts proxy_protocol.ts client.ts ./
+COPY main.ts config.ts wire.ts log_output.ts admin.ts line_mode.ts proxy_protocol.ts tls.ts client.ts ./
 # The one definition of the compile flags and permissions: deno.json's "compile" task.
 RUN deno task compile
 

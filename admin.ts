@@ -24,7 +24,15 @@ const latin1 = new TextDecoder("latin1");
 const NO_BYTES = new Uint8Array(0);
 
 /** Why a connection ended, as logged in `reason=` and counted in metrics. */
-export const CLOSE_REASONS = ["eof", "reset", "idle", "shutdown", "fault", "error"] as const;
+export const CLOSE_REASONS = [
+  "eof",
+  "reset",
+  "idle",
+  "shutdown",
+  "fault",
+  "error",
+  "tls_on_plain_port",
+] as const;
 /** A {@linkcode CLOSE_REASONS} value. */
 export type CloseReason = typeof CLOSE_REASONS[number];
 
@@ -35,6 +43,10 @@ export const REJECT_REASONS = [
   "proxy_invalid",
   "proxy_missing",
   "proxy_timeout",
+  "tls_plaintext",
+  "tls_handshake_failed",
+  "tls_handshake_timeout",
+  "tls_client_certificate",
 ] as const;
 /** A {@linkcode REJECT_REASONS} value. */
 export type RejectReason = typeof REJECT_REASONS[number];
@@ -52,31 +64,25 @@ export class PortStats {
   /** Echo connections open now. */
   active = 0;
   /** Connections closed right after accept, by reason. */
-  readonly rejected: Record<RejectReason, number> = {
-    max_connections: 0,
-    proxy_untrusted: 0,
-    proxy_invalid: 0,
-    proxy_missing: 0,
-    proxy_timeout: 0,
-  };
+  readonly rejected = zeroes(REJECT_REASONS);
   /** Echo connections ended, by reason. */
-  readonly closed: Record<CloseReason, number> = {
-    eof: 0,
-    reset: 0,
-    idle: 0,
-    shutdown: 0,
-    fault: 0,
-    error: 0,
-  };
+  readonly closed = zeroes(CLOSE_REASONS);
   /** Bytes received from clients. */
   bytesReceived = 0;
   /** Bytes sent to clients: banners and echoes. */
   bytesSent = 0;
 }
 
+/** A counter per key, all 0. */
+function zeroes<K extends string>(keys: readonly K[]): Record<K, number> {
+  return Object.fromEntries(keys.map((key) => [key, 0])) as Record<K, number>;
+}
+
 /** The server's counters, one {@linkcode PortStats} per listening port. */
 export class ServerStats {
   readonly #ports = new Map<number, PortStats>();
+  /** Ports whose listeners speak TLS. */
+  readonly tlsPorts: Set<number> = new Set();
 
   /** The counters of `port`, created on first use. */
   forPort(port: number): PortStats {
@@ -193,6 +199,15 @@ const ACCEPT_ERRORS_METRIC: PortMetric<Record<AcceptErrorKind, number>> = {
   samples: (counts) => ACCEPT_ERROR_KINDS.map((kind) => [{ kind }, counts[kind]]),
 };
 
+const PORT_INFO_METRIC: PortMetric<boolean> = {
+  kind: "gauge",
+  name: "tcp_echo_port_info",
+  help: "Always 1 per echo port; tls says whether the port speaks TLS.",
+  labelNames: ["tls"],
+  source: (stats) => Array.from(stats.entries(), ([port]) => [port, stats.tlsPorts.has(port)]),
+  samples: (tls) => [[{ tls: String(tls) }, 1]],
+};
+
 /** Registers `metric` so that each scrape reads its values from `stats`; nothing is counted twice. */
 function register<T>(registry: Registry, stats: ServerStats, metric: PortMetric<T>): void {
   const options = {
@@ -220,6 +235,7 @@ export function createMetricsExporter(stats: ServerStats): MetricsExporter {
   const registry = new Registry();
   for (const metric of PORT_METRICS) register(registry, stats, metric);
   register(registry, stats, ACCEPT_ERRORS_METRIC);
+  register(registry, stats, PORT_INFO_METRIC);
   const duration = new Histogram({
     name: "tcp_echo_connection_duration_seconds",
     help: "How long echo connections stayed open.",

@@ -37,6 +37,29 @@ export const BANNER_MODES = ["connect", "first-data", "off"] as const;
 /** A `BANNER_MODE` value. */
 export type BannerMode = typeof BANNER_MODES[number];
 
+/** Values of `TLS_CLIENT_AUTH`. */
+export const CLIENT_AUTH_MODES = ["optional", "require"] as const;
+/** A `TLS_CLIENT_AUTH` value. */
+export type ClientAuthMode = typeof CLIENT_AUTH_MODES[number];
+
+/** The TLS part of the configuration. */
+export interface TlsSettings {
+  /** Ports whose listeners speak TLS, then behave as the plain ones; empty = none. */
+  readonly ports: readonly number[];
+  /** PEM certificate (chain) file; with `keyFile`, else a certificate is generated. */
+  readonly certFile: string | undefined;
+  /** PEM private key file. */
+  readonly keyFile: string | undefined;
+  /** Names (DNS names or IP addresses) a generated certificate is for, besides the defaults. */
+  readonly serverNames: readonly string[];
+  /** ALPN protocols the server accepts, in preference order; empty = no ALPN. */
+  readonly alpn: readonly string[];
+  /** PEM file of the CA certificates client certificates must be issued by. */
+  readonly clientCaFile: string | undefined;
+  /** With a client CA: whether a client certificate is required. */
+  readonly clientAuth: ClientAuthMode;
+}
+
 /** Largest accepted `LOG_DATA_BYTES`: one full read buffer. */
 export const MAX_LOG_DATA_BYTES = 65_536;
 
@@ -84,6 +107,8 @@ export interface Config {
   readonly echoDelayMs: number;
   /** Fault: close after echoing this many bytes (reason `fault`); 0 = never. */
   readonly closeAfterBytes: number;
+  /** TLS ports and their certificates. */
+  readonly tls: TlsSettings;
 }
 
 /** The environment as `loadConfig` sees it: variable name to value. */
@@ -325,6 +350,127 @@ const CLOSE_AFTER_BYTES = variable({
   allowed: "an integer from 0 to 999999999",
 });
 
+const parseNames: Parser<string[]> = (text) => {
+  const names = text.split(",").map((name) => name.trim());
+  const valid = names.every((name) =>
+    /^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$/.test(name) ||
+    parseHost(name) !== undefined
+  );
+  return valid ? names : undefined;
+};
+
+const parseProtocols: Parser<string[]> = (text) => {
+  if (text.toLowerCase() === "off") return [];
+  const protocols = text.split(",").map((protocol) => protocol.trim());
+  return protocols.every((protocol) =>
+      /^[\x21-\x7e]{1,255}$/.test(protocol) && !protocol.includes(",")
+    )
+    ? protocols
+    : undefined;
+};
+
+const TLS_PORT = variable({
+  name: "TLS_PORT",
+  unsetText: "off",
+  meaning: "TLS port, or a comma list: TLS handshake (after any PROXY header), then as TCP_PORT",
+  parse: parsePorts,
+  allowed: `${PORTS_ALLOWED}, none of them in TCP_PORT`,
+});
+const TLS_CERT_FILE = variable({
+  name: "TLS_CERT_FILE",
+  unsetText: "generated",
+  meaning: "PEM certificate (chain) for TLS ports, reloaded when it changes; unset: self-signed",
+  parse: anyText,
+  allowed: "a file path",
+});
+const TLS_KEY_FILE = variable({
+  name: "TLS_KEY_FILE",
+  unsetText: "generated",
+  meaning: "PEM private key of TLS_CERT_FILE",
+  parse: anyText,
+  allowed: "a file path",
+});
+const TLS_SERVER_NAMES = variable({
+  name: "TLS_SERVER_NAMES",
+  unsetText: "none",
+  meaning:
+    "comma list of names for the generated certificate, besides localhost, POD_NAME and POD_IP",
+  parse: parseNames,
+  allowed: "a comma list of DNS names (*.example.com allowed) or IP addresses",
+});
+const TLS_ALPN = variable({
+  name: "TLS_ALPN",
+  defaultValue: "echo",
+  meaning: "comma list of ALPN protocols TLS ports accept, first preferred; off = no ALPN",
+  parse: parseProtocols,
+  allowed: "a comma list of protocol names (printable ASCII), or off",
+});
+const TLS_CLIENT_CA = variable({
+  name: "TLS_CLIENT_CA",
+  unsetText: "off",
+  meaning: "PEM CA certificates: TLS ports ask for client certificates issued by one of them",
+  parse: anyText,
+  allowed: "a file path",
+});
+const TLS_CLIENT_AUTH = variable({
+  name: "TLS_CLIENT_AUTH",
+  defaultValue: "optional",
+  meaning: "with TLS_CLIENT_CA: optional (shown when given) or require",
+  parse: choice(CLIENT_AUTH_MODES),
+  allowed: CLIENT_AUTH_MODES.join(", "),
+});
+
+/** The TLS variables, checked together: TLS_PORT is needed by the rest, and so on. */
+function readTls(env: Environment, plainPorts: readonly number[]): TlsSettings {
+  const settings: TlsSettings = {
+    ports: TLS_PORT.read(env) ?? [],
+    certFile: TLS_CERT_FILE.read(env),
+    keyFile: TLS_KEY_FILE.read(env),
+    serverNames: TLS_SERVER_NAMES.read(env) ?? [],
+    alpn: TLS_ALPN.read(env),
+    clientCaFile: TLS_CLIENT_CA.read(env),
+    clientAuth: TLS_CLIENT_AUTH.read(env),
+  };
+  const shared = settings.ports.filter((port) => plainPorts.includes(port));
+  if (shared.length > 0) {
+    throw new ConfigError(
+      `invalid TLS_PORT=${JSON.stringify(env.TLS_PORT)}: port ${shared[0]} is also in TCP_PORT; ` +
+        "allowed: ports not in TCP_PORT",
+    );
+  }
+  if ((settings.certFile === undefined) !== (settings.keyFile === undefined)) {
+    const missing = settings.certFile === undefined ? "TLS_CERT_FILE" : "TLS_KEY_FILE";
+    throw new ConfigError(
+      `${missing} is unset: allowed: TLS_CERT_FILE and TLS_KEY_FILE both set, or both unset ` +
+        "(a generated certificate)",
+    );
+  }
+  if (env.TLS_CLIENT_AUTH?.trim() && settings.clientCaFile === undefined) {
+    throw new ConfigError("TLS_CLIENT_AUTH needs TLS_CLIENT_CA: allowed: set TLS_CLIENT_CA too");
+  }
+  if (settings.ports.length === 0) {
+    const stray = TLS_ONLY_NAMES.find((name) => env[name]?.trim());
+    if (stray !== undefined) {
+      throw new ConfigError(`${stray} is set but TLS_PORT is not: allowed: set TLS_PORT too`);
+    }
+  }
+  return Object.freeze({
+    ...settings,
+    ports: Object.freeze(settings.ports),
+    serverNames: Object.freeze(settings.serverNames),
+    alpn: Object.freeze(settings.alpn),
+  });
+}
+
+const TLS_ONLY_NAMES = [
+  "TLS_CERT_FILE",
+  "TLS_KEY_FILE",
+  "TLS_SERVER_NAMES",
+  "TLS_ALPN",
+  "TLS_CLIENT_CA",
+  "TLS_CLIENT_AUTH",
+];
+
 /**
  * Every environment variable the program reads, in `--help` order. It is the
  * source of `--help`, of {@linkcode loadConfig}, of the `--allow-env` list the
@@ -349,6 +495,13 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   ECHO_PREFIX,
   ECHO_DELAY,
   CLOSE_AFTER_BYTES,
+  TLS_PORT,
+  TLS_CERT_FILE,
+  TLS_KEY_FILE,
+  TLS_SERVER_NAMES,
+  TLS_ALPN,
+  TLS_CLIENT_CA,
+  TLS_CLIENT_AUTH,
 ];
 
 /**
@@ -363,11 +516,12 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
  */
 export function loadConfig(env: Environment): Config {
   const adminPort = ADMIN_PORT.read(env);
+  const ports = TCP_PORT.read(env);
   const banner = Object.fromEntries(
     BANNER_VARIABLES.map(([key, row]) => [key, row.read(env)]),
   ) as BannerFields;
   return Object.freeze({
-    ports: Object.freeze(TCP_PORT.read(env)),
+    ports: Object.freeze(ports),
     host: HOST.read(env),
     banner: Object.freeze(banner),
     logLevel: LOG_LEVEL.read(env),
@@ -385,6 +539,7 @@ export function loadConfig(env: Environment): Config {
     echoPrefix: ECHO_PREFIX.read(env),
     echoDelayMs: ECHO_DELAY.read(env),
     closeAfterBytes: CLOSE_AFTER_BYTES.read(env),
+    tls: readTls(env, ports),
   });
 }
 

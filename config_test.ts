@@ -51,8 +51,18 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       echoPrefix: undefined,
       echoDelayMs: 0,
       closeAfterBytes: 0,
+      tls: {
+        ports: [],
+        certFile: undefined,
+        keyFile: undefined,
+        serverNames: [],
+        alpn: ["echo"],
+        clientCaFile: undefined,
+        clientAuth: "optional",
+      },
     });
     assert.ok(Object.isFrozen(config) && Object.isFrozen(config.banner));
+    assert.ok(Object.isFrozen(config.tls) && Object.isFrozen(config.tls.alpn));
   });
 
   await t.step("values", () => {
@@ -201,7 +211,7 @@ Deno.test("program: deno.json grants exactly the variables the program reads", a
   assert.deepEqual(args.filter((a) => a.startsWith("--allow")).sort(), [
     `--allow-env=${CONFIG_VARIABLES.map((v) => v.name).join(",")}`,
     "--allow-net",
-    "--allow-read=/dev/null",
+    "--allow-read",
   ]);
 });
 

@@ -53,6 +53,18 @@ import {
 import { LineAnswerer } from "./line_mode.ts";
 import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./proxy_protocol.ts";
 import {
+  acceptTls,
+  looksLikeClientHello,
+  renderTlsBanner,
+  TLS_HANDSHAKE_TIMEOUT_MS,
+  TlsCredentials,
+  type TlsFacts,
+  TlsFileError,
+  tlsRecordFields,
+  TlsRefusal,
+  type TlsStream,
+} from "./tls.ts";
+import {
   closeQuietly,
   concatBytes,
   formatAddress,
@@ -65,6 +77,7 @@ export * from "./admin.ts";
 export * from "./config.ts";
 export * from "./line_mode.ts";
 export * from "./log_output.ts";
+export * from "./tls.ts";
 export * from "./wire.ts";
 export type { Cidr } from "./proxy_protocol.ts";
 
@@ -123,6 +136,10 @@ export interface TestHooks {
   readonly adminPort?: number;
   /** How long a PROXY header may take, instead of {@linkcode PROXY_HEADER_TIMEOUT_MS}. */
   readonly proxyHeaderTimeoutMs?: number;
+  /** TLS ports to listen on instead of `config.tls.ports`; 0 picks a free one. */
+  readonly tlsPorts?: readonly number[];
+  /** How long a TLS handshake may take, instead of {@linkcode TLS_HANDSHAKE_TIMEOUT_MS}. */
+  readonly tlsHandshakeTimeoutMs?: number;
 }
 
 /** How {@linkcode EchoServer.shutdown} stops; defaults come from the config. */
@@ -189,11 +206,18 @@ interface ConnectionContext {
   readonly echoLimit: number;
   /** How long a PROXY header may take. */
   readonly proxyHeaderTimeoutMs: number;
+  /** The certificate of TLS ports, when there are any. */
+  readonly tls: TlsCredentials | undefined;
+  /** How long a TLS handshake may take. */
+  readonly tlsHandshakeTimeoutMs: number;
   /** No line mode, delay, echo limit or idle timeout: chunks go straight back ({@linkcode echoChunk}). */
   readonly plainEcho: boolean;
   /** Tells the server a connection is closed and counted. */
   readonly closed: (connection: EchoConnection) => void;
 }
+
+/** What the echo path uses of a connection: a `Deno.TcpConn`, or a {@linkcode TlsStream} over one. */
+type EchoStream = Pick<Deno.TcpConn, "read" | "write" | "close" | "remoteAddr" | "setNoDelay">;
 
 /** One accepted echo connection and what is known about it. */
 class EchoConnection {
@@ -217,13 +241,21 @@ class EchoConnection {
   lineMode: LineAnswerer | undefined;
   /** The `IDLE_TIMEOUT` timer, when set. */
   idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** What the TLS handshake carried, on a TLS port. */
+  tls: TlsFacts | undefined;
+  /** The socket; on a TLS port, the TLS stream once the handshake is done. */
+  conn: EchoStream;
 
   constructor(
-    readonly conn: Deno.TcpConn,
+    readonly tcp: Deno.TcpConn,
     readonly port: number,
     /** The counters of the port it came in on. */
     readonly stats: PortStats,
-  ) {}
+    /** It came in on a TLS port. */
+    readonly tlsPort: boolean,
+  ) {
+    this.conn = tcp;
+  }
 
   /** Writes to the socket, counting what it took (as {@linkcode writeAll} asks of a target). */
   async write(bytes: Uint8Array): Promise<number> {
@@ -261,6 +293,9 @@ class ProxyRefusal extends Error {
 
 /** Signals that `CLOSE_AFTER_BYTES` was reached. */
 class FaultClose extends Error {}
+
+/** Signals that a TLS ClientHello came to a plain port. */
+class ClientHelloOnPlainPort extends Error {}
 
 /** Where a connection comes from, once any PROXY header is read. */
 interface ConnectionOrigin {
@@ -384,6 +419,7 @@ function serveConnection(
 /** Why a connection ended, from what its echo loop threw. */
 function closeReason(connection: EchoConnection, error: unknown): CloseReason {
   if (error instanceof FaultClose) return "fault";
+  if (error instanceof ClientHelloOnPlainPort) return "tls_on_plain_port";
   if (connection.closedBy !== undefined) return connection.closedBy;
   if (PEER_GONE_ERRORS.some((type) => error instanceof type)) return "reset";
   return "error";
@@ -421,8 +457,9 @@ async function admit(
   }
   try {
     origin = await readOrigin(connection, context);
+    if (connection.tlsPort) origin = await startTls(connection, context, origin);
   } catch (error) {
-    const refusal = error as ProxyRefusal;
+    const refusal = error as ProxyRefusal | TlsRefusal;
     stats.rejected[refusal.reason]++;
     log.info("Connection refused: {detail}", {
       id: connection.id,
@@ -445,6 +482,7 @@ async function admit(
       port: connection.port,
     };
     if (origin.proxy) opened.peer = formatAddress(origin.proxy);
+    if (connection.tls) Object.assign(opened, tlsRecordFields(connection.tls));
     logConnectionRecord("TCP connection open.", opened);
   }
   // Everything per connection lives in `connection`; the helpers are shared,
@@ -459,6 +497,29 @@ async function admit(
 }
 
 /**
+ * Runs the TLS handshake on a TLS port's connection, fed first with what came
+ * after the PROXY header; from then on the connection reads and writes the
+ * TLS stream. Throws {@linkcode TlsRefusal}.
+ */
+async function startTls(
+  connection: EchoConnection,
+  context: ConnectionContext,
+  origin: ConnectionOrigin,
+): Promise<ConnectionOrigin> {
+  const more = await origin.pendingRead?.catch(() => null);
+  const head = more ? concatBytes([origin.firstData, more]) : origin.firstData;
+  const stream = await acceptTls(
+    connection.tcp,
+    head,
+    context.tls!,
+    context.tlsHandshakeTimeoutMs,
+  );
+  connection.conn = stream;
+  connection.tls = stream.facts;
+  return { ...origin, firstData: NO_BYTES, pendingRead: undefined };
+}
+
+/**
  * The banner (when due on connect), then everything received, echoed, until
  * the client ends; then the ending is counted and logged. Never throws.
  */
@@ -469,6 +530,7 @@ async function echo(
 ): Promise<void> {
   const { conn } = connection;
   try {
+    refuseClientHello(connection, origin.firstData);
     if (connection.bannerDue && context.config.bannerMode === "connect") {
       await sendBanner(connection, context);
     }
@@ -480,6 +542,7 @@ async function echo(
       const n = await conn.read(buffer);
       if (n === null) break;
       const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
+      if (connection.bytesIn === 0) refuseClientHello(connection, chunk);
       if (context.plainEcho && !connection.bannerDue) await echoChunk(connection, context, chunk);
       else await onChunk(connection, context, chunk);
       if (n === buffer.length && buffer.length < context.maxBufferBytes) {
@@ -514,6 +577,23 @@ async function echoChunk(
   if (written < chunk.length) await connection.send(chunk.subarray(written));
 }
 
+/**
+ * Throws {@linkcode ClientHelloOnPlainPort} when a plain port's first bytes
+ * are a TLS ClientHello: a client that meant a TLS port gets a clear reason
+ * in the log instead of an echo its TLS library cannot read.
+ */
+function refuseClientHello(connection: EchoConnection, firstBytes: Uint8Array): void {
+  if (connection.tlsPort || !looksLikeClientHello(firstBytes)) return;
+  connection.bytesIn += firstBytes.length;
+  connection.stats.bytesReceived += firstBytes.length;
+  log.info("A TLS ClientHello came to plain port {port}: connect to a TLS_PORT, or without TLS.", {
+    id: connection.id,
+    client: connection.client,
+    port: connection.port,
+  });
+  throw new ClientHelloOnPlainPort();
+}
+
 /** Handles bytes received: count, log, banner if due, delay fault, answer. */
 async function onChunk(
   connection: EchoConnection,
@@ -531,14 +611,17 @@ async function onChunk(
   await answer(connection, context, lineMode ? lineMode.push(chunk) : chunk);
 }
 
+/** Sends the banner: identity lines, then the client's address and the TLS facts when on. */
 async function sendBanner(connection: EchoConnection, context: ConnectionContext): Promise<void> {
   connection.bannerDue = false;
-  const banner = context.config.showClientAddress
-    ? concatBytes([
-      context.banner,
-      encoder.encode(renderBannerText({ clientAddress: connection.client })),
-    ])
-    : context.banner;
+  let banner = context.banner;
+  if (context.config.showClientAddress || connection.tls) {
+    const address = context.config.showClientAddress
+      ? renderBannerText({ clientAddress: connection.client })
+      : "";
+    const tls = connection.tls ? renderTlsBanner(connection.tls) : "";
+    banner = concatBytes([banner, encoder.encode(address + tls)]);
+  }
   if (banner.length > 0) await connection.send(banner);
 }
 
@@ -665,11 +748,16 @@ interface AcceptLoop {
 
 /**
  * Starts listening and serving (and the admin server, unless it is off).
- * Throws {@linkcode ListenError} if an address cannot be bound (nothing is
+ * TLS ports need `tls`, the certificate ({@linkcode TlsCredentials.load}),
+ * which the caller closes after the shutdown. Throws {@linkcode ListenError} if an address cannot be bound (nothing is
  * left open then); everything after that is logged, never thrown.
  */
-export function startServer(config: Config, testHooks: TestHooks = {}): EchoServer {
-  return new EchoServer(config, testHooks);
+export function startServer(
+  config: Config,
+  testHooks: TestHooks = {},
+  tls?: TlsCredentials,
+): EchoServer {
+  return new EchoServer(config, testHooks, tls);
 }
 
 /**
@@ -686,6 +774,8 @@ export class EchoServer {
   readonly #config: Config;
   readonly #context: ConnectionContext;
   readonly #listeners: readonly Deno.TcpListener[];
+  /** The listeners of {@linkcode TlsSettings.ports}. */
+  readonly #tlsListeners: ReadonlySet<Deno.TcpListener>;
   readonly #adminListener: Deno.TcpListener | undefined;
   readonly #connections = new Set<EchoConnection>();
   /** Resolved when the last connection closes, once the drain waits for it. */
@@ -703,15 +793,21 @@ export class EchoServer {
   #refusalTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** Listens as `config` says (or `testHooks`); throws {@linkcode ListenError}. */
-  constructor(config: Config, testHooks: TestHooks) {
+  constructor(config: Config, testHooks: TestHooks, tls: TlsCredentials | undefined) {
     const hostname = chooseHostname(config);
+    const plainPorts = testHooks.ports ?? config.ports;
+    const tlsPorts = testHooks.tlsPorts ?? config.tls.ports;
+    if (tlsPorts.length > 0 && tls === undefined) {
+      throw new Error("TLS ports need the certificate: pass TlsCredentials.load(...)'s result");
+    }
     const listeners = listenAll(
       hostname,
-      testHooks.ports ?? config.ports,
+      [...plainPorts, ...tlsPorts],
       testHooks.adminPort ?? config.adminPort,
     );
     this.#config = config;
     this.#listeners = listeners.echo;
+    this.#tlsListeners = new Set(listeners.echo.slice(plainPorts.length));
     this.#adminListener = listeners.admin;
     this.addresses = this.#listeners.map((listener) => listener.addr);
     this.adminAddress = this.#adminListener?.addr;
@@ -730,6 +826,8 @@ export class EchoServer {
       maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
       echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
       proxyHeaderTimeoutMs: testHooks.proxyHeaderTimeoutMs ?? PROXY_HEADER_TIMEOUT_MS,
+      tls,
+      tlsHandshakeTimeoutMs: testHooks.tlsHandshakeTimeoutMs ?? TLS_HANDSHAKE_TIMEOUT_MS,
       plainEcho: config.echoPrefix === undefined && config.echoDelayMs === 0 &&
         config.closeAfterBytes === 0 && config.idleTimeoutMs === 0,
       closed: (connection) => {
@@ -738,11 +836,13 @@ export class EchoServer {
       },
     };
     for (const { port } of this.addresses) this.stats.forPort(port);
+    for (const listener of this.#tlsListeners) this.stats.tlsPorts.add(listener.addr.port);
     this.#adminAccepting = this.#startAdmin(metrics);
-    for (const address of this.addresses) {
-      log.info("Listening on TCP port {port}", {
-        port: address.port,
-        address: formatAddress(address),
+    for (const listener of this.#listeners) {
+      const kind = this.#tlsListeners.has(listener) ? "TLS" : "TCP";
+      log.info(`Listening on ${kind} port {port}`, {
+        port: listener.addr.port,
+        address: formatAddress(listener.addr),
       });
     }
     logActiveFaults(config);
@@ -778,6 +878,7 @@ export class EchoServer {
   #echoLoop(listener: Deno.TcpListener): AcceptLoop {
     const port = listener.addr.port;
     const stats = this.stats.forPort(port);
+    const tls = this.#tlsListeners.has(listener);
     const { maxConnections } = this.#config;
     return {
       listener,
@@ -790,7 +891,7 @@ export class EchoServer {
           this.#refuseAtLimit();
           return;
         }
-        const connection = new EchoConnection(conn, port, stats);
+        const connection = new EchoConnection(conn, port, stats, tls);
         this.#connections.add(connection);
         serveConnection(connection, this.#context);
       },
@@ -1013,16 +1114,28 @@ export async function main(args: readonly string[]): Promise<number> {
     await Promise.race([sink.flush(), pause(FORCED_EXIT_FLUSH_MS)]);
     Deno.exit(code);
   });
+  let tls: TlsCredentials | undefined;
   try {
-    server = startServer(config);
+    if (config.tls.ports.length > 0) {
+      tls = await TlsCredentials.load(config.tls, {
+        pod: { name: config.banner.pod, ip: config.banner.ip },
+      });
+    }
+    server = startServer(config, {}, tls);
   } catch (error) {
+    tls?.close();
     await closeLog();
+    if (error instanceof TlsFileError) {
+      console.error(`tcp-echo: invalid ${error.message}`);
+      return 2;
+    }
     if (!(error instanceof ListenError)) throw error;
     console.error(`tcp-echo: ${error.message}`);
     return 1;
   }
   log.info("Received {signal}, shutting down.", { signal: await signal });
   await server.shutdown();
+  tls?.close();
   await closeLog();
   return 0;
 }

@@ -7,9 +7,13 @@
  * @module
  */
 import assert from "node:assert/strict";
+import "reflect-metadata";
+import * as x509 from "@peculiar/x509";
 import type { LogRecord, Sink } from "./log_output.ts";
 import {
   concatBytes,
+  connectTls,
+  type ConnectTlsOptions,
   type EchoServer,
   type Environment,
   formatTextRecord,
@@ -17,6 +21,8 @@ import {
   setupLogging,
   startServer,
   type TestHooks,
+  TlsCredentials,
+  type TlsStream,
   writeAll,
 } from "./main.ts";
 
@@ -123,46 +129,192 @@ export interface TestServer extends AsyncDisposable {
   readonly logs: LogCapture;
   /** Connects to the echo port. */
   connect(): Promise<Deno.TcpConn>;
+  /** Its TLS port on 127.0.0.1, when `TLS_PORT: "any"` asked for one. */
+  readonly tlsPort: number;
+  /** Connects to the TLS port. */
+  connectTls(options?: ConnectTlsOptions): Promise<TlsStream>;
   /** Id of the n-th (0-based) connection the server logged as open. */
   connectionId(n: number): Promise<string>;
 }
 
 /**
  * Starts a server on 127.0.0.1, port 0, with logs captured in memory.
- * `ADMIN_PORT: "any"` starts the admin server on a free port too.
+ * `ADMIN_PORT: "any"` starts the admin server on a free port too, and
+ * `TLS_PORT: "any"` a TLS port (its certificate files are read again every
+ * `tlsReloadIntervalMs`).
  */
 export async function startTestServer(
   env: Environment = {},
   hooks: TestHooks = {},
+  tlsReloadIntervalMs?: number,
 ): Promise<TestServer> {
   const wantsAdmin = env.ADMIN_PORT === "any";
-  const config = loadConfig({ HOST: "127.0.0.1", ...env, ADMIN_PORT: "off" });
+  const wantsTls = env.TLS_PORT === "any";
+  const config = loadConfig({
+    HOST: "127.0.0.1",
+    ...env,
+    ADMIN_PORT: "off",
+    TLS_PORT: wantsTls ? "65535" : env.TLS_PORT,
+  });
   const logs = new LogCapture();
   const detach = await setupLogging(config.logLevel, logs.sink);
-  const server = startServer(config, {
-    ports: [0],
-    adminPort: wantsAdmin ? 0 : undefined,
-    ...hooks,
-  });
+  let tls: TlsCredentials | undefined;
+  let server: EchoServer;
+  try {
+    tls = wantsTls
+      ? await TlsCredentials.load(config.tls, {
+        pod: { name: config.banner.pod, ip: config.banner.ip },
+        reloadIntervalMs: tlsReloadIntervalMs,
+      })
+      : undefined;
+    server = startServer(config, {
+      ports: [0],
+      tlsPorts: wantsTls ? [0] : [],
+      adminPort: wantsAdmin ? 0 : undefined,
+      ...hooks,
+    }, tls);
+  } catch (error) {
+    tls?.close();
+    await detach();
+    throw error;
+  }
   const port = server.addresses[0].port;
+  const tlsPort = wantsTls ? server.addresses[server.addresses.length - 1].port : 0;
   return {
     server,
     port,
+    tlsPort,
     logs,
     connect: () => Deno.connect({ hostname: "127.0.0.1", port }),
+    connectTls: (options) => connectTls("127.0.0.1", tlsPort, options),
     async connectionId(n) {
       const nth = (r: LogRecord) => isOpen(r) && logs.records.filter(isOpen).indexOf(r) === n;
       return String((await logs.waitFor(nth, `connection ${n} open`)).properties.id);
     },
     async [Symbol.asyncDispose]() {
       await server.shutdown({ graceMs: 0 });
+      tls?.close();
       await detach();
     },
   };
 }
 
+/** PEM files of a test PKI in a temporary directory; dispose of it to delete them. */
+export interface TestPki extends AsyncDisposable {
+  /** The directory. */
+  readonly dir: string;
+  /** The CA certificate's PEM text (the trust root of both sides). */
+  readonly caPem: string;
+  /** Paths of each certificate's `NAME.pem` and its key's `NAME.key`. */
+  path(name: string): string;
+  /** A file's text. */
+  read(file: string): Promise<string>;
+}
+
+const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
+const DAY_MS = 86_400_000;
+
+/** One certificate to issue: its subject, SANs, validity, and whether the test CA signs it. */
+interface Issue {
+  readonly file: string;
+  readonly subject: string;
+  readonly dns?: readonly string[];
+  readonly ips?: readonly string[];
+  readonly notAfterDays?: number;
+  readonly signedBy?: "ca" | "other-ca";
+  readonly usage: "server" | "client";
+}
+
+/**
+ * Makes a CA (`ca`), and certificates it signs: `server` (localhost,
+ * 127.0.0.1, v1/v2.example.com), `server2` (the same names, a new key: a
+ * rotation), `client` (CN=client,O=test), `expired-client`; and
+ * `stranger-client`, signed by another CA.
+ */
+export async function makeTestPki(): Promise<TestPki> {
+  const dir = await Deno.makeTempDir({ prefix: "tcp-echo-pki-" });
+  const now = Date.now();
+  const newKeys = () => crypto.subtle.generateKey(ALGORITHM, true, ["sign", "verify"]);
+  const authority = async (name: string) => {
+    const keys = await newKeys();
+    const certificate = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: "01",
+      name,
+      notBefore: new Date(now - DAY_MS),
+      notAfter: new Date(now + 30 * DAY_MS),
+      keys,
+      signingAlgorithm: ALGORITHM,
+      extensions: [
+        new x509.BasicConstraintsExtension(true, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+      ],
+    });
+    return { keys, certificate };
+  };
+  const ca = await authority("CN=tcp-echo test CA");
+  const otherCa = await authority("CN=someone else's CA");
+  const issue = async (spec: Issue, serial: number) => {
+    const keys = await newKeys();
+    const issuer = spec.signedBy === "other-ca" ? otherCa : ca;
+    const names = [
+      ...(spec.dns ?? []).map((value) => ({ type: "dns" as const, value })),
+      ...(spec.ips ?? []).map((value) => ({ type: "ip" as const, value })),
+    ];
+    const notAfterDays = spec.notAfterDays ?? 30;
+    const certificate = await x509.X509CertificateGenerator.create({
+      serialNumber: (serial + 2).toString(16).padStart(2, "0"),
+      subject: spec.subject,
+      issuer: issuer.certificate.subject,
+      notBefore: new Date(now + Math.min(0, notAfterDays - 2) * DAY_MS),
+      notAfter: new Date(now + notAfterDays * DAY_MS),
+      publicKey: keys.publicKey,
+      signingKey: issuer.keys.privateKey,
+      signingAlgorithm: ALGORITHM,
+      extensions: [
+        ...(names.length > 0 ? [new x509.SubjectAlternativeNameExtension(names)] : []),
+        new x509.ExtendedKeyUsageExtension([
+          spec.usage === "server"
+            ? x509.ExtendedKeyUsage.serverAuth
+            : x509.ExtendedKeyUsage.clientAuth,
+        ]),
+      ],
+    });
+    await Deno.writeTextFile(`${dir}/${spec.file}.pem`, certificate.toString("pem") + "\n");
+    await Deno.writeTextFile(`${dir}/${spec.file}.key`, await privateKeyPem(keys.privateKey));
+  };
+  const servers = { dns: ["localhost", "v1.example.com", "v2.example.com"], ips: ["127.0.0.1"] };
+  const specs: Issue[] = [
+    { file: "server", subject: "CN=tcp-echo test server", ...servers, usage: "server" },
+    { file: "server2", subject: "CN=tcp-echo rotated server", ...servers, usage: "server" },
+    { file: "client", subject: "CN=client, O=test", usage: "client" },
+    { file: "expired-client", subject: "CN=expired", notAfterDays: -1, usage: "client" },
+    { file: "stranger-client", subject: "CN=stranger", signedBy: "other-ca", usage: "client" },
+  ];
+  for (const [i, spec] of specs.entries()) await issue(spec, i);
+  const caPem = ca.certificate.toString("pem") + "\n";
+  await Deno.writeTextFile(`${dir}/ca.pem`, caPem);
+  return {
+    dir,
+    caPem,
+    path: (name) => `${dir}/${name}`,
+    read: (file) => Deno.readTextFile(`${dir}/${file}`),
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+async function privateKeyPem(key: CryptoKey): Promise<string> {
+  const der = new Uint8Array(await crypto.subtle.exportKey("pkcs8", key));
+  const base64 = btoa(String.fromCharCode(...der)).match(/.{1,64}/g)!.join("\n");
+  return `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`;
+}
+
+/** What the socket helpers read from: a `Deno.Conn` or a `TlsStream`. */
+export type Readable = Pick<Deno.Conn, "read">;
+/** What they write to. */
+export type Writable = Pick<Deno.Conn, "write">;
+
 /** Reads exactly `length` bytes; fails on EOF or after `ms`. */
-export function readExactly(conn: Deno.Conn, length: number, ms = 5_000): Promise<Uint8Array> {
+export function readExactly(conn: Readable, length: number, ms = 5_000): Promise<Uint8Array> {
   return within(
     ms,
     `reading ${length} bytes`,
@@ -180,7 +332,7 @@ export function readExactly(conn: Deno.Conn, length: number, ms = 5_000): Promis
 }
 
 /** Reads until EOF. */
-export function readToEnd(conn: Deno.Conn, ms = 5_000): Promise<Uint8Array> {
+export function readToEnd(conn: Readable, ms = 5_000): Promise<Uint8Array> {
   return within(
     ms,
     "reading to EOF",
@@ -207,7 +359,7 @@ export function randomBytes(length: number): Uint8Array {
 }
 
 /** Sends `payload` and reads the same number of bytes back, concurrently. */
-export async function roundTrip(conn: Deno.Conn, payload: Uint8Array): Promise<Uint8Array> {
+export async function roundTrip(conn: Readable & Writable, payload: Uint8Array): Promise<Uint8Array> {
   const [, echoed] = await Promise.all([
     writeAll(conn, payload),
     readExactly(conn, payload.length),
@@ -393,9 +545,13 @@ export interface Haproxy extends AsyncDisposable {
 /**
  * Starts HAProxy (`-db`, configuration on stdin: nothing is written to disk)
  * with one `listen` section on a free loopback port; `lines` add to it
- * (`server ...`, `balance ...`). Resolves once the port accepts.
+ * (`server ...`, `balance ...`), `sections` come after it (`backend ...`).
+ * Resolves once the port accepts.
  */
-export async function startHaproxy(lines: readonly string[]): Promise<Haproxy> {
+export async function startHaproxy(
+  lines: readonly string[],
+  sections: readonly string[] = [],
+): Promise<Haproxy> {
   const port = freePort();
   const config = [
     "defaults",
@@ -406,6 +562,7 @@ export async function startHaproxy(lines: readonly string[]): Promise<Haproxy> {
     "listen front",
     `  bind 127.0.0.1:${port}`,
     ...lines,
+    ...sections,
     "",
   ].join("\n");
   const child = new Deno.Command("haproxy", {

@@ -1,0 +1,846 @@
+/**
+ * TLS for the echo ports listed in `TLS_PORT`: the server's certificate
+ * (from files, reloaded when they change, or generated at start), the
+ * handshake over an accepted `Deno.TcpConn` (after any PROXY header), what
+ * the handshake carried (SNI, ALPN, version, cipher, client certificate) as
+ * banner lines and record fields, and the stream the echo loop then reads
+ * and writes. Deno's own `Deno.listenTls` tells none of these facts, so the
+ * handshake is `node:tls`'s.
+ *
+ * @module
+ */
+import { createPrivateKey, X509Certificate } from "node:crypto";
+import { Duplex } from "node:stream";
+import nodeTls from "node:tls";
+import { log } from "./log_output.ts";
+import type { TlsSettings } from "./config.ts";
+import { closeQuietly, concatBytes } from "./wire.ts";
+
+/** How long a TLS handshake may take after the PROXY header (if any). */
+export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** How often certificate files are read again to see whether they changed. */
+export const TLS_RELOAD_INTERVAL_MS = 5_000;
+
+/** Facts about a verified client certificate. */
+export interface ClientCertificate {
+  /** Its subject, as `CN=client,O=test`. */
+  readonly subject: string;
+  /** Its issuer, in the same form. */
+  readonly issuer: string;
+  /** Its SHA-256 fingerprint, colon-separated hex. */
+  readonly fingerprint: string;
+}
+
+/** What a completed handshake carried. */
+export interface TlsFacts {
+  /** Protocol version, as `TLSv1.3`. */
+  readonly protocol: string;
+  /** Cipher suite, by its standard name. */
+  readonly cipher: string;
+  /** The SNI the client sent, if any. */
+  readonly serverName: string | undefined;
+  /** The protocol ALPN settled on, if any. */
+  readonly alpn: string | undefined;
+  /** The client's certificate, when one was asked for and given. */
+  readonly clientCertificate: ClientCertificate | undefined;
+}
+
+/** A certificate and key, as PEM text, and what the logs say of them. */
+interface ServerIdentity {
+  readonly certPem: string;
+  readonly keyPem: string;
+  readonly context: nodeTls.SecureContext;
+  readonly fingerprint: string;
+  readonly subject: string;
+  readonly names: string;
+  readonly notAfter: string;
+}
+
+/** A TLS failure that closes a connection before its banner: a reason to count and a detail to log. */
+export class TlsRefusal extends Error {
+  /** Makes a refusal. */
+  constructor(
+    readonly reason:
+      | "tls_plaintext"
+      | "tls_handshake_failed"
+      | "tls_handshake_timeout"
+      | "tls_client_certificate",
+    readonly detail: string,
+  ) {
+    super(detail);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Pure parts: certificate names, facts as text, ClientHello recognition
+// ---------------------------------------------------------------------------
+
+const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+
+/** Whether `name` is an IP address (then it goes in an IP SAN, not a DNS one). */
+function isIpAddress(name: string): boolean {
+  return IPV4.test(name) || name.includes(":");
+}
+
+/**
+ * The names a generated certificate is for: `localhost` and the loopback
+ * addresses, the pod's name and IP when known, and `TLS_SERVER_NAMES`,
+ * without repeats, in that order.
+ */
+export function generatedCertificateNames(
+  pod: { name?: string; ip?: string },
+  serverNames: readonly string[],
+): string[] {
+  const names = ["localhost", "127.0.0.1", "::1"];
+  if (pod.name) names.push(pod.name);
+  if (pod.ip) names.push(pod.ip);
+  names.push(...serverNames);
+  return [...new Set(names)];
+}
+
+/** A distinguished name as one line, `CN=client,O=test` (node gives one attribute per line). */
+export function oneLineName(name: string): string {
+  return name.split("\n").filter((part) => part !== "").join(",");
+}
+
+/**
+ * The banner lines that say what the handshake carried, for example
+ * `TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name v2.example.com, ALPN echo.`
+ * and `Client certificate CN=client,O=test.`
+ */
+export function renderTlsBanner(facts: TlsFacts): string {
+  const lines = [
+    `TLS ${facts.protocol} ${facts.cipher}, server name ${facts.serverName ?? "none"}, ALPN ${
+      facts.alpn ?? "none"
+    }.\n`,
+  ];
+  if (facts.clientCertificate) {
+    lines.push(`Client certificate ${facts.clientCertificate.subject}.\n`);
+  }
+  return lines.join("");
+}
+
+/** The same facts as record fields (`tls=TLSv1.3 sni=… alpn=…`), for the open record. */
+export function tlsRecordFields(facts: TlsFacts): Record<string, string> {
+  const fields: Record<string, string> = {
+    tls: facts.protocol,
+    cipher: facts.cipher,
+    sni: facts.serverName ?? "",
+    alpn: facts.alpn ?? "",
+  };
+  if (facts.clientCertificate) {
+    fields.client_cert = facts.clientCertificate.subject;
+    fields.client_cert_sha256 = facts.clientCertificate.fingerprint;
+  }
+  return fields;
+}
+
+/**
+ * Whether `bytes` start like a TLS ClientHello: a handshake record (22) of
+ * TLS 1.0 to 1.3 whose first message is a ClientHello (1). Needs 6 bytes.
+ */
+export function looksLikeClientHello(bytes: Uint8Array): boolean {
+  return bytes.length >= 6 && bytes[0] === 0x16 && bytes[1] === 0x03 && bytes[2] <= 0x04 &&
+    bytes[5] === 0x01;
+}
+
+/** At most this many bytes of a non-TLS start are quoted in a refusal's detail. */
+const QUOTED_BYTES = 32;
+
+/** How the first bytes of a failed handshake read in a record: quoted, escaped, cut short. */
+export function quoteStart(bytes: Uint8Array): string {
+  const text = String.fromCharCode(...bytes.subarray(0, QUOTED_BYTES));
+  return JSON.stringify(text) + (bytes.length > QUOTED_BYTES ? "…" : "");
+}
+
+/**
+ * Why a client certificate cannot be accepted, or `undefined` when it is
+ * within its validity period and issued (signed) by one of `authorities`.
+ */
+export function clientCertificateProblem(
+  certificate: X509Certificate,
+  authorities: readonly X509Certificate[],
+  now: Date,
+): string | undefined {
+  const subject = oneLineName(certificate.subject);
+  if (now < new Date(certificate.validFrom)) {
+    return `client certificate ${subject} is not valid before ${certificate.validFrom}`;
+  }
+  if (now > new Date(certificate.validTo)) {
+    return `client certificate ${subject} expired on ${certificate.validTo}`;
+  }
+  const issued = authorities.some((authority) =>
+    certificate.checkIssued(authority) && certificate.verify(authority.publicKey)
+  );
+  if (!issued) {
+    return `client certificate ${subject} (issuer ${
+      oneLineName(certificate.issuer)
+    }) is not issued by a TLS_CLIENT_CA certificate`;
+  }
+  return undefined;
+}
+
+/** Every PEM certificate block in `text`. */
+export function pemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+}
+
+// ---------------------------------------------------------------------------
+// Certificates: from files (reloaded) or generated
+// ---------------------------------------------------------------------------
+
+/** Thrown for certificate files that cannot be used; the message names the variable. */
+export class TlsFileError extends Error {}
+
+const CERT_ALLOWED = "allowed: a PEM certificate file, the server's certificate first";
+const KEY_ALLOWED = "allowed: the private key of TLS_CERT_FILE's certificate";
+
+/**
+ * Builds the identity from PEM text, checking that the key belongs to the
+ * certificate; `paths` name the files in errors.
+ */
+function identityFromPem(
+  certPem: string,
+  keyPem: string,
+  paths: { cert: string; key: string },
+): ServerIdentity {
+  const leafPem = pemCertificates(certPem)[0];
+  if (leafPem === undefined) {
+    throw new TlsFileError(
+      `TLS_CERT_FILE=${paths.cert}: no PEM certificate in it; ${CERT_ALLOWED}`,
+    );
+  }
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(leafPem);
+  } catch (error) {
+    throw new TlsFileError(
+      `TLS_CERT_FILE=${paths.cert}: ${(error as Error).message}; ${CERT_ALLOWED}`,
+    );
+  }
+  let matches: boolean;
+  try {
+    matches = leaf.checkPrivateKey(createPrivateKey(keyPem));
+  } catch (error) {
+    throw new TlsFileError(
+      `TLS_KEY_FILE=${paths.key}: not a PEM private key (${
+        (error as Error).message
+      }); ${KEY_ALLOWED}`,
+    );
+  }
+  if (!matches) {
+    throw new TlsFileError(
+      `TLS_KEY_FILE=${paths.key}: the key does not belong to TLS_CERT_FILE; ${KEY_ALLOWED}`,
+    );
+  }
+  return {
+    certPem,
+    keyPem,
+    context: nodeTls.createSecureContext({ cert: certPem, key: keyPem }),
+    fingerprint: leaf.fingerprint256,
+    subject: oneLineName(leaf.subject),
+    names: leaf.subjectAltName ?? "",
+    notAfter: leaf.validTo,
+  };
+}
+
+/** Generates a self-signed ECDSA P-256 certificate for `names`, valid for a year. */
+async function generateIdentity(names: readonly string[]): Promise<ServerIdentity> {
+  // Loaded only when a certificate is generated; @peculiar/x509 needs the Reflect polyfill.
+  await import("reflect-metadata");
+  const x509 = await import("@peculiar/x509");
+  const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
+  const keys = await crypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
+  const now = Date.now();
+  const certificate = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: Array.from(crypto.getRandomValues(new Uint8Array(8)), hex).join(""),
+    name: `CN=${names.find((name) => !isIpAddress(name) && name !== "localhost") ?? "localhost"}`,
+    notBefore: new Date(now - 3_600_000),
+    notAfter: new Date(now + 365 * 86_400_000),
+    keys,
+    signingAlgorithm: algorithm,
+    extensions: [
+      new x509.SubjectAlternativeNameExtension(
+        names.map((name) => ({
+          type: isIpAddress(name) ? "ip" as const : "dns" as const,
+          value: name,
+        })),
+      ),
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+    ],
+  });
+  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
+  const base64 = btoa(String.fromCharCode(...pkcs8)).match(/.{1,64}/g)!.join("\n");
+  const keyPem = `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`;
+  return identityFromPem(certificate.toString("pem"), keyPem, {
+    cert: "(generated)",
+    key: "(generated)",
+  });
+}
+
+function hex(byte: number): string {
+  return byte.toString(16).padStart(2, "0");
+}
+
+/** Options of {@linkcode TlsCredentials.load}. */
+export interface LoadOptions {
+  /** The pod's name and IP (the banner's), for a generated certificate's names. */
+  readonly pod: { name?: string; ip?: string };
+  /** How often the files are read again; default {@linkcode TLS_RELOAD_INTERVAL_MS}. */
+  readonly reloadIntervalMs?: number;
+}
+
+/**
+ * The server's certificate, key and client CAs. Files are read again every
+ * few seconds; a changed pair that is valid replaces the old one for new
+ * handshakes (open connections keep theirs); an invalid one is logged and
+ * the old pair stays.
+ */
+export class TlsCredentials {
+  #identity: ServerIdentity;
+  readonly #settings: TlsSettings;
+  readonly #clientAuthorities: readonly X509Certificate[];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #rejectedPem = "";
+
+  private constructor(
+    identity: ServerIdentity,
+    settings: TlsSettings,
+    clientAuthorities: readonly X509Certificate[],
+  ) {
+    this.#identity = identity;
+    this.#settings = settings;
+    this.#clientAuthorities = clientAuthorities;
+  }
+
+  /**
+   * Reads the files (or generates a certificate) and starts watching the
+   * files. Throws {@linkcode TlsFileError} when they cannot be used.
+   */
+  static async load(settings: TlsSettings, options: LoadOptions): Promise<TlsCredentials> {
+    let identity: ServerIdentity;
+    if (settings.certFile !== undefined && settings.keyFile !== undefined) {
+      const [certPem, keyPem] = await readPair(settings);
+      identity = identityFromPem(certPem, keyPem, filePaths(settings));
+    } else {
+      identity = await generateIdentity(
+        generatedCertificateNames(options.pod, settings.serverNames),
+      );
+    }
+    const authorities = settings.clientCaFile === undefined
+      ? []
+      : await readAuthorities(settings.clientCaFile);
+    const credentials = new TlsCredentials(identity, settings, authorities);
+    log.info("TLS certificate {subject}", {
+      subject: identity.subject,
+      source: settings.certFile ?? "generated",
+      sha256: identity.fingerprint,
+      names: identity.names,
+      not_after: identity.notAfter,
+    });
+    if (settings.certFile !== undefined) {
+      credentials.#watch(options.reloadIntervalMs ?? TLS_RELOAD_INTERVAL_MS);
+    }
+    return credentials;
+  }
+
+  /** The current certificate's SHA-256 fingerprint. */
+  get fingerprint(): string {
+    return this.#identity.fingerprint;
+  }
+
+  /** The ALPN protocols accepted (`TLS_ALPN`). */
+  get alpn(): readonly string[] {
+    return this.#settings.alpn;
+  }
+
+  /** Whether client certificates are asked for. */
+  get requestsClientCertificate(): boolean {
+    return this.#clientAuthorities.length > 0;
+  }
+
+  /** Stops watching the files. */
+  close(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** The options of a server-side `TLSSocket` for the next handshake. */
+  socketOptions(): nodeTls.TLSSocketOptions {
+    const requestCert = this.requestsClientCertificate;
+    return {
+      isServer: true,
+      secureContext: this.#identity.context,
+      ALPNProtocols: this.#settings.alpn.length > 0 ? [...this.#settings.alpn] : undefined,
+      requestCert,
+      // Deno's node:tls does not verify client certificates itself: verifyClient does.
+      rejectUnauthorized: false,
+    };
+  }
+
+  /**
+   * Checks the client certificate a handshake carried; throws
+   * {@linkcode TlsRefusal} when it is missing but required, or cannot be trusted.
+   */
+  verifyClient(socket: nodeTls.TLSSocket): ClientCertificate | undefined {
+    if (!this.requestsClientCertificate) return undefined;
+    const raw = socket.getPeerCertificate()?.raw;
+    if (!raw || raw.length === 0) {
+      if (this.#settings.clientAuth === "require") {
+        throw new TlsRefusal(
+          "tls_client_certificate",
+          "no client certificate (TLS_CLIENT_AUTH=require)",
+        );
+      }
+      return undefined;
+    }
+    const certificate = new X509Certificate(raw);
+    const problem = clientCertificateProblem(certificate, this.#clientAuthorities, new Date());
+    if (problem !== undefined) throw new TlsRefusal("tls_client_certificate", problem);
+    return {
+      subject: oneLineName(certificate.subject),
+      issuer: oneLineName(certificate.issuer),
+      fingerprint: certificate.fingerprint256,
+    };
+  }
+
+  #watch(intervalMs: number): void {
+    this.#timer = setTimeout(async () => {
+      await this.#reloadIfChanged();
+      if (this.#timer !== undefined) this.#watch(intervalMs);
+    }, intervalMs);
+  }
+
+  async #reloadIfChanged(): Promise<void> {
+    let pair: [string, string];
+    try {
+      pair = await readPair(this.#settings);
+    } catch (error) {
+      log.warn("TLS files unreadable, keeping the loaded certificate.", { error });
+      return;
+    }
+    const [certPem, keyPem] = pair;
+    if (certPem === this.#identity.certPem && keyPem === this.#identity.keyPem) return;
+    // cert-manager and the kubelet may write the two files one at a time: a
+    // mismatched pair is reported once and looked at again on the next round.
+    if (certPem + keyPem === this.#rejectedPem) return;
+    try {
+      this.#identity = identityFromPem(certPem, keyPem, filePaths(this.#settings));
+    } catch (error) {
+      this.#rejectedPem = certPem + keyPem;
+      log.warn("TLS files changed but cannot be used, keeping the loaded certificate: {detail}", {
+        detail: (error as Error).message,
+      });
+      return;
+    }
+    log.info("TLS certificate reloaded: {subject}", {
+      subject: this.#identity.subject,
+      sha256: this.#identity.fingerprint,
+      names: this.#identity.names,
+      not_after: this.#identity.notAfter,
+    });
+  }
+}
+
+function filePaths(settings: TlsSettings): { cert: string; key: string } {
+  return { cert: settings.certFile!, key: settings.keyFile! };
+}
+
+async function readPair(settings: TlsSettings): Promise<[string, string]> {
+  const read = async (name: string, path: string) => {
+    try {
+      return await Deno.readTextFile(path);
+    } catch (error) {
+      throw new TlsFileError(
+        `${name}=${path}: ${(error as Error).message}; allowed: a readable PEM file`,
+      );
+    }
+  };
+  return await Promise.all([
+    read("TLS_CERT_FILE", settings.certFile!),
+    read("TLS_KEY_FILE", settings.keyFile!),
+  ]);
+}
+
+async function readAuthorities(path: string): Promise<X509Certificate[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    throw new TlsFileError(
+      `TLS_CLIENT_CA=${path}: ${(error as Error).message}; allowed: a readable PEM file`,
+    );
+  }
+  const allowed = "allowed: a PEM file of CA certificates";
+  const blocks = pemCertificates(text);
+  if (blocks.length === 0) {
+    throw new TlsFileError(`TLS_CLIENT_CA=${path}: no PEM certificate in it; ${allowed}`);
+  }
+  try {
+    return blocks.map((block) => new X509Certificate(block));
+  } catch (error) {
+    throw new TlsFileError(`TLS_CLIENT_CA=${path}: ${(error as Error).message}; ${allowed}`);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The handshake and the stream after it
+// ---------------------------------------------------------------------------
+
+/** Bytes read from the socket at a time while it feeds the TLS engine. */
+const RAW_READ_BYTES = 16_384;
+/** Decrypted bytes queued for the echo loop before the socket is paused. */
+const QUEUE_HIGH_BYTES = 65_536;
+
+/**
+ * A node stream over a Deno TCP connection, starting with `head` (bytes
+ * already read, after a PROXY header). Reads only while the TLS engine asks;
+ * `onRead` sees each chunk read.
+ */
+export function duplexOver(
+  conn: Deno.TcpConn,
+  head: Uint8Array,
+  onRead?: (chunk: Uint8Array) => void,
+): Duplex {
+  let pumping = false;
+  let first: Uint8Array | undefined = head.length > 0 ? head : undefined;
+  const stream: Duplex = new Duplex({
+    read() {
+      if (first !== undefined) {
+        const bytes = first;
+        first = undefined;
+        if (!stream.push(bytes)) return;
+      }
+      if (pumping) return;
+      pumping = true;
+      pump();
+    },
+    write(chunk: Uint8Array, _encoding, callback) {
+      writeFully(conn, chunk).then(() => callback(), callback);
+    },
+    final(callback) {
+      conn.closeWrite().then(() => callback(), () => callback());
+    },
+    destroy(error, callback) {
+      closeQuietly(conn);
+      callback(error);
+    },
+  });
+  async function pump(): Promise<void> {
+    while (true) {
+      const buffer = new Uint8Array(RAW_READ_BYTES);
+      let n: number | null;
+      try {
+        n = await conn.read(buffer);
+      } catch (error) {
+        stream.destroy(error as Error);
+        return;
+      }
+      if (n === null) {
+        stream.push(null);
+        return;
+      }
+      onRead?.(buffer.subarray(0, n));
+      if (!stream.push(buffer.subarray(0, n))) {
+        pumping = false;
+        return;
+      }
+    }
+  }
+  return stream;
+}
+
+async function writeFully(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
+}
+
+/**
+ * A TLS connection as the echo loop uses a `Deno.TcpConn`: `read` resolves
+ * with a count or `null` at the end, `write` when the bytes are taken.
+ */
+export class TlsStream {
+  readonly #socket: nodeTls.TLSSocket;
+  readonly #tcp: Deno.TcpConn;
+  readonly #chunks: Uint8Array[] = [];
+  #queued = 0;
+  #ended = false;
+  #error: Error | undefined;
+  #closed = false;
+  #wake: (() => void) | undefined;
+
+  /** Wraps a socket whose handshake is done. */
+  constructor(
+    socket: nodeTls.TLSSocket,
+    tcp: Deno.TcpConn,
+    readonly facts: TlsFacts,
+    /** The server's certificate, on the client side: subject and SHA-256 fingerprint. */
+    readonly peerCertificate?: { readonly subject: string; readonly fingerprint: string },
+  ) {
+    this.#socket = socket;
+    this.#tcp = tcp;
+    socket.on("data", (chunk: Uint8Array) => {
+      this.#chunks.push(chunk);
+      this.#queued += chunk.length;
+      if (this.#queued >= QUEUE_HIGH_BYTES) socket.pause();
+      this.#wakeReader();
+    });
+    socket.on("end", () => {
+      this.#ended = true;
+      this.#wakeReader();
+    });
+    socket.on("error", (error: Error) => {
+      this.#error = error;
+      this.#wakeReader();
+    });
+    socket.on("close", () => {
+      this.#ended = true;
+      this.#wakeReader();
+    });
+  }
+
+  /** The peer's address (the TCP connection's). */
+  get remoteAddr(): Deno.NetAddr {
+    return this.#tcp.remoteAddr;
+  }
+
+  /** This side's address (the TCP connection's). */
+  get localAddr(): Deno.NetAddr {
+    return this.#tcp.localAddr;
+  }
+
+  /** Sets `TCP_NODELAY` on the TCP connection. */
+  setNoDelay(noDelay = true): void {
+    this.#tcp.setNoDelay(noDelay);
+  }
+
+  /** Reads decrypted bytes into `into`; `null` at the end of the stream. */
+  async read(into: Uint8Array): Promise<number | null> {
+    while (this.#chunks.length === 0) {
+      // As a closed Deno.TcpConn does: a read pending when `close()` came fails.
+      if (this.#closed) throw new Deno.errors.BadResource("the TLS stream is closed");
+      if (this.#error) throw this.#error;
+      if (this.#ended) return null;
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    let n = 0;
+    while (n < into.length && this.#chunks.length > 0) {
+      const chunk = this.#chunks[0];
+      const take = Math.min(chunk.length, into.length - n);
+      into.set(take === chunk.length ? chunk : chunk.subarray(0, take), n);
+      n += take;
+      if (take === chunk.length) this.#chunks.shift();
+      else this.#chunks[0] = chunk.subarray(take);
+    }
+    this.#queued -= n;
+    if (this.#queued < QUEUE_HIGH_BYTES && this.#socket.isPaused()) this.#socket.resume();
+    return n;
+  }
+
+  /** Encrypts and sends all of `bytes`; resolves with their count once the socket took them. */
+  write(bytes: Uint8Array): Promise<number> {
+    if (this.#closed) {
+      return Promise.reject(new Deno.errors.BadResource("the TLS stream is closed"));
+    }
+    if (this.#error) return Promise.reject(this.#error);
+    if (bytes.length === 0) return Promise.resolve(0);
+    return new Promise((resolve, reject) => {
+      this.#socket.write(bytes, (error) => error ? reject(error) : resolve(bytes.length));
+    });
+  }
+
+  /** Closes the connection at once. */
+  close(): void {
+    this.#closed = true;
+    this.#socket.destroy();
+    this.#wakeReader();
+  }
+
+  #wakeReader(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+}
+
+/**
+ * Runs the server side of a TLS handshake on `conn`, whose first bytes may
+ * already be in `head`. Resolves with the stream to echo on; throws
+ * {@linkcode TlsRefusal} (the connection then closed) when the handshake
+ * fails, times out, or the client certificate cannot be accepted.
+ */
+export async function acceptTls(
+  conn: Deno.TcpConn,
+  head: Uint8Array,
+  credentials: TlsCredentials,
+  timeoutMs: number,
+): Promise<TlsStream> {
+  const start = new FirstBytes(head);
+  const raw = duplexOver(conn, head, (chunk) => start.add(chunk));
+  const socket = new nodeTls.TLSSocket(raw, credentials.socketOptions());
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new TlsRefusal("tls_handshake_timeout", `no TLS handshake in ${timeoutMs} ms`),
+          ),
+        timeoutMs,
+      );
+      socket.once("secure", resolve);
+      socket.once("error", reject);
+      const ended = () => reject(new Error("the connection ended during the handshake"));
+      socket.once("end", ended);
+      socket.once("close", ended);
+    });
+    let clientCertificate: ClientCertificate | undefined;
+    try {
+      clientCertificate = credentials.verifyClient(socket);
+    } catch (error) {
+      // Said to the client too, inside TLS: a refused client sees why, not just a close.
+      await sayRefused(socket, (error as Error).message);
+      throw error;
+    }
+    const cipher = socket.getCipher();
+    const facts: TlsFacts = {
+      protocol: socket.getProtocol() ?? "unknown",
+      cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
+      serverName: stringOrUndefined((socket as { servername?: unknown }).servername),
+      alpn: stringOrUndefined(socket.alpnProtocol),
+      clientCertificate,
+    };
+    return new TlsStream(socket, conn, facts);
+  } catch (error) {
+    socket.destroy();
+    closeQuietly(conn);
+    if (error instanceof TlsRefusal) throw error;
+    const bytes = start.bytes();
+    if (bytes.length > 0 && bytes[0] !== 0x16) {
+      throw new TlsRefusal(
+        "tls_plaintext",
+        `not TLS: the client sent plain text ${
+          quoteStart(bytes)
+        }; connect with TLS, or to a TCP_PORT`,
+      );
+    }
+    throw new TlsRefusal("tls_handshake_failed", handshakeFailure(error as Error, credentials));
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A failed handshake's detail: the TLS library's words, with what the server offered. */
+function handshakeFailure(error: Error, credentials: TlsCredentials): string {
+  if (/known protocol/.test(error.message)) {
+    return `no common ALPN protocol: the client offered none of TLS_ALPN=${
+      credentials.alpn.join(",")
+    }`;
+  }
+  return error.message;
+}
+
+/** How long a refused client is given to take the line that says why. */
+const REFUSAL_WRITE_MS = 1_000;
+
+/** Writes `tcp-echo: refused: DETAIL` to a client whose handshake finished, then ends. */
+function sayRefused(socket: nodeTls.TLSSocket, detail: string): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, REFUSAL_WRITE_MS);
+    socket.end(`tcp-echo: refused: ${detail}\n`, () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** node:tls says `false` for "none". */
+function stringOrUndefined(value: unknown): string | undefined {
+  return typeof value === "string" && value !== "" ? value : undefined;
+}
+
+/** Options of {@linkcode connectTls}. */
+export interface ConnectTlsOptions {
+  /** The SNI to send; default: none for an IP address, else `hostname`. */
+  readonly serverName?: string;
+  /** ALPN protocols to offer. */
+  readonly alpn?: readonly string[];
+  /** PEM CA certificates to trust instead of the system's. */
+  readonly ca?: string;
+  /** PEM client certificate and key. */
+  readonly cert?: string;
+  /** PEM key of `cert`. */
+  readonly key?: string;
+  /** Accept any server certificate (for self-signed test servers). */
+  readonly insecure?: boolean;
+  /** Bytes to send in the clear first, such as a PROXY header. */
+  readonly preamble?: Uint8Array;
+}
+
+/**
+ * The client side: connects over TCP, sends any preamble, runs the
+ * handshake, and resolves with the stream. Rejects with the handshake's error.
+ */
+export async function connectTls(
+  hostname: string,
+  port: number,
+  options: ConnectTlsOptions = {},
+): Promise<TlsStream> {
+  const tcp = await Deno.connect({ hostname, port });
+  try {
+    if (options.preamble) await writeFully(tcp, options.preamble);
+    const serverName = options.serverName ?? (isIpAddress(hostname) ? undefined : hostname);
+    const socket = nodeTls.connect({
+      socket: duplexOver(tcp, new Uint8Array(0)),
+      servername: serverName,
+      ALPNProtocols: options.alpn ? [...options.alpn] : undefined,
+      ca: options.ca,
+      cert: options.cert,
+      key: options.key,
+      rejectUnauthorized: !options.insecure,
+    });
+    await new Promise<void>((resolve, reject) => {
+      socket.once("secureConnect", resolve);
+      socket.once("error", reject);
+      socket.once("close", () => reject(new Error("the server closed during the handshake")));
+    });
+    const cipher = socket.getCipher();
+    const peer = socket.getPeerCertificate();
+    return new TlsStream(
+      socket,
+      tcp,
+      {
+        protocol: socket.getProtocol() ?? "unknown",
+        cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
+        serverName,
+        alpn: stringOrUndefined(socket.alpnProtocol),
+        clientCertificate: undefined,
+      },
+      peer?.raw
+        ? {
+          subject: oneLineName(peer.subject ? new X509Certificate(peer.raw).subject : ""),
+          fingerprint: peer.fingerprint256,
+        }
+        : undefined,
+    );
+  } catch (error) {
+    closeQuietly(tcp);
+    throw error;
+  }
+}
+
+/** Keeps the first bytes a connection sent, to say what it was when a handshake fails. */
+class FirstBytes {
+  #bytes: Uint8Array;
+  constructor(head: Uint8Array) {
+    this.#bytes = head.slice(0, QUOTED_BYTES + 1);
+  }
+  add(chunk: Uint8Array): void {
+    if (this.#bytes.length > QUOTED_BYTES) return;
+    this.#bytes = concatBytes([this.#bytes, chunk]).slice(0, QUOTED_BYTES + 1);
+  }
+  bytes(): Uint8Array {
+    return this.#bytes;
+  }
+}

@@ -1,0 +1,860 @@
+import assert from "node:assert/strict";
+import { X509Certificate } from "node:crypto";
+import {
+  clientCertificateProblem,
+  ConfigError,
+  connectTls,
+  generatedCertificateNames,
+  loadConfig,
+  looksLikeClientHello,
+  quoteStart,
+  renderTlsBanner,
+  type TlsFacts,
+  tlsRecordFields,
+  TlsStream,
+} from "./main.ts";
+import { V2_SIGNATURE } from "./proxy_protocol.ts";
+import {
+  adminRequest,
+  ALL_BANNER_ENV,
+  ALL_BANNER_TEXT,
+  decoder,
+  encoder,
+  freePort,
+  ignoreWithout,
+  isClosedRecord,
+  isOpen,
+  makeTestPki,
+  randomBytes,
+  readExactly,
+  readToEnd,
+  repoDir,
+  roundTrip,
+  spawnServer,
+  startHaproxy,
+  startTaskArgs,
+  startTestServer,
+  type TestServer,
+  within,
+  withoutTimestamp,
+  writeAll,
+} from "./test_support.ts";
+
+const FACTS: TlsFacts = {
+  protocol: "TLSv1.3",
+  cipher: "TLS_AES_256_GCM_SHA384",
+  serverName: "v2.example.com",
+  alpn: "echo",
+  clientCertificate: undefined,
+};
+
+/** A ClientHello's first bytes: handshake record, TLS 1.0 record version, length, type 1. */
+const CLIENT_HELLO_START = Uint8Array.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]);
+
+// ---------------------------------------------------------------------------
+// Pure parts
+// ---------------------------------------------------------------------------
+
+Deno.test("TLS banner lines and record fields say what the handshake carried", () => {
+  assert.equal(
+    renderTlsBanner(FACTS),
+    "TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name v2.example.com, ALPN echo.\n",
+  );
+  const withClient: TlsFacts = {
+    ...FACTS,
+    serverName: undefined,
+    alpn: undefined,
+    clientCertificate: { subject: "CN=client,O=test", issuer: "CN=ca", fingerprint: "AB:CD" },
+  };
+  assert.equal(
+    renderTlsBanner(withClient),
+    "TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name none, ALPN none.\n" +
+      "Client certificate CN=client,O=test.\n",
+  );
+  assert.deepEqual(tlsRecordFields(FACTS), {
+    tls: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+    sni: "v2.example.com",
+    alpn: "echo",
+  });
+  assert.deepEqual(tlsRecordFields(withClient), {
+    tls: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+    sni: "",
+    alpn: "",
+    client_cert: "CN=client,O=test",
+    client_cert_sha256: "AB:CD",
+  });
+});
+
+Deno.test("a ClientHello is recognised by its first six bytes, and nothing else is", () => {
+  assert.equal(looksLikeClientHello(CLIENT_HELLO_START), true);
+  assert.equal(looksLikeClientHello(Uint8Array.from([0x16, 0x03, 0x03, 0, 5, 1])), true);
+  for (
+    const other of [
+      CLIENT_HELLO_START.subarray(0, 5), // too short to tell
+      encoder.encode("hello\n"),
+      encoder.encode("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"),
+      Uint8Array.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x02]), // a ServerHello
+      Uint8Array.from([0x17, 0x03, 0x03, 0x00, 0x10, 0x01]), // application data
+      Uint8Array.from([0x16, 0x02, 0x00, 0x00, 0x10, 0x01]), // SSL 2 version
+    ]
+  ) assert.equal(looksLikeClientHello(other), false, JSON.stringify(Array.from(other)));
+});
+
+Deno.test("the start of a non-TLS stream is quoted escaped and cut at 32 bytes", () => {
+  assert.equal(quoteStart(encoder.encode("hello\n")), '"hello\\n"');
+  assert.equal(quoteStart(encoder.encode("x\u001b[2Jy")), '"x\\u001b[2Jy"');
+  assert.equal(quoteStart(encoder.encode("a".repeat(40))), `"${"a".repeat(32)}"…`);
+});
+
+Deno.test("a generated certificate's names: localhost, loopback, pod name and IP, TLS_SERVER_NAMES", () => {
+  assert.deepEqual(generatedCertificateNames({}, []), ["localhost", "127.0.0.1", "::1"]);
+  assert.deepEqual(
+    generatedCertificateNames({ name: "tcp-echo-v1-abc", ip: "10.1.2.3" }, [
+      "tcp-echo.default.svc",
+      "localhost",
+    ]),
+    ["localhost", "127.0.0.1", "::1", "tcp-echo-v1-abc", "10.1.2.3", "tcp-echo.default.svc"],
+  );
+});
+
+Deno.test("TLS configuration: valid forms, and one clear line for each mistake", () => {
+  const tls = loadConfig({ TLS_PORT: "8443,9443", TLS_ALPN: "echo, h2", TLS_SERVER_NAMES: "a.b" })
+    .tls;
+  assert.deepEqual(tls.ports, [8443, 9443]);
+  assert.deepEqual(tls.alpn, ["echo", "h2"]);
+  assert.deepEqual(tls.serverNames, ["a.b"]);
+  assert.equal(tls.clientAuth, "optional");
+  assert.deepEqual(loadConfig({}).tls.ports, []);
+  assert.deepEqual(loadConfig({ TLS_PORT: "8443", TLS_ALPN: "off" }).tls.alpn, []);
+  const cases: [Record<string, string>, string][] = [
+    [
+      { TLS_PORT: "3333" },
+      'invalid TLS_PORT="3333": port 3333 is also in TCP_PORT; allowed: ports not in TCP_PORT',
+    ],
+    [
+      { TLS_PORT: "0" },
+      'invalid TLS_PORT="0": allowed: an integer from 1 to 65535, or a comma list of different ' +
+      "ones, none of them in TCP_PORT",
+    ],
+    [
+      { TLS_PORT: "8443", TLS_CERT_FILE: "/c.pem" },
+      "TLS_KEY_FILE is unset: allowed: TLS_CERT_FILE and TLS_KEY_FILE both set, or both unset " +
+      "(a generated certificate)",
+    ],
+    [
+      { TLS_PORT: "8443", TLS_CLIENT_AUTH: "require" },
+      "TLS_CLIENT_AUTH needs TLS_CLIENT_CA: allowed: set TLS_CLIENT_CA too",
+    ],
+    [
+      { TLS_PORT: "8443", TLS_CLIENT_CA: "/ca.pem", TLS_CLIENT_AUTH: "always" },
+      'invalid TLS_CLIENT_AUTH="always": allowed: optional, require',
+    ],
+    [
+      { TLS_CERT_FILE: "/c.pem", TLS_KEY_FILE: "/k.pem" },
+      "TLS_CERT_FILE is set but TLS_PORT is not: allowed: set TLS_PORT too",
+    ],
+    [
+      { TLS_PORT: "8443", TLS_SERVER_NAMES: "ok.example.com,bad name" },
+      'invalid TLS_SERVER_NAMES="ok.example.com,bad name": allowed: a comma list of DNS names ' +
+      "(*.example.com allowed) or IP addresses",
+    ],
+    [
+      { TLS_PORT: "8443", TLS_ALPN: "echo,,h2" },
+      'invalid TLS_ALPN="echo,,h2": allowed: a comma list of protocol names (printable ASCII), ' +
+      "or off",
+    ],
+  ];
+  for (const [env, message] of cases) {
+    assert.throws(() => loadConfig(env), (error) => {
+      assert.ok(error instanceof ConfigError);
+      assert.equal(error.message, message);
+      return true;
+    });
+  }
+});
+
+Deno.test("client certificates: issued by the CA and in date, or the reason why not", async () => {
+  await using pki = await makeTestPki();
+  const load = async (name: string) => new X509Certificate(await pki.read(`${name}.pem`));
+  const authorities = [await load("ca")];
+  const now = new Date();
+  assert.equal(clientCertificateProblem(await load("client"), authorities, now), undefined);
+  const expired = await load("expired-client");
+  assert.equal(
+    clientCertificateProblem(expired, authorities, now),
+    `client certificate CN=expired expired on ${expired.validTo}`,
+  );
+  assert.equal(
+    clientCertificateProblem(await load("stranger-client"), authorities, now),
+    "client certificate CN=stranger (issuer CN=someone else's CA) is not issued by a " +
+      "TLS_CLIENT_CA certificate",
+  );
+  const early = new Date(Date.parse((await load("client")).validFrom) - 60_000);
+  assert.match(
+    clientCertificateProblem(await load("client"), authorities, early)!,
+    /^client certificate CN=client,O=test is not valid before /,
+  );
+});
+
+// ---------------------------------------------------------------------------
+// Over real sockets
+// ---------------------------------------------------------------------------
+
+/** Reads the banner (up to and including its TLS line) from a TLS stream. */
+async function readBanner(stream: TlsStream, expected: string): Promise<void> {
+  assert.equal(decoder.decode(await readExactly(stream, expected.length)), expected);
+}
+
+const TLS_LINE = (serverName: string, alpn = "echo") =>
+  `TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name ${serverName}, ALPN ${alpn}.\n`;
+
+Deno.test("TLS port with a generated certificate: banner, TLS line, byte-exact echo, open record", async () => {
+  await using s = await startTestServer({
+    ...ALL_BANNER_ENV,
+    TLS_PORT: "any",
+    TLS_SERVER_NAMES: "v2.example.com,10.9.8.7",
+  });
+  const start = await s.logs.waitFor((r) => r.rawMessage === "TLS certificate {subject}", "cert");
+  assert.equal(start.properties.source, "generated");
+  assert.equal(
+    start.properties.names,
+    "DNS:localhost, IP Address:127.0.0.1, IP Address:::1, DNS:tcp-echo-v1-7c775f57c9-frprp, " +
+      "IP Address:172.16.2.90, DNS:v2.example.com, IP Address:10.9.8.7",
+  );
+  assert.match(String(start.properties.sha256), /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
+
+  const stream = await s.connectTls({
+    serverName: "v2.example.com",
+    alpn: ["echo"],
+    insecure: true,
+  });
+  try {
+    assert.equal(stream.peerCertificate?.fingerprint, start.properties.sha256);
+    await readBanner(stream, ALL_BANNER_TEXT + TLS_LINE("v2.example.com"));
+    const payload = randomBytes(1024 * 1024);
+    assert.deepEqual(await roundTrip(stream, payload), payload);
+    const every = Uint8Array.from({ length: 256 }, (_, i) => i);
+    assert.deepEqual(await roundTrip(stream, every), every);
+  } finally {
+    stream.close();
+  }
+  const open = await s.logs.waitFor(isOpen, "open record");
+  assert.deepEqual({ ...open.properties, client: "-" }, {
+    id: open.properties.id,
+    client: "-",
+    port: s.tlsPort,
+    tls: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+    sni: "v2.example.com",
+    alpn: "echo",
+  });
+  const closed = await s.logs.waitFor(isClosedRecord(String(open.properties.id)), "closed");
+  assert.equal(closed.properties.bytes_in, 1024 * 1024 + 256);
+  // The plain port is unchanged beside it.
+  using plain = await s.connect();
+  assert.equal(decoder.decode(await readExactly(plain, ALL_BANNER_TEXT.length)), ALL_BANNER_TEXT);
+  assert.equal(decoder.decode(await roundTrip(plain, encoder.encode("plain"))), "plain");
+});
+
+Deno.test("TLS port: no SNI, unknown SNI (default certificate), no ALPN, ALPN off", async (t) => {
+  await using pki = await makeTestPki();
+  const files = { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server.key") };
+  await using s = await startTestServer({ NODE_NAME: "n", TLS_PORT: "any", ...files });
+  const banner = "Welcome, you are connected to node n.\n";
+  await t.step("SNI v1.example.com, verified against the CA", async () => {
+    const stream = await s.connectTls({
+      serverName: "v1.example.com",
+      alpn: ["echo"],
+      ca: pki.caPem,
+    });
+    try {
+      assert.equal(stream.peerCertificate?.subject, "CN=tcp-echo test server");
+      await readBanner(stream, banner + TLS_LINE("v1.example.com"));
+    } finally {
+      stream.close();
+    }
+  });
+  await t.step("no SNI (an IP address), no ALPN offered", async () => {
+    const stream = await s.connectTls({ ca: pki.caPem });
+    try {
+      await readBanner(stream, banner + TLS_LINE("none", "none"));
+      assert.equal(decoder.decode(await roundTrip(stream, encoder.encode("x"))), "x");
+    } finally {
+      stream.close();
+    }
+  });
+  await t.step("an unknown SNI gets the default certificate, and the banner says so", async () => {
+    const stream = await s.connectTls({ serverName: "unknown.example.org", insecure: true });
+    try {
+      assert.equal(stream.peerCertificate?.subject, "CN=tcp-echo test server");
+      await readBanner(stream, banner + TLS_LINE("unknown.example.org", "none"));
+    } finally {
+      stream.close();
+    }
+    // A client that checks the name refuses that certificate, as it should.
+    await assert.rejects(
+      s.connectTls({ serverName: "unknown.example.org", ca: pki.caPem }),
+      /unknown\.example\.org|certificate|name/i,
+    );
+    await s.logs.waitFor(
+      (r) => r.properties.reason === "tls_handshake_failed",
+      "the server's record of that failed handshake",
+    );
+  });
+  await t.step("an ALPN the server does not speak is refused, counted", async () => {
+    const rejected = s.server.stats.forPort(s.tlsPort).rejected;
+    const before = rejected.tls_handshake_failed;
+    await assert.rejects(s.connectTls({ alpn: ["h2"], ca: pki.caPem }));
+    await s.logs.waitFor(
+      (r) =>
+        r.properties.detail ===
+          "no common ALPN protocol: the client offered none of TLS_ALPN=echo",
+      "the refusal record",
+    );
+    assert.equal(rejected.tls_handshake_failed, before + 1);
+  });
+});
+
+Deno.test("TLS port: line mode, idle timeout and drain behave as on plain ports", async (t) => {
+  await t.step("ECHO_PREFIX", async () => {
+    await using s = await startTestServer({ TLS_PORT: "any", ECHO_PREFIX: "hello" });
+    const stream = await s.connectTls({ insecure: true });
+    try {
+      await readBanner(stream, TLS_LINE("none", "none"));
+      await writeAll(stream, encoder.encode("one\ntwo\n"));
+      assert.equal(decoder.decode(await readExactly(stream, 20)), "hello one\nhello two\n");
+    } finally {
+      stream.close();
+    }
+  });
+  await t.step("IDLE_TIMEOUT closes with reason idle", async () => {
+    await using s = await startTestServer({ TLS_PORT: "any", IDLE_TIMEOUT: "200ms" });
+    const stream = await s.connectTls({ insecure: true });
+    try {
+      const banner = TLS_LINE("none", "none");
+      assert.equal(decoder.decode(await readToEnd(stream)), banner);
+    } finally {
+      stream.close();
+    }
+    const id = await s.connectionId(0);
+    assert.equal((await s.logs.waitFor(isClosedRecord(id), "closed")).properties.reason, "idle");
+  });
+  await t.step("shutdown: the grace lets a TLS connection finish, then closes it", async () => {
+    await using s = await startTestServer({ TLS_PORT: "any" });
+    const stream = await s.connectTls({ insecure: true });
+    try {
+      await readBanner(stream, TLS_LINE("none", "none"));
+      const stopping = s.server.shutdown({ drainDelayMs: 0, graceMs: 300 });
+      assert.equal(decoder.decode(await roundTrip(stream, encoder.encode("during"))), "during");
+      await stopping;
+      assert.equal(await within(1_000, "the end", stream.read(new Uint8Array(1))), null);
+    } finally {
+      stream.close();
+    }
+    const id = await s.connectionId(0);
+    assert.equal(
+      (await s.logs.waitFor(isClosedRecord(id), "closed")).properties.reason,
+      "shutdown",
+    );
+  });
+});
+
+/** The refusal record of the n-th refused connection. */
+function refusal(s: TestServer, reason: string) {
+  return s.logs.waitFor(
+    (r) => r.rawMessage === "Connection refused: {detail}" && r.properties.reason === reason,
+    `refusal ${reason}`,
+  );
+}
+
+Deno.test("TLS bad input: each is refused with a reason and counted; the server stays healthy", async (t) => {
+  await using s = await startTestServer(
+    { TLS_PORT: "any", ADMIN_PORT: "any" },
+    { tlsHandshakeTimeoutMs: 300 },
+  );
+  const rejected = s.server.stats.forPort(s.tlsPort).rejected;
+  const rawTls = () => Deno.connect({ hostname: "127.0.0.1", port: s.tlsPort });
+
+  await t.step("plain text to the TLS port", async () => {
+    using conn = await rawTls();
+    await writeAll(conn, encoder.encode("hello\n"));
+    assert.equal((await readToEnd(conn)).length, 0, "nothing is echoed");
+    const record = await refusal(s, "tls_plaintext");
+    assert.equal(
+      record.properties.detail,
+      'not TLS: the client sent plain text "hello\\n"; connect with TLS, or to a TCP_PORT',
+    );
+    assert.equal(rejected.tls_plaintext, 1);
+  });
+
+  await t.step("a TLS ClientHello to the plain port", async () => {
+    // A real client's ClientHello: connectTls against the plain port.
+    await assert.rejects(connectTls("127.0.0.1", s.port, { insecure: true }));
+    const id = await s.connectionId(0);
+    const record = await s.logs.waitFor(
+      (r) => r.properties.id === id && String(r.rawMessage).startsWith("A TLS ClientHello"),
+      "the ClientHello record",
+    );
+    assert.equal(
+      withoutTimestamp(s.logs.linesOf(id).find((line) => line.includes("ClientHello"))!),
+      `${id} - A TLS ClientHello came to plain port ${s.port}: connect to a TLS_PORT, or without ` +
+        `TLS. client=${record.properties.client}\n`,
+    );
+    const closed = await s.logs.waitFor(isClosedRecord(id), "closed");
+    assert.equal(closed.properties.reason, "tls_on_plain_port");
+    assert.ok(Number(closed.properties.bytes_in) >= 6);
+    assert.equal(s.server.stats.forPort(s.port).closed.tls_on_plain_port, 1);
+  });
+
+  await t.step("a handshake that never starts, and one that stalls, time out", async () => {
+    using silent = await rawTls();
+    using stalled = await rawTls();
+    await writeAll(stalled, CLIENT_HELLO_START);
+    assert.equal((await readToEnd(silent)).length, 0);
+    assert.equal((await readToEnd(stalled)).length, 0);
+    const record = await refusal(s, "tls_handshake_timeout");
+    assert.equal(record.properties.detail, "no TLS handshake in 300 ms");
+    assert.equal(rejected.tls_handshake_timeout, 2);
+  });
+
+  await t.step("a truncated record, then the client's FIN", async () => {
+    using conn = await rawTls();
+    await writeAll(conn, CLIENT_HELLO_START);
+    await conn.closeWrite();
+    assert.equal((await readToEnd(conn)).length, 0);
+    const record = await refusal(s, "tls_handshake_failed");
+    assert.equal(record.properties.detail, "the connection ended during the handshake");
+  });
+
+  await t.step("a huge ClientHello is refused at once, not read to its end", async () => {
+    const before = rejected.tls_handshake_failed;
+    using conn = await rawTls();
+    // A ClientHello that claims 16 MiB, sent as 64 full records: 1 MiB in all.
+    const record = new Uint8Array(5 + 16_384);
+    record.set([0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff, 0x03, 0x03]);
+    const sending = (async () => {
+      for (let i = 0; i < 64; i++) await writeAll(conn, record);
+    })().catch(() => "stopped: the server closed");
+    assert.equal((await readToEnd(conn)).length, 0);
+    await sending;
+    await s.logs.waitFor(
+      (r) =>
+        r.properties.reason === "tls_handshake_failed" && rejected.tls_handshake_failed > before,
+      "the refusal",
+    );
+    assert.equal(rejected.tls_handshake_timeout, 2, "not cut by the timeout");
+  });
+
+  await t.step(
+    "healthy after all that: a TLS echo, /healthz and the counters in /metrics",
+    async () => {
+      const stream = await s.connectTls({ insecure: true });
+      try {
+        await readBanner(stream, TLS_LINE("none", "none"));
+        assert.equal(decoder.decode(await roundTrip(stream, encoder.encode("fine"))), "fine");
+      } finally {
+        stream.close();
+      }
+      const admin = s.server.adminAddress!;
+      assert.equal((await adminRequest(admin, "/healthz")).status, 200);
+      const metrics = (await adminRequest(admin, "/metrics")).body;
+      const sample = (name: string, labels: string) => {
+        const match = new RegExp(`^${name}\\{${labels}\\} (\\d+)$`, "m").exec(metrics);
+        return match ? Number(match[1]) : undefined;
+      };
+      const port = `port="${s.tlsPort}"`;
+      assert.equal(sample("tcp_echo_port_info", `${port},tls="true"`), 1);
+      assert.equal(sample("tcp_echo_port_info", `port="${s.port}",tls="false"`), 1);
+      assert.equal(
+        sample("tcp_echo_connections_rejected_total", `${port},reason="tls_plaintext"`),
+        1,
+      );
+      assert.equal(
+        sample("tcp_echo_connections_rejected_total", `${port},reason="tls_handshake_timeout"`),
+        2,
+      );
+      assert.equal(
+        sample("tcp_echo_connections_closed_total", `port="${s.port}",reason="tls_on_plain_port"`),
+        1,
+      );
+    },
+  );
+});
+
+Deno.test("client certificates: shown when verified; missing, expired or untrusted refused", async (t) => {
+  await using pki = await makeTestPki();
+  const files = {
+    TLS_CERT_FILE: pki.path("server.pem"),
+    TLS_KEY_FILE: pki.path("server.key"),
+    TLS_CLIENT_CA: pki.path("ca.pem"),
+  };
+  const as = async (name: string) => ({
+    cert: await pki.read(`${name}.pem`),
+    key: await pki.read(`${name}.key`),
+    ca: pki.caPem,
+  });
+  for (const mode of ["optional", "require"]) {
+    await t.step(`TLS_CLIENT_AUTH=${mode}`, async () => {
+      await using s = await startTestServer({
+        TLS_PORT: "any",
+        TLS_CLIENT_AUTH: mode,
+        ...files,
+      });
+      const rejected = s.server.stats.forPort(s.tlsPort).rejected;
+      const verified = await s.connectTls(await as("client"));
+      try {
+        await readBanner(
+          verified,
+          TLS_LINE("none", "none") + "Client certificate CN=client,O=test.\n",
+        );
+        assert.equal(decoder.decode(await roundTrip(verified, encoder.encode("me"))), "me");
+      } finally {
+        verified.close();
+      }
+      const open = await s.logs.waitFor(isOpen, "open");
+      assert.equal(open.properties.client_cert, "CN=client,O=test");
+      assert.match(String(open.properties.client_cert_sha256), /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
+
+      const refusedWith = async (name: string | undefined, detail: RegExp) => {
+        const before = rejected.tls_client_certificate;
+        const stream = await s.connectTls(name ? await as(name) : { ca: pki.caPem });
+        try {
+          // TLS 1.3: the client's handshake is done before the server checks its certificate;
+          // the server says why inside TLS, then closes.
+          const said = decoder.decode(await readToEnd(stream));
+          assert.match(said, new RegExp(`^tcp-echo: refused: ${detail.source}\n$`));
+        } finally {
+          stream.close();
+        }
+        const record = await s.logs.waitFor(
+          (r) =>
+            r.properties.reason === "tls_client_certificate" &&
+            detail.test(String(r.properties.detail)),
+          `refusal of ${name}`,
+        );
+        assert.match(String(record.properties.detail), detail);
+        assert.equal(rejected.tls_client_certificate, before + 1);
+      };
+      await refusedWith("expired-client", /client certificate CN=expired expired on .+/);
+      await refusedWith(
+        "stranger-client",
+        /client certificate CN=stranger \(issuer CN=someone else's CA\) is not issued by a TLS_CLIENT_CA certificate/,
+      );
+      if (mode === "require") {
+        await refusedWith(undefined, /no client certificate \(TLS_CLIENT_AUTH=require\)/);
+      } else {
+        const anonymous = await s.connectTls({ ca: pki.caPem });
+        try {
+          await readBanner(anonymous, TLS_LINE("none", "none"));
+          assert.equal(decoder.decode(await roundTrip(anonymous, encoder.encode("!"))), "!");
+        } finally {
+          anonymous.close();
+        }
+      }
+    });
+  }
+});
+
+Deno.test("certificate files are reloaded when they change; open connections keep going", async () => {
+  await using pki = await makeTestPki();
+  const dir = await Deno.makeTempDir({ prefix: "tcp-echo-live-" });
+  try {
+    const cert = `${dir}/tls.crt`;
+    const key = `${dir}/tls.key`;
+    await Deno.copyFile(pki.path("server.pem"), cert);
+    await Deno.copyFile(pki.path("server.key"), key);
+    await using s = await startTestServer(
+      { TLS_PORT: "any", TLS_CERT_FILE: cert, TLS_KEY_FILE: key },
+      {},
+      50,
+    );
+    const before = await s.connectTls({ ca: pki.caPem, serverName: "localhost" });
+    try {
+      assert.equal(before.peerCertificate?.subject, "CN=tcp-echo test server");
+      await readBanner(before, TLS_LINE("localhost", "none"));
+
+      // Half a rotation first (new certificate, old key): reported, the old pair stays.
+      await Deno.copyFile(pki.path("server2.pem"), cert);
+      const refused = await s.logs.waitFor(
+        (r) => String(r.rawMessage).startsWith("TLS files changed but cannot be used"),
+        "the mismatch warning",
+      );
+      assert.equal(
+        refused.properties.detail,
+        `TLS_KEY_FILE=${key}: the key does not belong to TLS_CERT_FILE; allowed: the private ` +
+          "key of TLS_CERT_FILE's certificate",
+      );
+      const during = await s.connectTls({ ca: pki.caPem, serverName: "localhost" });
+      assert.equal(during.peerCertificate?.subject, "CN=tcp-echo test server");
+      during.close();
+
+      // The key follows, as the kubelet's atomic swap does in one step: the new pair is used.
+      await Deno.copyFile(pki.path("server2.key"), key);
+      const reloaded = await s.logs.waitFor(
+        (r) => r.rawMessage === "TLS certificate reloaded: {subject}",
+        "the reload record",
+      );
+      assert.equal(reloaded.properties.subject, "CN=tcp-echo rotated server");
+      const after = await s.connectTls({ ca: pki.caPem, serverName: "localhost" });
+      try {
+        assert.equal(after.peerCertificate?.subject, "CN=tcp-echo rotated server");
+        assert.equal(after.peerCertificate?.fingerprint, reloaded.properties.sha256);
+        await readBanner(after, TLS_LINE("localhost", "none"));
+      } finally {
+        after.close();
+      }
+      // The connection opened before the rotation still echoes.
+      const payload = randomBytes(100_000);
+      assert.deepEqual(await roundTrip(before, payload), payload);
+    } finally {
+      before.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A v2 PROXY header: TCP over IPv4 from 203.0.113.7:40000 to 192.0.2.1:8443. */
+const PROXY_V2_HEADER = Uint8Array.from([
+  ...V2_SIGNATURE,
+  0x21,
+  0x11,
+  0,
+  12,
+  203,
+  0,
+  113,
+  7,
+  192,
+  0,
+  2,
+  1,
+  40000 >> 8,
+  40000 & 0xff,
+  8443 >> 8,
+  8443 & 0xff,
+]);
+
+Deno.test("PROXY v2 before the TLS handshake names the client", async () => {
+  await using s = await startTestServer({
+    TLS_PORT: "any",
+    PROXY_PROTOCOL: "v2",
+    SHOW_CLIENT_ADDRESS: "true",
+  });
+  const stream = await s.connectTls({ insecure: true, preamble: PROXY_V2_HEADER });
+  try {
+    await readBanner(stream, "Your address is 203.0.113.7:40000.\n" + TLS_LINE("none", "none"));
+    assert.equal(decoder.decode(await roundTrip(stream, encoder.encode("x"))), "x");
+  } finally {
+    stream.close();
+  }
+  const open = await s.logs.waitFor(isOpen, "open");
+  assert.equal(open.properties.client, "203.0.113.7:40000");
+  assert.equal(open.properties.tls, "TLSv1.3");
+});
+
+Deno.test({
+  name: "SNI routing through a real HAProxy (mode tcp, req.ssl_sni), also with send-proxy-v2",
+  ignore: await ignoreWithout("haproxy", "the HAProxy SNI routing test"),
+  async fn(t) {
+    await using pki = await makeTestPki();
+    for (const proxy of ["", "send-proxy-v2"]) {
+      await t.step(proxy || "no PROXY header", async () => {
+        // Two programs, as `deno task start` runs them: v1 and v2, each with a TLS port.
+        const start = async (version: string) => {
+          const tlsPort = freePort();
+          const server = await spawnServer({
+            SERVICE_VERSION: version,
+            TLS_PORT: String(tlsPort),
+            TLS_CERT_FILE: pki.path("server.pem"),
+            TLS_KEY_FILE: pki.path("server.key"),
+            PROXY_PROTOCOL: proxy ? "v2" : "off",
+          });
+          await server.stdout.waitFor(
+            (line) => line.includes("Listening on TLS port"),
+            "listening",
+          );
+          return Object.assign(server, { tlsPort });
+        };
+        await using v1 = await start("v1");
+        await using v2 = await start("v2");
+        await using haproxy = await startHaproxy([
+          "  tcp-request inspect-delay 5s",
+          "  tcp-request content accept if { req.ssl_hello_type 1 }",
+          "  use_backend v1 if { req.ssl_sni -i v1.example.com }",
+          "  use_backend v2 if { req.ssl_sni -i v2.example.com }",
+        ], [
+          "backend v1",
+          `  server v1 127.0.0.1:${v1.tlsPort} ${proxy}`,
+          "backend v2",
+          `  server v2 127.0.0.1:${v2.tlsPort} ${proxy}`,
+        ]);
+        for (const [version, server] of [["v1", v1], ["v2", v2], ["v1", v1]] as const) {
+          const name = `${version}.example.com`;
+          const stream = await within(
+            5_000,
+            `connect ${name}`,
+            connectTls("127.0.0.1", haproxy.port, {
+              serverName: name,
+              alpn: ["echo"],
+              ca: pki.caPem,
+            }),
+          );
+          let me: string;
+          try {
+            me = `127.0.0.1:${stream.localAddr.port}`;
+            await readBanner(stream, `Version ${version}.\n` + TLS_LINE(name));
+            const payload = randomBytes(200_000);
+            assert.deepEqual(await roundTrip(stream, payload), payload);
+          } finally {
+            stream.close();
+          }
+          // The server saw the SNI the client sent; behind send-proxy-v2, the client's own
+          // address, with HAProxy as the peer.
+          const open = await server.stdout.waitFor(
+            (line) => line.includes("TCP connection open.") && line.includes(` sni=${name} `),
+            `${version} saw the SNI`,
+          );
+          if (proxy) {
+            assert.match(open, new RegExp(` client=${me.replaceAll(".", "\\.")} `));
+            assert.match(open, / peer=127\.0\.0\.1:\d+ /);
+          } else assert.doesNotMatch(open, / peer=/);
+        }
+        const opened = (s: typeof v1) =>
+          s.stdout.lines.filter((line) => line.includes("TCP connection open.")).length;
+        assert.equal(opened(v1), 2, "v1 got exactly the v1.example.com connections");
+        assert.equal(opened(v2), 1, "v2 got exactly the v2.example.com connection");
+      });
+    }
+  },
+});
+
+Deno.test({
+  name: "openssl s_client, an independent client: banner, echo, client certificate",
+  ignore: await ignoreWithout("openssl", "the openssl s_client test"),
+  async fn() {
+    await using pki = await makeTestPki();
+    await using s = await startTestServer({
+      SERVICE_VERSION: "v2",
+      TLS_PORT: "any",
+      TLS_CERT_FILE: pki.path("server.pem"),
+      TLS_KEY_FILE: pki.path("server.key"),
+      TLS_CLIENT_CA: pki.path("ca.pem"),
+    });
+    const child = new Deno.Command("openssl", {
+      args: [
+        "s_client",
+        "-quiet",
+        "-no_ign_eof",
+        "-connect",
+        `127.0.0.1:${s.tlsPort}`,
+        "-servername",
+        "v2.example.com",
+        "-alpn",
+        "echo",
+        "-CAfile",
+        pki.path("ca.pem"),
+        "-verify_return_error",
+        "-cert",
+        pki.path("client.pem"),
+        "-key",
+        pki.path("client.key"),
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const writer = child.stdin.getWriter();
+      await writer.write(encoder.encode("through openssl\n"));
+      const closed = s.logs.waitFor(
+        (r) => r.rawMessage === "TCP connection closed.",
+        "the connection's end",
+      );
+      const opened = await s.logs.waitFor(isOpen, "open");
+      await s.logs.waitFor((r) =>
+        r.properties.id === opened.properties.id &&
+        String(r.rawMessage).startsWith("Received Raw"), "the data");
+      await writer.close();
+      const output = decoder.decode((await within(5_000, "openssl", child.output())).stdout);
+      assert.equal(
+        output,
+        "Version v2.\n" + TLS_LINE("v2.example.com") + "Client certificate CN=client,O=test.\n" +
+          "through openssl\n",
+      );
+      assert.equal((await closed).properties.reason, "eof");
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // It has exited.
+      }
+      await child.status;
+    }
+  },
+});
+
+Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 with one line", async (t) => {
+  await using pki = await makeTestPki();
+  await t.step("the start task's permissions read the files and serve TLS", async () => {
+    const tlsPort = freePort();
+    await using server = await spawnServer({
+      TLS_PORT: String(tlsPort),
+      TLS_CERT_FILE: pki.path("server.pem"),
+      TLS_KEY_FILE: pki.path("server.key"),
+      NODE_NAME: "task",
+    });
+    await server.stdout.waitFor((line) => line.includes("Listening on TLS port"), "listening");
+    const stream = await connectTls("127.0.0.1", tlsPort, {
+      ca: pki.caPem,
+      serverName: "localhost",
+    });
+    try {
+      await readBanner(
+        stream,
+        "Welcome, you are connected to node task.\n" + TLS_LINE("localhost", "none"),
+      );
+    } finally {
+      stream.close();
+    }
+  });
+  const args = await startTaskArgs();
+  const cases: [string, Record<string, string>, RegExp][] = [
+    [
+      "a missing certificate file",
+      { TLS_CERT_FILE: `${pki.dir}/missing.pem`, TLS_KEY_FILE: pki.path("server.key") },
+      /^tcp-echo: invalid TLS_CERT_FILE=.+\/missing\.pem: No such file or directory .+; allowed: a readable PEM file\n$/,
+    ],
+    [
+      "a key of another certificate",
+      { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server2.key") },
+      /^tcp-echo: invalid TLS_KEY_FILE=.+\/server2\.key: the key does not belong to TLS_CERT_FILE; allowed: the private key of TLS_CERT_FILE's certificate\n$/,
+    ],
+    [
+      "a CA file with no certificate",
+      { TLS_CLIENT_CA: pki.path("client.key") },
+      /^tcp-echo: invalid TLS_CLIENT_CA=.+\/client\.key: no PEM certificate in it; allowed: a PEM file of CA certificates\n$/,
+    ],
+  ];
+  for (const [name, env, stderr] of cases) {
+    await t.step(name, async () => {
+      const output = await new Deno.Command(Deno.execPath(), {
+        args,
+        cwd: repoDir,
+        env: {
+          HOST: "127.0.0.1",
+          TCP_PORT: String(freePort()),
+          TLS_PORT: String(freePort()),
+          ADMIN_PORT: "off",
+          NO_COLOR: "1",
+          ...env,
+        },
+        stdin: "null",
+      }).output();
+      assert.equal(output.code, 2);
+      assert.match(decoder.decode(output.stderr), stderr);
+    });
+  }
+});
