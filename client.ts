@@ -24,6 +24,7 @@
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import * as hdr from "hdr-histogram-js";
+import { connectTls, type ConnectTlsOptions, parseTlsBanner } from "./tls.ts";
 import {
   type BannerValues,
   closeQuietly,
@@ -62,14 +63,37 @@ export interface ClientOptions {
   readonly connections: number;
   /** load: how long. */
   readonly durationMs: number;
-  /** load: request/response or streaming. */
-  readonly mode: "rr" | "stream";
+  /** load: request/response, streaming, or a new connection per operation. */
+  readonly mode: LoadMode;
+  /** Speak TLS, with these settings; `undefined` = plain TCP. */
+  readonly tls: ClientTlsOptions | undefined;
   /** Per-operation timeout (connect, a whole probe, one load request). */
   readonly timeoutMs: number;
   /** Print one JSON object instead of the report for people. */
   readonly json: boolean;
   /** Thresholds that make the exit code 1 when missed. */
   readonly failUnder: Readonly<FailUnder>;
+}
+
+/** `--mode` values of `load`. */
+export const LOAD_MODES = ["rr", "stream", "connect"] as const;
+/** A `--mode` value. */
+export type LoadMode = typeof LOAD_MODES[number];
+
+/** `--tls` and the options that go with it. */
+export interface ClientTlsOptions {
+  /** `--sni`: the server name to send; default: the target's host name (none for an IP). */
+  readonly serverName: string | undefined;
+  /** `--alpn`: protocols to offer, comma-separated. */
+  readonly alpn: readonly string[] | undefined;
+  /** `--ca`: PEM file of the CAs to trust instead of the system's. */
+  readonly caFile: string | undefined;
+  /** `--cert`: PEM client certificate file. */
+  readonly certFile: string | undefined;
+  /** `--key`: PEM key file of `--cert`. */
+  readonly keyFile: string | undefined;
+  /** `--insecure`: accept any server certificate. */
+  readonly insecure: boolean;
 }
 
 /** `--fail-under` thresholds. */
@@ -96,7 +120,9 @@ banner, sends a payload, checks the echo byte for byte and closes. Reports who
 answered (version, pod, node), failures by reason, and latency percentiles.
 
 load: keep --connections busy for --duration, --mode rr (request/response of --size
-bytes) or --mode stream (writer and reader in parallel); every byte is verified.
+bytes), --mode stream (writer and reader in parallel) or --mode connect (a new
+connection, banner and echo each time: connections/s, with --tls handshakes/s);
+every byte is verified.
 
 Options:
   --count N          probe: connections in all (default 20)
@@ -107,8 +133,15 @@ Options:
   --prefix TEXT      the server answers each line as "TEXT LINE" (ECHO_PREFIX)
   --connections N    load: connections (default 1)
   --duration D       load: how long, e.g. 500ms, 10s, 1m (default 5s)
-  --mode rr|stream   load: request/response (default) or stream
+  --mode M           load: rr (request/response, default), stream or connect
   --timeout D        per operation (default 5s)
+  --tls              speak TLS (to a TLS_PORT); the report adds server name and TLS version
+  --sni NAME         TLS server name to send (default: the host, none for an IP address)
+  --alpn P[,P]       ALPN protocols to offer (tcp-echo accepts "echo")
+  --ca FILE          PEM CA certificates to verify the server with (default: system's)
+  --cert FILE        PEM client certificate (with --key), for TLS_CLIENT_CA servers
+  --key FILE         PEM key of --cert
+  --insecure         accept any server certificate (self-signed test servers)
   --fail-under K=V   exit 1 below a threshold: success=PCT (probe, default 100),
                      ops=N (load rr), mbps=N (load stream); comma-separated
   --json             print one JSON object instead of the human report
@@ -183,11 +216,50 @@ function readFlags(args: readonly string[]) {
         timeout: { type: "string" },
         "fail-under": { type: "string" },
         json: { type: "boolean" },
+        tls: { type: "boolean" },
+        sni: { type: "string" },
+        alpn: { type: "string" },
+        ca: { type: "string" },
+        cert: { type: "string" },
+        key: { type: "string" },
+        insecure: { type: "boolean" },
       },
     });
   } catch (error) {
     throw new UsageError((error as Error).message.split("\n")[0]);
   }
+}
+
+/** The TLS flags, checked together: each needs `--tls`, `--cert` needs `--key`. */
+function readTlsFlags(
+  values: ReturnType<typeof readFlags>["values"],
+): ClientTlsOptions | undefined {
+  const flags = ["sni", "alpn", "ca", "cert", "key", "insecure"] as const;
+  if (!values.tls) {
+    const stray = flags.find((flag) => values[flag] !== undefined);
+    if (stray) throw new UsageError(`--${stray} needs --tls`);
+    return undefined;
+  }
+  if ((values.cert === undefined) !== (values.key === undefined)) {
+    throw new UsageError("--cert and --key go together");
+  }
+  if (values.insecure && values.ca !== undefined) {
+    throw new UsageError("--insecure accepts any certificate; --ca would not be used");
+  }
+  const alpn = values.alpn?.split(",").map((protocol) => protocol.trim());
+  if (alpn?.some((protocol) => protocol === "")) {
+    throw new UsageError(
+      `--alpn takes a comma list of protocols, not ${JSON.stringify(values.alpn)}`,
+    );
+  }
+  return {
+    serverName: values.sni,
+    alpn,
+    caFile: values.ca,
+    certFile: values.cert,
+    keyFile: values.key,
+    insecure: values.insecure ?? false,
+  };
 }
 
 /** Parses the client's command line. Throws {@linkcode UsageError}. */
@@ -199,9 +271,9 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
   if (command !== "probe" && command !== "load") {
     throw new UsageError(`the command is probe or load, not ${JSON.stringify(command)}`);
   }
-  const mode = values.mode ?? "rr";
-  if (mode !== "rr" && mode !== "stream") {
-    throw new UsageError(`--mode is rr or stream, not ${JSON.stringify(mode)}`);
+  const mode = (values.mode ?? "rr") as LoadMode;
+  if (!LOAD_MODES.includes(mode)) {
+    throw new UsageError(`--mode is rr, stream or connect, not ${JSON.stringify(mode)}`);
   }
   if (mode === "stream" && values.prefix !== undefined) {
     throw new UsageError("--mode stream needs a byte-exact echo; it cannot be used with --prefix");
@@ -224,6 +296,7 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
       ? 5_000
       : parseDurationMs(values.duration, "--duration"),
     mode,
+    tls: readTlsFlags(values),
     timeoutMs: values.timeout === undefined ? 5_000 : parseDurationMs(values.timeout, "--timeout"),
     json: values.json ?? false,
     failUnder: {
@@ -237,11 +310,23 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
 // Pure helpers: banners, payloads, percentiles
 // ---------------------------------------------------------------------------
 
-/** What a banner said about the server that answered (the banner's field table is in wire.ts). */
-export type ServerIdentity = BannerValues;
+/**
+ * What a banner said about the server that answered (the banner's field table
+ * is in wire.ts), and on a TLS port the TLS version and server name it saw.
+ */
+export interface ServerIdentity extends BannerValues {
+  /** The TLS version the server named, as `TLSv1.3`. */
+  readonly tls?: string;
+  /** The server name (SNI) the server saw, or `none`. */
+  readonly serverName?: string;
+}
 
-/** Reads tcp-echo's banner lines (any order, unknown lines ignored). */
-export const parseBanner: (text: string) => ServerIdentity = parseBannerText;
+/** Reads tcp-echo's banner lines (any order, unknown lines ignored), TLS line included. */
+export function parseBanner(text: string): ServerIdentity {
+  const identity: ServerIdentity = parseBannerText(text);
+  const tls = parseTlsBanner(text);
+  return tls ? { ...identity, tls: tls.protocol, serverName: tls.serverName ?? "none" } : identity;
+}
 
 /** How one server is named in the "who answered" table. */
 export function identityKey(identity: ServerIdentity): string {
@@ -391,21 +476,54 @@ async function withTimeout<T>(ms: number, work: Promise<T>, onTimeout: () => voi
   }
 }
 
+/** What the probe and load use of a connection: a `Deno.TcpConn` or a TLS stream. */
+type ClientConn = Pick<Deno.TcpConn, "read" | "write" | "close" | "closeWrite" | "setNoDelay">;
+
+/** Opens a connection to the target: TCP, or TLS with `tls`'s settings. */
+export type Connector = () => Promise<ClientConn>;
+
+/** The connector for `options`; reads the `--ca`, `--cert` and `--key` files (throws UsageError). */
+export async function makeConnector(options: ClientOptions): Promise<Connector> {
+  const { hostname, port, tls } = options;
+  if (tls === undefined) return () => Deno.connect({ hostname, port });
+  const read = async (flag: string, path: string | undefined) => {
+    if (path === undefined) return undefined;
+    try {
+      return await Deno.readTextFile(path);
+    } catch (error) {
+      throw new UsageError(`cannot read ${flag} ${path}: ${(error as Error).message}`);
+    }
+  };
+  const settings: ConnectTlsOptions = {
+    serverName: tls.serverName,
+    alpn: tls.alpn,
+    ca: await read("--ca", tls.caFile),
+    cert: await read("--cert", tls.certFile),
+    key: await read("--key", tls.keyFile),
+    insecure: tls.insecure,
+  };
+  return () => connectTls(hostname, port, settings);
+}
+
 /**
  * One probe: connect, send the payload and half-close, read to the end.
  * Everything before the expected echo is the banner. A conforming echo server
  * closes after echoing what it got before the half-close.
  */
-export async function probeOnce(options: ClientOptions, exchange: Exchange): Promise<ProbeOutcome> {
+export async function probeOnce(
+  options: ClientOptions,
+  exchange: Exchange,
+  connect: Connector,
+): Promise<ProbeOutcome> {
   const started = performance.now();
-  let conn: Deno.TcpConn | undefined;
+  let conn: ClientConn | undefined;
   const received: Uint8Array[] = [];
   try {
-    conn = await withTimeout(
-      options.timeoutMs,
-      Deno.connect({ hostname: options.hostname, port: options.port }),
-      () => {},
-    );
+    const connecting = connect();
+    // A connection that completes after the timeout is closed when it does.
+    conn = await withTimeout(options.timeoutMs, connecting, () => {
+      connecting.then(closeQuietly, () => {});
+    });
     const connected = performance.now();
     conn.setNoDelay(true);
     const times = await exchangeBytes(conn, exchange.payload, received, options.timeoutMs);
@@ -431,7 +549,7 @@ export async function probeOnce(options: ClientOptions, exchange: Exchange): Pro
  * resolves with when it sent and when the first and last bytes came.
  */
 async function exchangeBytes(
-  conn: Deno.TcpConn,
+  conn: ClientConn,
   payload: Uint8Array,
   received: Uint8Array[],
   timeoutMs: number,
@@ -478,6 +596,20 @@ function judgeEcho(
   return { ok: true, identity };
 }
 
+/** One row of the "answered by" table. */
+export interface AnsweredBy {
+  /** The server, as {@linkcode identityKey} names it. */
+  readonly server: string;
+  /** TLS only: the server name (SNI) the server saw, or `none`. */
+  readonly serverName?: string;
+  /** TLS only: the TLS version. */
+  readonly tls?: string;
+  /** Connections it answered. */
+  readonly count: number;
+  /** Their share of all connections, in percent. */
+  readonly percent: number;
+}
+
 /** The probe report: who answered, what failed, how fast. */
 export interface ProbeReport {
   /** `HOST:PORT` as connected to. */
@@ -490,8 +622,11 @@ export interface ProbeReport {
   readonly successPercent: number;
   /** Successful connections per second, over the whole run. */
   readonly connectionsPerSecond: number;
-  /** Who answered (from the banners), how often, and what share. */
-  readonly answeredBy: readonly { server: string; count: number; percent: number }[];
+  /**
+   * Who answered (from the banners), how often, and what share; on TLS
+   * ports also the server name the server saw and the TLS version.
+   */
+  readonly answeredBy: readonly AnsweredBy[];
   /** Failed connections by reason. */
   readonly failures: Readonly<Partial<Record<FailureReason, number>>>;
   /** Echoes that were wrong or short. */
@@ -511,9 +646,15 @@ export function probeReport(
   elapsedMs: number,
 ): ProbeReport {
   const ok = outcomes.filter((o) => o.ok);
-  const counts = new Map<string, number>();
-  for (const o of ok) {
-    counts.set(identityKey(o.identity), (counts.get(identityKey(o.identity)) ?? 0) + 1);
+  const counts = new Map<string, { row: Omit<AnsweredBy, "count" | "percent">; count: number }>();
+  for (const { identity } of ok) {
+    const row = identity.tls === undefined
+      ? { server: identityKey(identity) }
+      : { server: identityKey(identity), serverName: identity.serverName, tls: identity.tls };
+    const key = JSON.stringify(row);
+    const seen = counts.get(key);
+    if (seen) seen.count++;
+    else counts.set(key, { row, count: 1 });
   }
   const failures: Partial<Record<FailureReason, number>> = {};
   for (const o of outcomes) if (!o.ok) failures[o.reason] = (failures[o.reason] ?? 0) + 1;
@@ -524,8 +665,9 @@ export function probeReport(
     succeeded: ok.length,
     successPercent: share(ok.length),
     connectionsPerSecond: elapsedMs > 0 ? ok.length / (elapsedMs / 1_000) : 0,
-    answeredBy: [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
-      .map(([server, count]) => ({ server, count, percent: share(count) })),
+    answeredBy: [...counts.values()]
+      .sort((a, b) => b.count - a.count || a.row.server.localeCompare(b.row.server))
+      .map(({ row, count }) => ({ ...row, count, percent: share(count) })),
     failures,
     integrityFailures: (failures.mismatch ?? 0) + (failures.short ?? 0),
     connectMs: summarize(ok.map((o) => o.connectMs)),
@@ -534,7 +676,11 @@ export function probeReport(
   };
 }
 
-async function runProbe(options: ClientOptions, progress: Progress): Promise<ProbeReport> {
+async function runProbe(
+  options: ClientOptions,
+  connect: Connector,
+  progress: Progress,
+): Promise<ProbeReport> {
   const exchange = makeExchange(options.size, options.message, options.prefix);
   const outcomes: ProbeOutcome[] = [];
   let next = 0;
@@ -542,7 +688,7 @@ async function runProbe(options: ClientOptions, progress: Progress): Promise<Pro
   const worker = async () => {
     while (next < options.count) {
       next++;
-      outcomes.push(await probeOnce(options, exchange));
+      outcomes.push(await probeOnce(options, exchange, connect));
       progress.update(() => `probe: ${outcomes.length}/${options.count} connections`);
     }
   };
@@ -558,13 +704,15 @@ async function runProbe(options: ClientOptions, progress: Progress): Promise<Pro
 export interface LoadReport {
   /** `HOST:PORT` as connected to. */
   readonly target: string;
-  /** Request/response or streaming. */
-  readonly mode: "rr" | "stream";
+  /** Request/response, streaming, or a connection per operation. */
+  readonly mode: LoadMode;
+  /** Whether the connections spoke TLS (connect mode then counts handshakes). */
+  readonly tls: boolean;
   /** How many connections were used. */
   readonly connections: number;
   /** How long the load ran, in seconds. */
   readonly durationS: number;
-  /** Verified requests (rr) or connections streamed to the end (stream). */
+  /** Verified requests (rr), connections streamed to the end (stream), or connections (connect). */
   readonly operations: number;
   /** `operations` per second. */
   readonly opsPerSecond: number;
@@ -572,7 +720,7 @@ export interface LoadReport {
   readonly bytesVerified: number;
   /** `bytesVerified` per second, in MB (10^6 bytes). */
   readonly megabytesPerSecond: number;
-  /** Request/response latency in microseconds (rr only). */
+  /** Request/response latency (rr), or connect to last echoed byte (connect), in microseconds. */
   readonly latencyUs: Percentiles & { readonly mean: number };
   /** Echoes that were wrong or short. */
   readonly integrityFailures: number;
@@ -581,7 +729,7 @@ export interface LoadReport {
 }
 
 /** Reads until the echo of a fresh token line appears; returns the bytes before it (the banner). */
-async function synchronize(conn: Deno.Conn, options: ClientOptions): Promise<Uint8Array> {
+async function synchronize(conn: ClientConn, options: ClientOptions): Promise<Uint8Array> {
   const token = concatBytes([encoder.encode("sync-"), randomLine(16), encoder.encode("\n")]);
   const expected = options.prefix === undefined
     ? token
@@ -610,10 +758,12 @@ class ShortError extends Error {}
 function loadFailure(error: unknown): FailureReason {
   if (error instanceof MismatchError) return "mismatch";
   if (error instanceof ShortError) return "short";
+  const reason = (error as { reason?: FailureReason }).reason;
+  if (reason !== undefined) return reason;
   return failureOf(error);
 }
 
-async function readExactly(conn: Deno.Conn, into: Uint8Array): Promise<void> {
+async function readExactly(conn: ClientConn, into: Uint8Array): Promise<void> {
   let filled = 0;
   while (filled < into.length) {
     const n = await conn.read(into.subarray(filled));
@@ -632,9 +782,10 @@ interface LoadTally {
 /** Connects, synchronizes on a token line, runs `work`, and closes the connection. */
 async function onSynchronizedConnection(
   options: ClientOptions,
-  work: (conn: Deno.TcpConn) => Promise<void>,
+  connect: Connector,
+  work: (conn: ClientConn) => Promise<void>,
 ): Promise<void> {
-  const conn = await Deno.connect({ hostname: options.hostname, port: options.port });
+  const conn = await connect();
   try {
     conn.setNoDelay(true);
     await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
@@ -644,8 +795,16 @@ async function onSynchronizedConnection(
   }
 }
 
-function rrConnection(options: ClientOptions, deadline: number, tally: LoadTally): Promise<void> {
-  return onSynchronizedConnection(options, async (conn) => {
+/** One load connection's work until `deadline`, counted in `tally`; throws on a failure. */
+type LoadWorker = (
+  options: ClientOptions,
+  connect: Connector,
+  deadline: number,
+  tally: LoadTally,
+) => Promise<void>;
+
+const rrConnection: LoadWorker = (options, connect, deadline, tally) => {
+  return onSynchronizedConnection(options, connect, async (conn) => {
     const { payload, expected } = makeExchange(options.size, undefined, options.prefix);
     const answer = new Uint8Array(expected.length);
     while (performance.now() < deadline) {
@@ -660,17 +819,35 @@ function rrConnection(options: ClientOptions, deadline: number, tally: LoadTally
       tally.bytesVerified += expected.length;
     }
   });
-}
+};
+
+/**
+ * Connect mode: a new connection each time (with TLS, a full handshake),
+ * banner, a payload echoed and verified, closed; until `deadline`.
+ */
+const connectionAfterConnection: LoadWorker = async (options, connect, deadline, tally) => {
+  const exchange = makeExchange(options.size, undefined, options.prefix);
+  while (performance.now() < deadline) {
+    const started = performance.now();
+    const outcome = await probeOnce(options, exchange, connect);
+    if (!outcome.ok) {
+      throw outcome.reason === "mismatch"
+        ? new MismatchError(outcome.detail)
+        : outcome.reason === "short"
+        ? new ShortError(outcome.detail)
+        : Object.assign(new Error(outcome.detail), { reason: outcome.reason });
+    }
+    tally.histogram.recordValue(Math.max(1, Math.round((performance.now() - started) * 1_000)));
+    tally.operations++;
+    tally.bytesVerified += exchange.expected.length;
+  }
+};
 
 /** A 1 MiB random pattern, written in a cycle and checked on the way back. */
 const STREAM_PATTERN_BYTES = 1 << 20;
 
-function streamConnection(
-  options: ClientOptions,
-  deadline: number,
-  tally: LoadTally,
-): Promise<void> {
-  return onSynchronizedConnection(options, async (conn) => {
+const streamConnection: LoadWorker = (options, connect, deadline, tally) => {
+  return onSynchronizedConnection(options, connect, async (conn) => {
     const pattern = randomBytes(STREAM_PATTERN_BYTES);
     const chunk = Math.min(options.size, STREAM_PATTERN_BYTES);
     let sent = 0;
@@ -706,7 +883,7 @@ function streamConnection(
     if (checked !== sent) throw new ShortError(`${checked} of ${sent} bytes came back`);
     tally.operations++;
   });
-}
+};
 
 /**
  * Runs a connection's writer and reader together and settles both: when one
@@ -714,7 +891,7 @@ function streamConnection(
  * failure is thrown (the other's is its echo, never an unhandled rejection).
  */
 async function writeWhileReading(
-  conn: Deno.Conn,
+  conn: ClientConn,
   write: () => Promise<void>,
   read: () => Promise<void>,
 ): Promise<void> {
@@ -766,7 +943,17 @@ export function firstDifference(received: Uint8Array, pattern: Uint8Array, at: n
   return -1;
 }
 
-async function runLoad(options: ClientOptions, progress: Progress): Promise<LoadReport> {
+const LOAD_WORKERS: Readonly<Record<LoadMode, LoadWorker>> = {
+  rr: rrConnection,
+  stream: streamConnection,
+  connect: connectionAfterConnection,
+};
+
+async function runLoad(
+  options: ClientOptions,
+  connect: Connector,
+  progress: Progress,
+): Promise<LoadReport> {
   const tally: LoadTally = {
     operations: 0,
     bytesVerified: 0,
@@ -779,7 +966,7 @@ async function runLoad(options: ClientOptions, progress: Progress): Promise<Load
   };
   const started = performance.now();
   const deadline = started + options.durationMs;
-  const one = options.mode === "rr" ? rrConnection : streamConnection;
+  const one = LOAD_WORKERS[options.mode];
   const ticker = setInterval(() => {
     const seconds = (performance.now() - started) / 1_000;
     progress.update(() =>
@@ -792,7 +979,7 @@ async function runLoad(options: ClientOptions, progress: Progress): Promise<Load
   try {
     await Promise.all(Array.from({ length: options.connections }, async () => {
       try {
-        await one(options, deadline, tally);
+        await one(options, connect, deadline, tally);
       } catch (error) {
         const reason = loadFailure(error);
         tally.failures[reason] = (tally.failures[reason] ?? 0) + 1;
@@ -806,6 +993,7 @@ async function runLoad(options: ClientOptions, progress: Progress): Promise<Load
   return {
     target: targetText(options),
     mode: options.mode,
+    tls: options.tls !== undefined,
     connections: options.connections,
     durationS: Math.round(seconds * 1_000) / 1_000,
     operations: tally.operations,
@@ -860,11 +1048,16 @@ export function renderProbeReport(report: ProbeReport): string {
     `probe ${report.target}: ${report.succeeded} of ${report.connections} connections echoed correctly ` +
     `(${report.successPercent}%), ${report.connectionsPerSecond.toFixed(1)} connections/s`,
     "",
-    "answered by                                              count  share",
   ];
-  for (const { server, count, percent } of report.answeredBy) {
+  const tls = report.answeredBy.some((row) => row.tls !== undefined);
+  const tlsColumns = (serverName: string, version: string) =>
+    tls ? ` ${serverName.padEnd(24)} ${version.padEnd(8)}` : "";
+  lines.push(`answered by${" ".repeat(45)}${tlsColumns("server name", "TLS")} count  share`);
+  for (const { server, serverName, tls: version, count, percent } of report.answeredBy) {
     lines.push(
-      `  ${server.padEnd(54)} ${String(count).padStart(5)}  ${percent.toFixed(1).padStart(5)}%`,
+      `  ${server.padEnd(54)}${tlsColumns(serverName ?? "-", version ?? "-")} ${
+        String(count).padStart(5)
+      }  ${percent.toFixed(1).padStart(5)}%`,
     );
   }
   if (report.answeredBy.length === 0) lines.push("  (nobody)");
@@ -887,15 +1080,21 @@ export function renderProbeReport(report: ProbeReport): string {
   return lines.join("\n") + "\n";
 }
 
+const LOAD_HEADLINES: Readonly<Record<LoadMode, (report: LoadReport) => string>> = {
+  rr: (r) => `  ${Math.round(r.opsPerSecond)} requests/s, ${r.operations} verified`,
+  stream: (r) => `  ${r.megabytesPerSecond.toFixed(1)} MB/s, ${r.bytesVerified} bytes verified`,
+  connect: (r) =>
+    `  ${Math.round(r.opsPerSecond)} ${r.tls ? "handshakes" : "connections"}/s, ${r.operations} ` +
+    "verified (connect, banner, echo, close)",
+};
+
 /** Renders the load report for people. */
 export function renderLoadReport(report: LoadReport): string {
   const lines = [
     `load ${report.mode} ${report.target}: ${report.connections} connections, ${report.durationS} s`,
-    report.mode === "rr"
-      ? `  ${Math.round(report.opsPerSecond)} requests/s, ${report.operations} verified`
-      : `  ${report.megabytesPerSecond.toFixed(1)} MB/s, ${report.bytesVerified} bytes verified`,
+    LOAD_HEADLINES[report.mode](report),
   ];
-  if (report.mode === "rr") {
+  if (report.mode !== "stream") {
     const l = report.latencyUs;
     lines.push(
       "  latency (µs)      p50      p90      p99      max     mean",
@@ -956,9 +1155,17 @@ export async function runClient(args: readonly string[]): Promise<number> {
   const progress = new Progress(
     !options.json && Deno.stderr.isTerminal() && (longRun || options.command === "probe"),
   );
+  let connect: Connector;
+  try {
+    connect = await makeConnector(options);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`tcp-echo client: ${error.message}`);
+    return 2;
+  }
   const report = options.command === "probe"
-    ? await runProbe(options, progress)
-    : await runLoad(options, progress);
+    ? await runProbe(options, connect, progress)
+    : await runLoad(options, connect, progress);
   progress.clear();
   const missed = missedThresholds(report, options.failUnder);
   if (options.json) {

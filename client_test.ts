@@ -22,6 +22,7 @@ import {
   encoder,
   freePort,
   ignoreWithout,
+  makeTestPki,
   repoDir,
   startHaproxy,
   startTestServer,
@@ -103,6 +104,7 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
         connections: 1,
         durationMs: 5_000,
         mode: "rr",
+        tls: undefined,
         timeoutMs: 5_000,
         json: false,
         failUnder: { success: 100 },
@@ -134,6 +136,36 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
     assert.equal(options.timeoutMs, 250);
     assert.deepEqual(options.failUnder, { success: undefined, mbps: 100, ops: 5 });
     assert.equal(options.json, true);
+    assert.equal(options.tls, undefined);
+    assert.deepEqual(
+      parseClientArgs([
+        "h:1",
+        "--tls",
+        "--sni",
+        "v2.example.com",
+        "--alpn",
+        "echo,h2",
+        "--ca",
+        "ca.pem",
+        "--cert",
+        "c.pem",
+        "--key",
+        "c.key",
+      ]).tls,
+      {
+        serverName: "v2.example.com",
+        alpn: ["echo", "h2"],
+        caFile: "ca.pem",
+        certFile: "c.pem",
+        keyFile: "c.key",
+        insecure: false,
+      },
+    );
+    assert.equal(
+      parseClientArgs(["h:1", "load", "--mode", "connect", "--tls", "--insecure"]).tls
+        ?.insecure,
+      true,
+    );
   });
   await t.step("errors", () => {
     const cases: [string[], string][] = [
@@ -144,7 +176,15 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
       ],
       [["h:70000"], 'the target is HOST:PORT (e.g. 127.0.0.1:3333 or [::1]:3333), not "h:70000"'],
       [["h:1", "soak"], 'the command is probe or load, not "soak"'],
-      [["h:1", "load", "--mode", "udp"], '--mode is rr or stream, not "udp"'],
+      [["h:1", "load", "--mode", "udp"], '--mode is rr, stream or connect, not "udp"'],
+      [["h:1", "--sni", "a.b"], "--sni needs --tls"],
+      [["h:1", "--insecure"], "--insecure needs --tls"],
+      [["h:1", "--tls", "--cert", "c.pem"], "--cert and --key go together"],
+      [
+        ["h:1", "--tls", "--insecure", "--ca", "ca.pem"],
+        "--insecure accepts any certificate; --ca would not be used",
+      ],
+      [["h:1", "--tls", "--alpn", "echo,"], '--alpn takes a comma list of protocols, not "echo,"'],
       [["h:1", "--count", "0"], '--count takes a whole number of at least 1, not "0"'],
       [
         ["h:1", "--duration", "5"],
@@ -548,4 +588,159 @@ Deno.test({
       await v2.shutdown({ graceMs: 0 });
     }
   },
+});
+
+Deno.test("client probe report with TLS: server name and TLS version columns", () => {
+  const outcome = (version: string, serverName: string): ProbeOutcome => ({
+    ok: true,
+    identity: parseBanner(
+      `Version ${version}.\nTLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name ${serverName}, ` +
+        "ALPN echo.\n",
+    ),
+    connectMs: 1,
+    firstByteMs: 1,
+    roundTripMs: 1,
+  });
+  const report = probeReport("10.0.0.1:31443", [
+    outcome("v1", "v1.example.com"),
+    outcome("v2", "v2.example.com"),
+    outcome("v2", "v2.example.com"),
+  ], 1_000);
+  assert.deepEqual(report.answeredBy, [
+    { server: "version v2", serverName: "v2.example.com", tls: "TLSv1.3", count: 2, percent: 66.7 },
+    { server: "version v1", serverName: "v1.example.com", tls: "TLSv1.3", count: 1, percent: 33.3 },
+  ]);
+  const table = renderProbeReport(report).split("\n").slice(2, 5).join("\n");
+  assert.equal(
+    table,
+    "answered by                                              server name              TLS      " +
+      "count  share\n" +
+      "  version v2                                             v2.example.com           TLSv1.3  " +
+      "    2   66.7%\n" +
+      "  version v1                                             v1.example.com           TLSv1.3  " +
+      "    1   33.3%",
+  );
+});
+
+Deno.test("client --tls against a TLS port: probe with SNI, load rr, stream and connect, client certificates", async (t) => {
+  await using pki = await makeTestPki();
+  await using s = await startTestServer({
+    SERVICE_VERSION: "v2",
+    TLS_PORT: "any",
+    TLS_CERT_FILE: pki.path("server.pem"),
+    TLS_KEY_FILE: pki.path("server.key"),
+    TLS_CLIENT_CA: pki.path("ca.pem"),
+    LOG_DATA_BYTES: "0",
+  });
+  const target = `127.0.0.1:${s.tlsPort}`;
+  const tls = ["--tls", "--ca", pki.path("ca.pem")];
+
+  await t.step("probe --sni --alpn --json: the server name and version it saw", async () => {
+    const { code, stdout } = await runClientProcess([
+      target,
+      ...tls,
+      "--sni",
+      "v2.example.com",
+      "--alpn",
+      "echo",
+      "--count",
+      "4",
+      "--json",
+    ]);
+    assert.equal(code, 0, stdout);
+    assert.deepEqual(JSON.parse(stdout).answeredBy, [{
+      server: "version v2",
+      serverName: "v2.example.com",
+      tls: "TLSv1.3",
+      count: 4,
+      percent: 100,
+    }]);
+  });
+
+  await t.step("load rr and stream over TLS verify every byte", async () => {
+    for (const mode of ["rr", "stream"]) {
+      const { code, stdout } = await runClientProcess([
+        target,
+        "load",
+        ...tls,
+        "--mode",
+        mode,
+        "--connections",
+        "2",
+        "--duration",
+        "300ms",
+        "--json",
+      ]);
+      assert.equal(code, 0, stdout);
+      const report = JSON.parse(stdout);
+      assert.equal(report.tls, true);
+      assert.ok(report.operations > 0 && report.bytesVerified > 0, stdout);
+      assert.deepEqual(report.failures, {});
+    }
+  });
+
+  await t.step("load --mode connect reports handshakes per second", async () => {
+    const { code, stdout } = await runClientProcess([
+      target,
+      "load",
+      "--mode",
+      "connect",
+      ...tls,
+      "--duration",
+      "300ms",
+    ]);
+    assert.equal(code, 0, stdout);
+    const handshakes = /^ {2}(\d+) handshakes\/s, (\d+) verified \(connect, banner, echo, close\)$/m
+      .exec(stdout);
+    assert.ok(handshakes && Number(handshakes[2]) > 0, stdout);
+  });
+
+  await t.step(
+    "--cert/--key: the server shows the client certificate; a stranger's fails",
+    async () => {
+      const good = await runClientProcess([
+        target,
+        ...tls,
+        "--cert",
+        pki.path("client.pem"),
+        "--key",
+        pki.path("client.key"),
+        "--count",
+        "1",
+      ]);
+      assert.equal(good.code, 0, good.stdout);
+      const open = await s.logs.waitFor(
+        (r) => r.rawMessage === "TCP connection open." && r.properties.client_cert !== undefined,
+        "an open record with the client certificate",
+      );
+      assert.equal(open.properties.client_cert, "CN=client,O=test");
+      const stranger = await runClientProcess([
+        target,
+        ...tls,
+        "--cert",
+        pki.path("stranger-client.pem"),
+        "--key",
+        pki.path("stranger-client.key"),
+        "--count",
+        "1",
+      ]);
+      assert.equal(stranger.code, 1, stranger.stdout);
+      assert.match(stranger.stdout, /0 of 1 connections echoed correctly/);
+    },
+  );
+
+  await t.step(
+    "an untrusted server certificate fails; a missing --ca file is a usage error",
+    async () => {
+      const untrusted = await runClientProcess([target, "--tls", "--count", "1", "--json"]);
+      assert.equal(untrusted.code, 1);
+      assert.deepEqual(JSON.parse(untrusted.stdout).failures, { error: 1 });
+      const missing = await runClientProcess([target, "--tls", "--ca", `${pki.dir}/nope.pem`]);
+      assert.equal(missing.code, 2);
+      assert.match(
+        missing.stderr,
+        /^tcp-echo client: cannot read --ca .+\/nope\.pem: No such file or directory .+\n$/,
+      );
+    },
+  );
 });

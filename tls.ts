@@ -120,6 +120,21 @@ export function renderTlsBanner(facts: TlsFacts): string {
   return lines.join("");
 }
 
+/** What a client reads back from the TLS banner line; `undefined` when there is none. */
+export function parseTlsBanner(
+  text: string,
+): { protocol: string; cipher: string; serverName?: string; alpn?: string } | undefined {
+  const match = /^TLS (\S+) (\S+), server name (\S+), ALPN (\S+)\.$/m.exec(text);
+  if (!match) return undefined;
+  const [, protocol, cipher, serverName, alpn] = match;
+  return {
+    protocol,
+    cipher,
+    serverName: serverName === "none" ? undefined : serverName,
+    alpn: alpn === "none" ? undefined : alpn,
+  };
+}
+
 /** The same facts as record fields (`tls=TLSv1.3 sni=… alpn=…`), for the open record. */
 export function tlsRecordFields(facts: TlsFacts): Record<string, string> {
   const fields: Record<string, string> = {
@@ -491,6 +506,8 @@ async function readAuthorities(path: string): Promise<X509Certificate[]> {
 
 /** Bytes read from the socket at a time while it feeds the TLS engine. */
 const RAW_READ_BYTES = 16_384;
+/** How long the TLS socket may stay silent after the TCP stream ended before it counts as ended. */
+const RAW_END_SETTLE_MS = 20;
 /** Decrypted bytes queued for the echo loop before the socket is paused. */
 const QUEUE_HIGH_BYTES = 65_536;
 
@@ -499,57 +516,77 @@ const QUEUE_HIGH_BYTES = 65_536;
  * already read, after a PROXY header). Reads only while the TLS engine asks;
  * `onRead` sees each chunk read.
  */
-export function duplexOver(
-  conn: Deno.TcpConn,
-  head: Uint8Array,
-  onRead?: (chunk: Uint8Array) => void,
-): Duplex {
-  let pumping = false;
-  let first: Uint8Array | undefined = head.length > 0 ? head : undefined;
-  const stream: Duplex = new Duplex({
-    read() {
-      if (first !== undefined) {
-        const bytes = first;
-        first = undefined;
-        if (!stream.push(bytes)) return;
-      }
-      if (pumping) return;
-      pumping = true;
-      pump();
-    },
-    write(chunk: Uint8Array, _encoding, callback) {
-      writeFully(conn, chunk).then(() => callback(), callback);
-    },
-    final(callback) {
-      conn.closeWrite().then(() => callback(), () => callback());
-    },
-    destroy(error, callback) {
-      closeQuietly(conn);
-      callback(error);
-    },
-  });
-  async function pump(): Promise<void> {
+export class TcpDuplex extends Duplex {
+  readonly #conn: Deno.TcpConn;
+  readonly #onRead: ((chunk: Uint8Array) => void) | undefined;
+  #first: Uint8Array | undefined;
+  #pumping = false;
+  readonly #ended = Promise.withResolvers<void>();
+
+  /** Wraps `conn`; its stream starts with `head`. */
+  constructor(conn: Deno.TcpConn, head: Uint8Array, onRead?: (chunk: Uint8Array) => void) {
+    super();
+    this.#conn = conn;
+    this.#onRead = onRead;
+    this.#first = head.length > 0 ? head : undefined;
+  }
+
+  /** Resolves when the TCP connection's read side has ended (or failed). */
+  get tcpEnded(): Promise<void> {
+    return this.#ended.promise;
+  }
+
+  override _read(): void {
+    if (this.#first !== undefined) {
+      const bytes = this.#first;
+      this.#first = undefined;
+      if (!this.push(bytes)) return;
+    }
+    if (this.#pumping) return;
+    this.#pumping = true;
+    this.#pump();
+  }
+
+  override _write(
+    chunk: Uint8Array,
+    _encoding: string,
+    callback: (error?: Error | null) => void,
+  ): void {
+    writeFully(this.#conn, chunk).then(() => callback(), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.#conn.closeWrite().then(() => callback(), () => callback());
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    closeQuietly(this.#conn);
+    this.#ended.resolve();
+    callback(error);
+  }
+
+  async #pump(): Promise<void> {
     while (true) {
       const buffer = new Uint8Array(RAW_READ_BYTES);
       let n: number | null;
       try {
-        n = await conn.read(buffer);
+        n = await this.#conn.read(buffer);
       } catch (error) {
-        stream.destroy(error as Error);
+        this.destroy(error as Error);
         return;
       }
       if (n === null) {
-        stream.push(null);
+        this.push(null);
+        this.#ended.resolve();
         return;
       }
-      onRead?.(buffer.subarray(0, n));
-      if (!stream.push(buffer.subarray(0, n))) {
-        pumping = false;
+      this.#onRead?.(buffer.subarray(0, n));
+      if (!this.push(buffer.subarray(0, n))) {
+        this.#pumping = false;
         return;
       }
     }
   }
-  return stream;
 }
 
 async function writeFully(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
@@ -563,24 +600,32 @@ async function writeFully(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
 export class TlsStream {
   readonly #socket: nodeTls.TLSSocket;
   readonly #tcp: Deno.TcpConn;
+  readonly #raw: TcpDuplex;
   readonly #chunks: Uint8Array[] = [];
   #queued = 0;
   #ended = false;
   #error: Error | undefined;
   #closed = false;
+  /** Data came since the last look of `#settleAfterRawEnd`. */
+  #dataSeen = false;
+  #settleTimer: ReturnType<typeof setTimeout> | undefined;
   #wake: (() => void) | undefined;
 
   /** Wraps a socket whose handshake is done. */
   constructor(
     socket: nodeTls.TLSSocket,
     tcp: Deno.TcpConn,
+    raw: TcpDuplex,
     readonly facts: TlsFacts,
     /** The server's certificate, on the client side: subject and SHA-256 fingerprint. */
     readonly peerCertificate?: { readonly subject: string; readonly fingerprint: string },
   ) {
     this.#socket = socket;
     this.#tcp = tcp;
+    this.#raw = raw;
+    raw.tcpEnded.then(() => this.#settleAfterRawEnd());
     socket.on("data", (chunk: Uint8Array) => {
+      this.#dataSeen = true;
       this.#chunks.push(chunk);
       this.#queued += chunk.length;
       if (this.#queued >= QUEUE_HIGH_BYTES) socket.pause();
@@ -595,6 +640,7 @@ export class TlsStream {
       this.#wakeReader();
     });
     socket.on("close", () => {
+      clearTimeout(this.#settleTimer);
       this.#ended = true;
       this.#wakeReader();
     });
@@ -650,11 +696,42 @@ export class TlsStream {
     });
   }
 
+  /** Sends close_notify and a FIN: the peer reads the end; reading goes on. */
+  closeWrite(): Promise<void> {
+    return new Promise((resolve) =>
+      this.#socket.end(() => {
+        // Deno 2.9.6's node:tls over a stream does not always end that stream (no FIN was
+        // sent after some 100 MB streams): end it here; ending it twice is harmless.
+        this.#raw.end();
+        resolve();
+      })
+    );
+  }
+
   /** Closes the connection at once. */
   close(): void {
     this.#closed = true;
+    clearTimeout(this.#settleTimer);
     this.#socket.destroy();
     this.#wakeReader();
+  }
+
+  /**
+   * After the TCP stream's end, the TLS socket should end too once the last
+   * record is decrypted; Deno 2.9.6's node:tls sometimes never says so (seen
+   * after 100 MB streams, with close_notify and FIN in the last read). So:
+   * once no data came for a look while the socket was flowing, it has ended.
+   */
+  #settleAfterRawEnd(): void {
+    if (this.#ended || this.#closed) return;
+    const flowing = !this.#socket.isPaused();
+    if (flowing && !this.#dataSeen) {
+      this.#ended = true;
+      this.#wakeReader();
+      return;
+    }
+    this.#dataSeen = false;
+    this.#settleTimer = setTimeout(() => this.#settleAfterRawEnd(), RAW_END_SETTLE_MS);
   }
 
   #wakeReader(): void {
@@ -677,7 +754,7 @@ export async function acceptTls(
   timeoutMs: number,
 ): Promise<TlsStream> {
   const start = new FirstBytes(head);
-  const raw = duplexOver(conn, head, (chunk) => start.add(chunk));
+  const raw = new TcpDuplex(conn, head, (chunk) => start.add(chunk));
   const socket = new nodeTls.TLSSocket(raw, credentials.socketOptions());
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -711,7 +788,7 @@ export async function acceptTls(
       alpn: stringOrUndefined(socket.alpnProtocol),
       clientCertificate,
     };
-    return new TlsStream(socket, conn, facts);
+    return new TlsStream(socket, conn, raw, facts);
   } catch (error) {
     socket.destroy();
     closeQuietly(conn);
@@ -791,8 +868,9 @@ export async function connectTls(
   try {
     if (options.preamble) await writeFully(tcp, options.preamble);
     const serverName = options.serverName ?? (isIpAddress(hostname) ? undefined : hostname);
+    const raw = new TcpDuplex(tcp, new Uint8Array(0));
     const socket = nodeTls.connect({
-      socket: duplexOver(tcp, new Uint8Array(0)),
+      socket: raw,
       servername: serverName,
       ALPNProtocols: options.alpn ? [...options.alpn] : undefined,
       ca: options.ca,
@@ -810,6 +888,7 @@ export async function connectTls(
     return new TlsStream(
       socket,
       tcp,
+      raw,
       {
         protocol: socket.getProtocol() ?? "unknown",
         cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
