@@ -359,7 +359,10 @@ export function randomBytes(length: number): Uint8Array {
 }
 
 /** Sends `payload` and reads the same number of bytes back, concurrently. */
-export async function roundTrip(conn: Readable & Writable, payload: Uint8Array): Promise<Uint8Array> {
+export async function roundTrip(
+  conn: Readable & Writable,
+  payload: Uint8Array,
+): Promise<Uint8Array> {
   const [, echoed] = await Promise.all([
     writeAll(conn, payload),
     readExactly(conn, payload.length),

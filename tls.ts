@@ -701,8 +701,8 @@ export class TlsStream {
     return new Promise((resolve) =>
       this.#socket.end(() => {
         // Deno 2.9.6's node:tls over a stream does not always end that stream (no FIN was
-        // sent after some 100 MB streams): end it here; ending it twice is harmless.
-        this.#raw.end();
+        // sent after some 100 MB streams): end it here, unless it was.
+        if (!this.#raw.writableEnded) this.#raw.end();
         resolve();
       })
     );

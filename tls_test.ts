@@ -860,11 +860,14 @@ Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 
 });
 
 Deno.test("a long TLS stream ends cleanly: 100 MB each way, the client's half-close, the server's eof", async () => {
-  // Deno 2.9.6's node:tls, over a stream, at times neither sent the FIN after close_notify nor
-  // reported the peer's end after such a stream (seen 7 times in 8 before TlsStream saw to both).
-  await using s = await startTestServer({ TLS_PORT: "any", LOG_DATA_BYTES: "0" });
-  for (let round = 0; round < 2; round++) {
-    const stream = await s.connectTls({ insecure: true });
+  // Deno 2.9.6's node:tls over a stream, with server and client in two processes, at times
+  // neither sent the FIN after close_notify nor reported the peer's end after such a stream
+  // (7 times in 8 before TlsStream saw to both); in one process it did not happen.
+  const tlsPort = freePort();
+  await using server = await spawnServer({ TLS_PORT: String(tlsPort), LOG_DATA_BYTES: "0" });
+  await server.stdout.waitFor((line) => line.includes("Listening on TLS port"), "listening");
+  for (let round = 0; round < 3; round++) {
+    const stream = await connectTls("127.0.0.1", tlsPort, { insecure: true });
     try {
       await readBanner(stream, TLS_LINE("none", "none"));
       const chunk = randomBytes(65_536);
@@ -890,9 +893,10 @@ Deno.test("a long TLS stream ends cleanly: 100 MB each way, the client's half-cl
     } finally {
       stream.close();
     }
-    const id = await s.connectionId(round);
-    const closed = await s.logs.waitFor(isClosedRecord(id), "the server's closed record");
-    assert.equal(closed.properties.reason, "eof");
-    assert.equal(closed.properties.bytes_in, 1_600 * 65_536);
+    const closed = await server.stdout.waitFor(
+      (line) => line.includes("TCP connection closed."),
+      "the server's closed record",
+    );
+    assert.match(closed, / reason=eof bytes_in=104857600 bytes_out=\d+ /);
   }
 });
