@@ -64,9 +64,9 @@ export class PortStats {
   /** Echo connections open now. */
   active = 0;
   /** Connections closed right after accept, by reason. */
-  readonly rejected = zeroes(REJECT_REASONS);
+  readonly rejected: Record<RejectReason, number> = zeroes(REJECT_REASONS);
   /** Echo connections ended, by reason. */
-  readonly closed = zeroes(CLOSE_REASONS);
+  readonly closed: Record<CloseReason, number> = zeroes(CLOSE_REASONS);
   /** Bytes received from clients. */
   bytesReceived = 0;
   /** Bytes sent to clients: banners and echoes. */

@@ -477,7 +477,10 @@ async function withTimeout<T>(ms: number, work: Promise<T>, onTimeout: () => voi
 }
 
 /** What the probe and load use of a connection: a `Deno.TcpConn` or a TLS stream. */
-type ClientConn = Pick<Deno.TcpConn, "read" | "write" | "close" | "closeWrite" | "setNoDelay">;
+export type ClientConn = Pick<
+  Deno.TcpConn,
+  "read" | "write" | "close" | "closeWrite" | "setNoDelay"
+>;
 
 /** Opens a connection to the target: TCP, or TLS with `tls`'s settings. */
 export type Connector = () => Promise<ClientConn>;

@@ -61,8 +61,7 @@ import {
   type TlsFacts,
   TlsFileError,
   tlsRecordFields,
-  TlsRefusal,
-  type TlsStream,
+  type TlsRefusal,
 } from "./tls.ts";
 import {
   closeQuietly,
@@ -216,7 +215,7 @@ interface ConnectionContext {
   readonly closed: (connection: EchoConnection) => void;
 }
 
-/** What the echo path uses of a connection: a `Deno.TcpConn`, or a {@linkcode TlsStream} over one. */
+/** What the echo path uses of a connection: a `Deno.TcpConn`, or a `TlsStream` over one. */
 type EchoStream = Pick<Deno.TcpConn, "read" | "write" | "close" | "remoteAddr" | "setNoDelay">;
 
 /** One accepted echo connection and what is known about it. */

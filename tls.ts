@@ -536,6 +536,7 @@ export class TcpDuplex extends Duplex {
     return this.#ended.promise;
   }
 
+  /** Reads on from the connection when the TLS engine asks for more. */
   override _read(): void {
     if (this.#first !== undefined) {
       const bytes = this.#first;
@@ -547,6 +548,7 @@ export class TcpDuplex extends Duplex {
     this.#pump();
   }
 
+  /** Writes all of a chunk to the connection. */
   override _write(
     chunk: Uint8Array,
     _encoding: string,
@@ -555,10 +557,12 @@ export class TcpDuplex extends Duplex {
     writeFully(this.#conn, chunk).then(() => callback(), callback);
   }
 
+  /** Half-closes the connection (FIN). */
   override _final(callback: (error?: Error | null) => void): void {
     this.#conn.closeWrite().then(() => callback(), () => callback());
   }
 
+  /** Closes the connection. */
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     closeQuietly(this.#conn);
     this.#ended.resolve();

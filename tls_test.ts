@@ -11,7 +11,7 @@ import {
   renderTlsBanner,
   type TlsFacts,
   tlsRecordFields,
-  TlsStream,
+  type TlsStream,
 } from "./main.ts";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
