@@ -17,7 +17,10 @@ import {
 import { AuthorizationPolicy } from "@kubernetes-models/istio/security.istio.io/v1";
 import { IstioOperator } from "@kubernetes-models/istio/install.istio.io/v1alpha1";
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
-import { TCPRoute } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
+import {
+  TCPRoute,
+  TLSRoute,
+} from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
 import { applyArguments, CONFIG_VARIABLES, loadConfig, parseDuration } from "./main.ts";
 import { ignoreWithout, repoDir } from "./test_support.ts";
 
@@ -42,6 +45,7 @@ const SCHEMAS: Record<string, (manifest: Manifest) => void> = {
   "install.istio.io/v1alpha1/IstioOperator": schemaOf(IstioOperator),
   "gateway.networking.k8s.io/v1/Gateway": schemaOf(Gateway),
   "gateway.networking.k8s.io/v1alpha2/TCPRoute": schemaOf(TCPRoute),
+  "gateway.networking.k8s.io/v1alpha2/TLSRoute": schemaOf(TLSRoute),
 };
 
 /** Validates every manifest against the schema of its kind. */
@@ -135,6 +139,34 @@ const MANIFEST_FILES = [
   "k8s/istio-tcp-traffic-shifting/tcp-echo-20-v2.yaml",
   ...AUTHORIZATION_FILES,
   "k8s/istio-install/ingress-ports.yaml",
+  "k8s/istio-tls-passthrough/deployment.yml",
+  "k8s/istio-tls-passthrough/service.yml",
+  "k8s/istio-tls-passthrough/destination-rule-all.yaml",
+  "k8s/istio-tls-passthrough/gateway.yaml",
+  "k8s/istio-tls-passthrough/virtualservice.yaml",
+  "k8s/gateway-api-tls/deployment.yml",
+  "k8s/gateway-api-tls/services.yaml",
+  "k8s/gateway-api-tls/gateway.yaml",
+  "k8s/gateway-api-tls/tls-routes.yaml",
+];
+
+/**
+ * Strategic merge patches of the TLS component: partial documents, so not
+ * schema-checked alone; what they render to is (the kustomize test).
+ */
+const PATCH_FILES = [
+  "k8s/components/tls/deployment-tls.yaml",
+  "k8s/components/tls/service-tls.yaml",
+];
+
+/** Files a kit copies byte for byte, because kustomize refuses files outside its folder. */
+const COPIES: [copy: string, original: string][] = [
+  ["k8s/gateway-api/deployment.yml", "k8s/deployment.yml"],
+  ["k8s/istio-tls-passthrough/deployment.yml", "k8s/deployment.yml"],
+  ["k8s/istio-tls-passthrough/service.yml", "k8s/service.yml"],
+  ["k8s/istio-tls-passthrough/destination-rule-all.yaml", "k8s/destination-rule-all.yaml"],
+  ["k8s/gateway-api-tls/deployment.yml", "k8s/deployment.yml"],
+  ["k8s/gateway-api-tls/services.yaml", "k8s/gateway-api/services.yaml"],
 ];
 
 // ---------------------------------------------------------------------------
@@ -165,7 +197,7 @@ Deno.test("manifests: every YAML file in k8s/ is listed, so none escapes the tes
     }
   }
   await walk("k8s");
-  assert.deepEqual(found.sort(), [...MANIFEST_FILES].sort());
+  assert.deepEqual(found.sort(), [...MANIFEST_FILES, ...PATCH_FILES].sort());
 });
 
 Deno.test({
@@ -206,6 +238,25 @@ Deno.test({
       "k8s/istio-tcp-authorization": [
         "apps/v1 Deployment tcp-echo",
         "v1 Service tcp-echo",
+      ],
+      "k8s/istio-tls-passthrough": [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "networking.istio.io/v1 DestinationRule tcp-echo",
+        "networking.istio.io/v1 Gateway tcp-echo-tls-gateway",
+        "networking.istio.io/v1 VirtualService tcp-echo-tls",
+        "v1 Service tcp-echo",
+        "v1 ServiceAccount tcp-echo",
+      ],
+      "k8s/gateway-api-tls": [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "gateway.networking.k8s.io/v1 Gateway tcp-echo-tls-gateway",
+        "gateway.networking.k8s.io/v1alpha2 TLSRoute tcp-echo-v1",
+        "gateway.networking.k8s.io/v1alpha2 TLSRoute tcp-echo-v2",
+        "v1 Service tcp-echo-v1",
+        "v1 Service tcp-echo-v2",
+        "v1 ServiceAccount tcp-echo",
       ],
     };
     for (const [dir, resources] of Object.entries(expected)) {
@@ -398,12 +449,17 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
   });
 });
 
+Deno.test("consistency: files a kit copies are byte-for-byte copies", async () => {
+  for (const [copy, original] of COPIES) {
+    assert.equal(
+      await Deno.readTextFile(`${repoDir}${copy}`),
+      await Deno.readTextFile(`${repoDir}${original}`),
+      `${copy} must be a copy of ${original}`,
+    );
+  }
+});
+
 Deno.test("consistency: the Gateway API variant routes each listener to one version", async () => {
-  assert.equal(
-    await Deno.readTextFile(`${repoDir}k8s/gateway-api/deployment.yml`),
-    await Deno.readTextFile(`${repoDir}k8s/deployment.yml`),
-    "k8s/gateway-api/deployment.yml must be a copy of k8s/deployment.yml",
-  );
   const deployments = await readManifests("k8s/deployment.yml");
   const services = await readManifests("k8s/gateway-api/services.yaml");
   const [gateway] = await readManifests("k8s/gateway-api/gateway.yaml");
@@ -432,7 +488,15 @@ Deno.test("consistency: the Gateway API variant routes each listener to one vers
 });
 
 Deno.test("consistency: image name and tag agree with deno.json's version", async () => {
-  for (const dir of ["k8s", "k8s/gateway-api", "k8s/istio-tcp-traffic-shifting"]) {
+  for (
+    const dir of [
+      "k8s",
+      "k8s/gateway-api",
+      "k8s/istio-tcp-traffic-shifting",
+      "k8s/istio-tls-passthrough",
+      "k8s/gateway-api-tls",
+    ]
+  ) {
     const [kustomization] = await readManifests(`${dir}/kustomization.yaml`);
     assert.deepEqual(kustomization.images, [{
       name: "tcp-echo",
@@ -631,6 +695,7 @@ Deno.test("consistency: the Istio install overlay exposes every port the Gateway
   const gateways = [
     ...await readManifests("k8s/gateway.yaml"),
     ...await readManifests("k8s/istio-tcp-traffic-shifting/tcp-echo-all-v1.yaml"),
+    ...await readManifests("k8s/istio-tls-passthrough/gateway.yaml"),
   ].filter((m) => m.kind === "Gateway");
   for (const gateway of gateways) {
     for (const server of gateway.spec.servers) {
@@ -641,4 +706,112 @@ Deno.test("consistency: the Istio install overlay exposes every port the Gateway
     }
   }
   assert.ok(exposed.includes(15021), "the profile's status port stays");
+});
+
+// ---------------------------------------------------------------------------
+// TLS passthrough kits (rendered: their TLS port comes from a component)
+// ---------------------------------------------------------------------------
+
+/** What the TLS component must give every Deployment it patches, checked against the program. */
+function assertTlsDeployment(deployment: Manifest, secretName: string): number {
+  const c = container(deployment);
+  const env = Object.fromEntries(
+    c.env.filter((e: Manifest) => "value" in e).map((e: Manifest) => [e.name, e.value]),
+  );
+  const known = new Set(CONFIG_VARIABLES.map((v) => v.name));
+  for (const { name } of c.env) assert.ok(known.has(name), `${name} is read by main.ts`);
+  const config = loadConfig(env);
+  assert.equal(config.tls.ports.length, 1, "one TLS port");
+  const [tlsPort] = config.tls.ports;
+  const port = c.ports.find((p: Manifest) => p.name === "tls");
+  assert.equal(port?.containerPort, tlsPort, "the container port named tls is TLS_PORT");
+  const pod = deployment.spec.template.spec;
+  const volume = pod.volumes.find((v: Manifest) => v.secret?.secretName === secretName);
+  assert.ok(volume, `a volume from the Secret ${secretName}`);
+  const mount = c.volumeMounts.find((m: Manifest) => m.name === volume.name);
+  assert.equal(mount.readOnly, true);
+  // A kubernetes.io/tls Secret's keys are tls.crt and tls.key.
+  assert.equal(config.tls.certFile, `${mount.mountPath}/tls.crt`);
+  assert.equal(config.tls.keyFile, `${mount.mountPath}/tls.key`);
+  return tlsPort;
+}
+
+Deno.test({
+  name: "consistency: Istio TLS passthrough routes each SNI to one version's TLS port",
+  ignore: await ignoreWithout("kubectl", "kustomize rendering"),
+  async fn() {
+    const rendered = await kustomize("k8s/istio-tls-passthrough");
+    const v1 = find(rendered, "Deployment", "tcp-echo-v1");
+    const v2 = find(rendered, "Deployment", "tcp-echo-v2");
+    const service = find(rendered, "Service", "tcp-echo");
+    const rule = find(rendered, "DestinationRule", "tcp-echo");
+    const gateway = find(rendered, "Gateway", "tcp-echo-tls-gateway");
+    const virtualService = find(rendered, "VirtualService", "tcp-echo-tls");
+    const tlsPorts = [v1, v2].map((d) => assertTlsDeployment(d, "tcp-echo-tls"));
+    const servicePort = service.spec.ports.find((p: Manifest) => p.name === "tls");
+    assert.equal(servicePort.appProtocol, "tls", "Istio treats the port as TLS");
+    for (const [i, d] of [v1, v2].entries()) {
+      assert.equal(resolveTargetPort(servicePort.targetPort, d), tlsPorts[i]);
+    }
+    const [server] = gateway.spec.servers;
+    assert.equal(server.tls.mode, "PASSTHROUGH");
+    assert.equal(server.port.protocol, "TLS");
+    assert.deepEqual(virtualService.spec.gateways, [gateway.metadata.name]);
+    assert.deepEqual(virtualService.spec.hosts, server.hosts);
+    const routes = virtualService.spec.tls.map((route: Manifest) => {
+      const [match] = route.match;
+      assert.equal(match.port, server.port.number);
+      for (const host of match.sniHosts) assert.ok(server.hosts.includes(host), host);
+      const [{ destination }] = route.route;
+      assert.equal(destination.host, service.metadata.name);
+      assert.equal(destination.port.number, servicePort.port);
+      const subset = rule.spec.subsets.find((s: Manifest) => s.name === destination.subset);
+      const selected = [v1, v2].filter((d) => selects(subset.labels, podLabels(d)));
+      assert.equal(selected.length, 1, `${destination.subset} selects one Deployment`);
+      return `${match.sniHosts.join(",")} -> ${selected[0].metadata.name}`;
+    });
+    assert.deepEqual(routes, [
+      "v1.example.com -> tcp-echo-v1",
+      "v2.example.com -> tcp-echo-v2",
+    ]);
+    // The names a client sends are names the certificate must carry (README's openssl command).
+    const readme = await Deno.readTextFile(`${repoDir}README.md`);
+    for (const host of server.hosts) assert.ok(readme.includes(`DNS:${host}`), `README: ${host}`);
+  },
+});
+
+Deno.test({
+  name: "consistency: the Gateway API TLSRoute variant routes each hostname to one version",
+  ignore: await ignoreWithout("kubectl", "kustomize rendering"),
+  async fn() {
+    const rendered = await kustomize("k8s/gateway-api-tls");
+    const gateway = find(rendered, "Gateway", "tcp-echo-tls-gateway");
+    const [listener] = gateway.spec.listeners;
+    assert.equal(listener.protocol, "TLS");
+    assert.equal(listener.tls.mode, "Passthrough");
+    assert.deepEqual(listener.allowedRoutes.kinds, [{ kind: "TLSRoute" }]);
+    const deployments = rendered.filter((m) => m.kind === "Deployment");
+    const tlsPorts = new Map(
+      deployments.map((d) => [d.metadata.name, assertTlsDeployment(d, "tcp-echo-tls")]),
+    );
+    const suffix = String(listener.hostname).replace(/^\*/, "");
+    const paths = rendered.filter((m) => m.kind === "TLSRoute").map((route) => {
+      const [parent] = route.spec.parentRefs;
+      assert.equal(parent.name, gateway.metadata.name);
+      assert.equal(parent.sectionName, listener.name);
+      for (const host of route.spec.hostnames) assert.ok(host.endsWith(suffix), host);
+      const [backend] = route.spec.rules[0].backendRefs;
+      const service = find(rendered, "Service", backend.name);
+      const port = service.spec.ports.find((p: Manifest) => p.port === backend.port);
+      assert.equal(port?.appProtocol, "tls", `${backend.name}:${backend.port} is the TLS port`);
+      const selected = deployments.filter((d) => selects(service.spec.selector, podLabels(d)));
+      assert.equal(selected.length, 1, `${backend.name} selects one Deployment`);
+      assert.equal(
+        resolveTargetPort(port.targetPort, selected[0]),
+        tlsPorts.get(selected[0].metadata.name),
+      );
+      return `${route.spec.hostnames.join(",")} -> ${selected[0].metadata.name}`;
+    });
+    assert.deepEqual(paths, ["v1.example.com -> tcp-echo-v1", "v2.example.com -> tcp-echo-v2"]);
+  },
 });

@@ -714,10 +714,13 @@ export class TlsStream {
 
   /** Closes the connection at once. */
   close(): void {
+    if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#settleTimer);
-    this.#socket.destroy();
     this.#wakeReader();
+    // No close_notify: Deno 2.9.6's node:tls sends none, end() or not (checked with openssl
+    // s_client -msg), so clients see the TCP close alone.
+    this.#socket.destroy();
   }
 
   /**
