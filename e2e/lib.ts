@@ -42,6 +42,7 @@ export const WALKTHROUGH_SECTIONS = [
   "## Kubernetes",
   "## Istio: port 31400 reaches v1, port 31401 reaches v2",
   "## Istio with the Kubernetes Gateway API",
+  "## TLS passthrough and SNI routing",
   "## Istio's TCP Traffic Shifting task, with this image",
   "## Istio's Authorization for TCP traffic task, with this image",
 ] as const;

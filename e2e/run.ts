@@ -183,6 +183,7 @@ async function probeHere(target: string, args: string[]): Promise<ProbeSummary> 
   const output = await capture(Deno.execPath(), [
     "run",
     "--allow-net",
+    "--allow-read",
     `${repoDir}main.ts`,
     "client",
     target,
@@ -282,6 +283,13 @@ const STEPS: Step[] = [
     name: "walkthrough: Gateway API",
     proves: "README Istio with the Kubernetes Gateway API",
     run: gatewayApiWalkthrough,
+  },
+  {
+    name: "walkthrough: TLS passthrough and SNI routing",
+    proves:
+      "README TLS passthrough and SNI routing: each SNI reaches one version, through Istio's " +
+      "PASSTHROUGH Gateway and through the Gateway API's TLSRoute",
+    run: tlsPassthroughWalkthrough,
   },
   {
     name: "walkthrough: TCP traffic shifting",
@@ -533,6 +541,66 @@ async function gatewayApiWalkthrough({ readme }: Context): Promise<void> {
   // The task's kit uses the ingress gateway's 31400 too: the classic routes must go first.
   await kubectl("delete", "-k", "k8s/gateway-api", "--ignore-not-found");
   await kubectl("delete", "-k", "k8s", "--ignore-not-found");
+}
+
+/** Probes `127.0.0.1:8443` with each SNI and expects exactly its version. */
+async function expectSniRouting(what: string): Promise<void> {
+  await eventually(60_000, async () => {
+    for (const version of ["v1", "v2"]) {
+      const tls = ["--tls", "--sni", `${version}.example.com`, "--ca", "tls.crt", "--count", "20"];
+      expectOnly(await probeHere("127.0.0.1:8443", tls), version, `${what} ${version}`);
+    }
+  });
+}
+
+async function tlsPassthroughWalkthrough({ readme }: Context): Promise<void> {
+  const forwards: AsyncDisposable[] = [];
+  const closeForwards = async () => {
+    for (const forward of forwards.splice(0)) await forward[Symbol.asyncDispose]();
+  };
+  try {
+    await runSection(readme, "## TLS passthrough and SNI routing", {
+      "openssl s_client": async () => {
+        forwards.push(
+          await portForward("service/istio-ingressgateway", "istio-system", ["8443:443"]),
+        );
+      },
+      "kubectl apply -k k8s/gateway-api-tls": async () => {
+        await expectSniRouting("PASSTHROUGH Gateway:");
+        await closeForwards();
+        await kubectl("delete", "-k", "k8s/istio-tls-passthrough", "--ignore-not-found");
+      },
+      "kubectl wait --for=condition=programmed": async () => {
+        await kubectl(
+          "annotate",
+          "gateways.gateway.networking.k8s.io/tcp-echo-tls-gateway",
+          "networking.istio.io/service-type=ClusterIP",
+          "--overwrite",
+        );
+        await eventually(180_000, async () => {
+          await kubectl(
+            "rollout",
+            "status",
+            "deployment/tcp-echo-tls-gateway-istio",
+            "--timeout=60s",
+          );
+        });
+      },
+      "deno task client": async () => {
+        if (forwards.length > 0) return;
+        forwards.push(
+          await portForward("service/tcp-echo-tls-gateway-istio", "default", ["8443:443"]),
+        );
+      },
+    });
+    await expectSniRouting("TLSRoute:");
+  } finally {
+    await closeForwards();
+    await Deno.remove(`${repoDir}tls.crt`).catch(() => {});
+    await Deno.remove(`${repoDir}tls.key`).catch(() => {});
+  }
+  await kubectl("delete", "-k", "k8s/gateway-api-tls", "--ignore-not-found");
+  await kubectl("delete", "secret", "tcp-echo-tls", "--ignore-not-found");
 }
 
 /** Answers of `count` raw line probes to the ingress gateway, by their first word. */

@@ -21,13 +21,32 @@ export interface Replacement {
 const NO_LOAD_BALANCER = "kind has no load balancer: the suite port-forwards the gateway to " +
   "127.0.0.1 and sets INGRESS_HOST to it";
 
+const PORT_443 = "the gateway's 443 is port-forwarded to 127.0.0.1:8443: a runner that is not " +
+  "root cannot listen on 443";
+
 /** README command → what the suite runs instead. */
 export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
   "export INGRESS_HOST=$(kubectl -n istio-system get service istio-ingressgateway -o jsonpath='{.status.loadBalancer.ingress[0].ip}')":
     { run: "", why: NO_LOAD_BALANCER },
   "export INGRESS_HOST=$(kubectl get gateways.gateway.networking.k8s.io tcp-echo-gateway -o jsonpath='{.status.addresses[0].value}')":
     { run: "", why: NO_LOAD_BALANCER },
+  "export INGRESS_HOST=$(kubectl get gateways.gateway.networking.k8s.io tcp-echo-tls-gateway -o jsonpath='{.status.addresses[0].value}')":
+    { run: "", why: NO_LOAD_BALANCER },
   "export INGRESS_HOST=...": { run: "", why: NO_LOAD_BALANCER },
+  "openssl s_client -quiet -connect $INGRESS_HOST:443 -servername v2.example.com -alpn echo -CAfile tls.crt":
+    {
+      run:
+        "openssl s_client -quiet -connect 127.0.0.1:8443 -servername v2.example.com -alpn echo -CAfile tls.crt",
+      why: PORT_443,
+    },
+  "deno task client -- $INGRESS_HOST:443 --tls --sni v1.example.com --ca tls.crt --count 20": {
+    run: "deno task client -- 127.0.0.1:8443 --tls --sni v1.example.com --ca tls.crt --count 20",
+    why: PORT_443,
+  },
+  "deno task client -- $INGRESS_HOST:443 --tls --sni v2.example.com --ca tls.crt --count 20": {
+    run: "deno task client -- 127.0.0.1:8443 --tls --sni v2.example.com --ca tls.crt --count 20",
+    why: PORT_443,
+  },
   "kubectl logs tcp-echo-v1-7c775f57c9-frprp -c tcp-echo-container | grep Received": {
     run: "kubectl logs deploy/tcp-echo-v1 -c tcp-echo-container | grep Received",
     why: "the README's pod name is an example; the Deployment names the pod",
@@ -61,6 +80,7 @@ export function commandToRun(command: string): Replacement {
  */
 export function interactiveInput(command: string): string | undefined {
   if (/^nc \$INGRESS_HOST 3140[01]\b/.test(command)) return "hello, app1\n";
+  if (/^openssl s_client /.test(command)) return "hello, app1\n";
   return undefined;
 }
 
