@@ -22,13 +22,19 @@
  * run, the log of tcp-echo as shipped is checked: every byte received is in
  * its data records and no record was dropped.
  *
+ * Then TLS: tcp-echo's TLS port (data records off) against a Go
+ * `crypto/tls` echo with the same ECDSA P-256 certificate, measured by
+ * `go-tls-load` (handshakes per second, a new connection and full TLS 1.3
+ * handshake each; and the stream inside TLS), which also reports its own CPU
+ * share so a client-bound figure shows.
+ *
  * A program of its own; it prints figures and asserts nothing: performance is
  * measured here, never in a test.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { freePort, isInstalled, waitForPort } from "./test_support.ts";
+import { freePort, isInstalled, makeTestPki, waitForPort } from "./test_support.ts";
 
 const repoDir = new URL(".", import.meta.url).pathname;
 const sharedBench = `${repoDir}../shared/bench/`;
@@ -47,6 +53,8 @@ interface BenchServer {
   readonly logFile?: string;
   /** Its admin port (tcp-echo). */
   readonly adminPort?: number;
+  /** Its TLS port (TLS servers): where the TLS scenarios connect. */
+  readonly tlsPort?: number;
 }
 
 /** How to start one kind of server. */
@@ -58,6 +66,8 @@ interface ServerKind {
   readonly logs: boolean;
   readonly bannerBytes: number;
   readonly tcpEcho: boolean;
+  /** Also listen with TLS (`TLS_PORT`, with `TLS_CERT_FILE` and `TLS_KEY_FILE` in `env`). */
+  readonly tls?: boolean;
 }
 
 /** One measurement: a client command and the figures read from its JSON line. */
@@ -138,6 +148,8 @@ async function buildReferences(
     const [name, source] of [
       ["go-copy-echo", `${repoDir}bench/go-copy-echo`],
       ["go-stream-load", `${repoDir}bench/go-stream-load`],
+      ["go-tls-echo", `${repoDir}bench/go-tls-echo`],
+      ["go-tls-load", `${repoDir}bench/go-tls-load`],
       ["go-logging-echo", `${sharedBench}go-logging-echo`],
     ]
   ) {
@@ -216,6 +228,7 @@ function bannerText(): string {
  */
 async function startServer(kind: ServerKind): Promise<BenchServer> {
   const port = freePort();
+  const tlsPort = kind.tls ? freePort() : undefined;
   const adminPort = kind.tcpEcho ? freePort() : undefined;
   const logFile = kind.logs
     ? await Deno.makeTempFile({ prefix: "tcp-echo-bench-", suffix: ".log" })
@@ -231,10 +244,12 @@ async function startServer(kind: ServerKind): Promise<BenchServer> {
       ...kind.env,
       TCP_PORT: String(port),
       ...(adminPort ? { ADMIN_PORT: String(adminPort) } : {}),
+      ...(tlsPort ? { TLS_PORT: String(tlsPort) } : {}),
     },
     stdin: "null",
   }).spawn();
   await waitForPort(port);
+  if (tlsPort) await waitForPort(tlsPort);
   const pid = async () => {
     const output = await new Deno.Command("pgrep", { args: ["-g", String(group.pid)] }).output();
     const pids = decoder.decode(output.stdout).trim().split("\n").map(Number);
@@ -242,7 +257,16 @@ async function startServer(kind: ServerKind): Promise<BenchServer> {
     const sizes = await Promise.all(pids.map((p) => rssBytes(p).catch(() => 0)));
     return pids[sizes.indexOf(Math.max(...sizes))];
   };
-  return { name: kind.name, port, pid, group, bannerBytes: kind.bannerBytes, logFile, adminPort };
+  return {
+    name: kind.name,
+    port,
+    pid,
+    group,
+    bannerBytes: kind.bannerBytes,
+    logFile,
+    adminPort,
+    tlsPort,
+  };
 }
 
 async function stop(server: BenchServer): Promise<void> {
@@ -407,7 +431,7 @@ async function runRound(
 ): Promise<void> {
   for (const scenario of all) {
     for (const server of servers) {
-      const report = await runClient(server, scenario.client(server.port));
+      const report = await runClient(server, scenario.client(server.tlsPort ?? server.port));
       for (const figure of scenario.figures) {
         const key = `${scenario.name}|${figure.label}|${server.name}`;
         results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
@@ -564,6 +588,100 @@ async function checkRecords(server: BenchServer): Promise<string> {
     `${rawBytes} bytes in data records of ${received} received, ${dropped} drop reports`;
 }
 
+// ---------------------------------------------------------------------------
+// TLS: tcp-echo's TLS port against Go crypto/tls
+// ---------------------------------------------------------------------------
+
+const TLS_REFERENCE = "go crypto/tls";
+const TLS_OURS = "tcp-echo TLS, data off";
+
+/** The two TLS servers, with the same certificate (ECDSA P-256, from the tests' PKI). */
+function tlsKinds(built: Map<string, string>, files: Record<string, string>): ServerKind[] {
+  return [
+    {
+      name: TLS_REFERENCE,
+      command: [built.get("go-tls-echo")!],
+      env: files,
+      logs: false,
+      bannerBytes: 0,
+      tcpEcho: false,
+      tls: true,
+    },
+    {
+      name: TLS_OURS,
+      command: [Deno.execPath(), ...tcpEchoStartArgs],
+      env: { HOST: "127.0.0.1", ...BANNER_ENV, LOG_DATA_BYTES: "0", ADMIN_PORT: "off", ...files },
+      logs: true,
+      bannerBytes: 0,
+      tcpEcho: false,
+      tls: true,
+    },
+  ];
+}
+
+let tcpEchoStartArgs: string[] = [];
+
+/** TLS workloads, both with go-tls-load on core 1; its CPU share is kept to tell who limited. */
+function tlsScenarios(seconds: number, load: string): Scenario[] {
+  const cpu: Figure = { label: "client CPU", pick: (r) => r.client_cpu, higherIsBetter: false };
+  return [
+    {
+      name: "TLS handshakes, 8 at a time",
+      client: (p) => [load, String(p), "handshake", "8", String(seconds)],
+      figures: [{ label: "hs/s", pick: (r) => r.handshakes_per_sec, higherIsBetter: true }, cpu],
+    },
+    {
+      name: "TLS stream 4 × 64 KiB",
+      client: (p) => [load, String(p), "stream", "4", "65536", String(seconds)],
+      figures: [{ label: "MB/s", pick: (r) => r.mb_per_sec, higherIsBetter: true }, cpu],
+    },
+  ];
+}
+
+/** The TLS rows: medians of both servers, the ratio, and the client's CPU share beside them. */
+function renderTlsTable(all: readonly Scenario[], results: Results): string {
+  const at = (scenario: string, figure: string, server: string) =>
+    median(results.get(`${scenario}|${figure}|${server}`)!);
+  const lines = [
+    `| scenario | figure | ${TLS_REFERENCE} | ${TLS_OURS} | tcp-echo / go | client CPU (go, tcp-echo) |`,
+    "| --- | --- | ---: | ---: | ---: | ---: |",
+  ];
+  for (const scenario of all) {
+    const figure = scenario.figures[0].label;
+    const go = at(scenario.name, figure, TLS_REFERENCE);
+    const ours = at(scenario.name, figure, TLS_OURS);
+    const cpu = [TLS_REFERENCE, TLS_OURS].map((s) => at(scenario.name, "client CPU", s).toFixed(2));
+    lines.push(
+      `| ${scenario.name} | ${figure} | ${format(go)} | ${format(ours)} | ${
+        (ours / go).toFixed(2)
+      }× | ${cpu.join(", ")} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+/** Runs the TLS comparison; returns its table, or why it could not run. */
+async function runTls(built: Map<string, string>, options: BenchOptions): Promise<string> {
+  if (!built.has("go-tls-echo") || !built.has("go-tls-load")) {
+    return "TLS: left out: the Go TLS reference or client could not be built";
+  }
+  await using pki = await makeTestPki();
+  const files = { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server.key") };
+  const all = tlsScenarios(options.seconds, built.get("go-tls-load")!);
+  const servers: BenchServer[] = [];
+  try {
+    for (const kind of tlsKinds(built, files)) servers.push(await startServer(kind));
+    const { results, rounds } = await runRounds(servers, all, options);
+    return `TLS (${rounds} rounds; a client CPU near 1.00 means the client was the limit):\n\n` +
+      renderTlsTable(all, results);
+  } finally {
+    for (const server of servers) await stop(server);
+    for (const server of servers) {
+      if (server.logFile) await Deno.remove(server.logFile).catch(() => {});
+    }
+  }
+}
+
 async function main(): Promise<void> {
   const options = parseOptions(Deno.args);
   const dir = await Deno.makeTempDir({ prefix: "tcp-echo-bench-" });
@@ -574,6 +692,8 @@ async function main(): Promise<void> {
   }
   for (const reason of missing) console.error(`left out: ${reason}`);
   const kinds = await serverKinds(built);
+  tcpEchoStartArgs = String(JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).tasks.start)
+    .split(/\s+/).slice(1);
   const all = scenarios(options.seconds, built);
   const servers: BenchServer[] = [];
   try {
@@ -586,8 +706,12 @@ async function main(): Promise<void> {
     const rows = tableRows(servers, all, results, memory);
     const shipped = servers.find((s) => s.name === "tcp-echo, defaults")!;
     const records = await checkRecords(shipped);
+    for (const server of servers) await stop(server);
+    const tls = await runTls(built, options);
     if (options.json) {
-      console.log(JSON.stringify({ rounds, seconds: options.seconds, rows, records, missing }));
+      console.log(
+        JSON.stringify({ rounds, seconds: options.seconds, rows, records, missing, tls }),
+      );
       return;
     }
     console.log(
@@ -596,6 +720,7 @@ async function main(): Promise<void> {
     );
     console.log(renderTable(servers, rows));
     console.log(`\nrecord check (tcp-echo, defaults): ${records}`);
+    console.log(`\n${tls}`);
   } finally {
     for (const server of servers) await stop(server);
     for (const server of servers) {

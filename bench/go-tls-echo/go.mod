@@ -1,0 +1,3 @@
+module go-tls-echo
+
+go 1.19

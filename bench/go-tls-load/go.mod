@@ -1,0 +1,3 @@
+module go-tls-load
+
+go 1.19
