@@ -891,24 +891,24 @@ export async function connectTls(
       socket.once("close", () => reject(new Error("the server closed during the handshake")));
     });
     const cipher = socket.getCipher();
-    const peer = socket.getPeerCertificate();
+    const facts: TlsFacts = {
+      protocol: socket.getProtocol() ?? "unknown",
+      cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
+      serverName,
+      alpn: stringOrUndefined(socket.alpnProtocol),
+      clientCertificate: undefined,
+    };
+    const raw509 = socket.getPeerCertificate()?.raw;
+    const server = raw509 ? new X509Certificate(raw509) : undefined;
     return new TlsStream(
       socket,
       tcp,
       raw,
-      {
-        protocol: socket.getProtocol() ?? "unknown",
-        cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
-        serverName,
-        alpn: stringOrUndefined(socket.alpnProtocol),
-        clientCertificate: undefined,
+      facts,
+      server && {
+        subject: oneLineName(server.subject),
+        fingerprint: server.fingerprint256,
       },
-      peer?.raw
-        ? {
-          subject: oneLineName(peer.subject ? new X509Certificate(peer.raw).subject : ""),
-          fingerprint: peer.fingerprint256,
-        }
-        : undefined,
     );
   } catch (error) {
     closeQuietly(tcp);

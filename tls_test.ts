@@ -7,6 +7,7 @@ import {
   generatedCertificateNames,
   loadConfig,
   looksLikeClientHello,
+  parseTlsBanner,
   quoteStart,
   renderTlsBanner,
   type TlsFacts,
@@ -85,6 +86,25 @@ Deno.test("TLS banner lines and record fields say what the handshake carried", (
     client_cert: "CN=client,O=test",
     client_cert_sha256: "AB:CD",
   });
+});
+
+Deno.test("the client reads back the TLS line the server writes", () => {
+  assert.deepEqual(parseTlsBanner(`Version v2.\n${renderTlsBanner(FACTS)}hello`), {
+    protocol: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+    serverName: "v2.example.com",
+    alpn: "echo",
+  });
+  assert.deepEqual(
+    parseTlsBanner(renderTlsBanner({ ...FACTS, serverName: undefined, alpn: undefined })),
+    {
+      protocol: "TLSv1.3",
+      cipher: "TLS_AES_256_GCM_SHA384",
+      serverName: undefined,
+      alpn: undefined,
+    },
+  );
+  assert.equal(parseTlsBanner("Version v2.\nTLS is great.\n"), undefined);
 });
 
 Deno.test("a ClientHello is recognised by its first six bytes, and nothing else is", () => {
