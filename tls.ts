@@ -506,8 +506,6 @@ async function readAuthorities(path: string): Promise<X509Certificate[]> {
 
 /** Bytes read from the socket at a time while it feeds the TLS engine. */
 const RAW_READ_BYTES = 16_384;
-/** How long the TLS socket may stay silent after the TCP stream ended before it counts as ended. */
-const RAW_END_SETTLE_MS = 20;
 /** Decrypted bytes queued for the echo loop before the socket is paused. */
 const QUEUE_HIGH_BYTES = 65_536;
 
@@ -521,7 +519,10 @@ export class TcpDuplex extends Duplex {
   readonly #onRead: ((chunk: Uint8Array) => void) | undefined;
   #first: Uint8Array | undefined;
   #pumping = false;
-  readonly #ended = Promise.withResolvers<void>();
+  /** Reading is held back: the decrypted bytes wait for the echo loop. */
+  #held = false;
+  /** The TLS engine asked for more while reading was held. */
+  #wanted = false;
 
   /** Wraps `conn`; its stream starts with `head`. */
   constructor(conn: Deno.TcpConn, head: Uint8Array, onRead?: (chunk: Uint8Array) => void) {
@@ -531,11 +532,6 @@ export class TcpDuplex extends Duplex {
     this.#first = head.length > 0 ? head : undefined;
   }
 
-  /** Resolves when the TCP connection's read side has ended (or failed). */
-  get tcpEnded(): Promise<void> {
-    return this.#ended.promise;
-  }
-
   /** Reads on from the connection when the TLS engine asks for more. */
   override _read(): void {
     if (this.#first !== undefined) {
@@ -543,9 +539,28 @@ export class TcpDuplex extends Duplex {
       this.#first = undefined;
       if (!this.push(bytes)) return;
     }
+    if (this.#held) {
+      this.#wanted = true;
+      return;
+    }
     if (this.#pumping) return;
     this.#pumping = true;
     this.#pump();
+  }
+
+  /** Stops reading from the connection until {@linkcode TcpDuplex.release}. */
+  hold(): void {
+    this.#held = true;
+  }
+
+  /** Reads again, if the TLS engine asked for more meanwhile. */
+  release(): void {
+    this.#held = false;
+    if (this.#wanted && !this.#pumping) {
+      this.#wanted = false;
+      this.#pumping = true;
+      this.#pump();
+    }
   }
 
   /** Writes all of a chunk to the connection. */
@@ -565,12 +580,16 @@ export class TcpDuplex extends Duplex {
   /** Closes the connection. */
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     closeQuietly(this.#conn);
-    this.#ended.resolve();
     callback(error);
   }
 
   async #pump(): Promise<void> {
     while (true) {
+      if (this.#held) {
+        this.#wanted = true;
+        this.#pumping = false;
+        return;
+      }
       const buffer = new Uint8Array(RAW_READ_BYTES);
       let n: number | null;
       try {
@@ -581,7 +600,6 @@ export class TcpDuplex extends Duplex {
       }
       if (n === null) {
         this.push(null);
-        this.#ended.resolve();
         return;
       }
       this.#onRead?.(buffer.subarray(0, n));
@@ -610,9 +628,6 @@ export class TlsStream {
   #ended = false;
   #error: Error | undefined;
   #closed = false;
-  /** Data came since the last look of `#settleAfterRawEnd`. */
-  #dataSeen = false;
-  #settleTimer: ReturnType<typeof setTimeout> | undefined;
   #wake: (() => void) | undefined;
 
   /** Wraps a socket whose handshake is done. */
@@ -627,12 +642,12 @@ export class TlsStream {
     this.#socket = socket;
     this.#tcp = tcp;
     this.#raw = raw;
-    raw.tcpEnded.then(() => this.#settleAfterRawEnd());
     socket.on("data", (chunk: Uint8Array) => {
-      this.#dataSeen = true;
       this.#chunks.push(chunk);
       this.#queued += chunk.length;
-      if (this.#queued >= QUEUE_HIGH_BYTES) socket.pause();
+      // Back-pressure on the TCP side: a paused TLSSocket of Deno 2.9.6 at times lost the
+      // peer's close_notify (a Go client's CloseWrite then hung the stream for good).
+      if (this.#queued >= QUEUE_HIGH_BYTES) raw.hold();
       this.#wakeReader();
     });
     socket.on("end", () => {
@@ -644,7 +659,6 @@ export class TlsStream {
       this.#wakeReader();
     });
     socket.on("close", () => {
-      clearTimeout(this.#settleTimer);
       this.#ended = true;
       this.#wakeReader();
     });
@@ -684,7 +698,7 @@ export class TlsStream {
       else this.#chunks[0] = chunk.subarray(take);
     }
     this.#queued -= n;
-    if (this.#queued < QUEUE_HIGH_BYTES && this.#socket.isPaused()) this.#socket.resume();
+    if (this.#queued < QUEUE_HIGH_BYTES) this.#raw.release();
     return n;
   }
 
@@ -702,43 +716,17 @@ export class TlsStream {
 
   /** Sends close_notify and a FIN: the peer reads the end; reading goes on. */
   closeWrite(): Promise<void> {
-    return new Promise((resolve) =>
-      this.#socket.end(() => {
-        // Deno 2.9.6's node:tls over a stream does not always end that stream (no FIN was
-        // sent after some 100 MB streams): end it here, unless it was.
-        if (!this.#raw.writableEnded) this.#raw.end();
-        resolve();
-      })
-    );
+    return new Promise((resolve) => this.#socket.end(resolve));
   }
 
   /** Closes the connection at once. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#settleTimer);
     this.#wakeReader();
     // No close_notify: Deno 2.9.6's node:tls sends none, end() or not (checked with openssl
     // s_client -msg), so clients see the TCP close alone.
     this.#socket.destroy();
-  }
-
-  /**
-   * After the TCP stream's end, the TLS socket should end too once the last
-   * record is decrypted; Deno 2.9.6's node:tls sometimes never says so (seen
-   * after 100 MB streams, with close_notify and FIN in the last read). So:
-   * once no data came for a look while the socket was flowing, it has ended.
-   */
-  #settleAfterRawEnd(): void {
-    if (this.#ended || this.#closed) return;
-    const flowing = !this.#socket.isPaused();
-    if (flowing && !this.#dataSeen) {
-      this.#ended = true;
-      this.#wakeReader();
-      return;
-    }
-    this.#dataSeen = false;
-    this.#settleTimer = setTimeout(() => this.#settleAfterRawEnd(), RAW_END_SETTLE_MS);
   }
 
   #wakeReader(): void {

@@ -880,9 +880,9 @@ Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 
 });
 
 Deno.test("a long TLS stream ends cleanly: 100 MB each way, the client's half-close, the server's eof", async () => {
-  // Deno 2.9.6's node:tls over a stream, with server and client in two processes, at times
-  // neither sent the FIN after close_notify nor reported the peer's end after such a stream
-  // (7 times in 8 before TlsStream saw to both); in one process it did not happen.
+  // Back-pressure by pausing Deno 2.9.6's TLSSocket lost the peer's close_notify at times
+  // (7 runs in 8 hung here, server and client in two processes; a Go client's CloseWrite, which
+  // sends close_notify and no FIN, hung for good): TlsStream holds the TCP reads instead.
   const tlsPort = freePort();
   await using server = await spawnServer({ TLS_PORT: String(tlsPort), LOG_DATA_BYTES: "0" });
   await server.stdout.waitFor((line) => line.includes("Listening on TLS port"), "listening");
