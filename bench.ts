@@ -9,7 +9,7 @@
  * to a pipe read by `cat` into a file, as a container runtime keeps stdout.
  *
  * Clients: `cload` (C, epoll) for request/response and the connection rate,
- * `go-stream-load` for the stream, and tcp-echo's own client for latency
+ * `go-load` (Go) for the stream, and tcp-echo's own client for latency
  * percentiles. The references are built from `bench/` and `../shared/bench/`
  * with `gcc` and `go`; a reference that cannot be built is left out with a
  * printed reason.
@@ -22,9 +22,9 @@
  * run, the log of tcp-echo as shipped is checked: every byte received is in
  * its data records and no record was dropped.
  *
- * Then TLS: tcp-echo's TLS port (data records off) against a Go
- * `crypto/tls` echo with the same ECDSA P-256 certificate, measured by
- * `go-tls-load` (handshakes per second, a new connection and full TLS 1.3
+ * Then TLS: tcp-echo's TLS port (data records off) against the Go echo's
+ * `crypto/tls` port with the same ECDSA P-256 certificate, measured by
+ * `go-load ... tls` (handshakes per second, a new connection and full TLS 1.3
  * handshake each; and the stream inside TLS), which also reports its own CPU
  * share so a client-bound figure shows.
  *
@@ -147,9 +147,7 @@ async function buildReferences(
   for (
     const [name, source] of [
       ["go-copy-echo", `${repoDir}bench/go-copy-echo`],
-      ["go-stream-load", `${repoDir}bench/go-stream-load`],
-      ["go-tls-echo", `${repoDir}bench/go-tls-echo`],
-      ["go-tls-load", `${repoDir}bench/go-tls-load`],
+      ["go-load", `${repoDir}bench/go-load`],
       ["go-logging-echo", `${sharedBench}go-logging-echo`],
     ]
   ) {
@@ -340,7 +338,7 @@ const tcpEchoClient = (port: number, args: string[]) => [
 /** The workloads: a client on core 1 and the figures read from its JSON report. */
 function scenarios(seconds: number, built: Map<string, string>): Scenario[] {
   const cload = built.get("cload")!;
-  const streamLoad = built.get("go-stream-load");
+  const load = built.get("go-load");
   const ops: Figure = { label: "ops/s", pick: (r) => r.ops_per_sec, higherIsBetter: true };
   return [
     {
@@ -378,7 +376,7 @@ function scenarios(seconds: number, built: Map<string, string>): Scenario[] {
     {
       name: "stream 4 × 64 KiB",
       client: (p) =>
-        streamLoad ? [streamLoad, String(p), "4", "65536", String(seconds)] : tcpEchoClient(p, [
+        load ? [load, String(p), "stream", "4", "65536", String(seconds)] : tcpEchoClient(p, [
           "load",
           "--mode",
           "stream",
@@ -600,7 +598,7 @@ function tlsKinds(built: Map<string, string>, files: Record<string, string>): Se
   return [
     {
       name: TLS_REFERENCE,
-      command: [built.get("go-tls-echo")!],
+      command: [built.get("go-copy-echo")!],
       env: files,
       logs: false,
       bannerBytes: 0,
@@ -621,18 +619,18 @@ function tlsKinds(built: Map<string, string>, files: Record<string, string>): Se
 
 let tcpEchoStartArgs: string[] = [];
 
-/** TLS workloads, both with go-tls-load on core 1; its CPU share is kept to tell who limited. */
+/** TLS workloads, both with go-load on core 1; its CPU share is kept to tell who limited. */
 function tlsScenarios(seconds: number, load: string): Scenario[] {
   const cpu: Figure = { label: "client CPU", pick: (r) => r.client_cpu, higherIsBetter: false };
   return [
     {
       name: "TLS handshakes, 8 at a time",
-      client: (p) => [load, String(p), "handshake", "8", String(seconds)],
-      figures: [{ label: "hs/s", pick: (r) => r.handshakes_per_sec, higherIsBetter: true }, cpu],
+      client: (p) => [load, String(p), "connect", "8", String(seconds), "tls"],
+      figures: [{ label: "hs/s", pick: (r) => r.connections_per_sec, higherIsBetter: true }, cpu],
     },
     {
       name: "TLS stream 4 × 64 KiB",
-      client: (p) => [load, String(p), "stream", "4", "65536", String(seconds)],
+      client: (p) => [load, String(p), "stream", "4", "65536", String(seconds), "tls"],
       figures: [{ label: "MB/s", pick: (r) => r.mb_per_sec, higherIsBetter: true }, cpu],
     },
   ];
@@ -662,12 +660,12 @@ function renderTlsTable(all: readonly Scenario[], results: Results): string {
 
 /** Runs the TLS comparison; returns its table, or why it could not run. */
 async function runTls(built: Map<string, string>, options: BenchOptions): Promise<string> {
-  if (!built.has("go-tls-echo") || !built.has("go-tls-load")) {
-    return "TLS: left out: the Go TLS reference or client could not be built";
+  if (!built.has("go-copy-echo") || !built.has("go-load")) {
+    return "TLS: left out: the Go echo or the Go client could not be built";
   }
   await using pki = await makeTestPki();
-  const files = { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server.key") };
-  const all = tlsScenarios(options.seconds, built.get("go-tls-load")!);
+  const files = pki.serverFiles;
+  const all = tlsScenarios(options.seconds, built.get("go-load")!);
   const servers: BenchServer[] = [];
   try {
     for (const kind of tlsKinds(built, files)) servers.push(await startServer(kind));

@@ -627,8 +627,7 @@ Deno.test("client --tls against a TLS port: probe with SNI, load rr, stream and 
   await using s = await startTestServer({
     SERVICE_VERSION: "v2",
     TLS_PORT: "any",
-    TLS_CERT_FILE: pki.path("server.pem"),
-    TLS_KEY_FILE: pki.path("server.key"),
+    ...pki.serverFiles,
     TLS_CLIENT_CA: pki.path("ca.pem"),
     LOG_DATA_BYTES: "0",
   });

@@ -207,6 +207,8 @@ export interface TestPki extends AsyncDisposable {
   readonly caPem: string;
   /** Paths of each certificate's `NAME.pem` and its key's `NAME.key`. */
   path(name: string): string;
+  /** `TLS_CERT_FILE` and `TLS_KEY_FILE` for the `server` certificate. */
+  readonly serverFiles: { readonly TLS_CERT_FILE: string; readonly TLS_KEY_FILE: string };
   /** A file's text. */
   read(file: string): Promise<string>;
 }
@@ -297,6 +299,7 @@ export async function makeTestPki(): Promise<TestPki> {
     dir,
     caPem,
     path: (name) => `${dir}/${name}`,
+    serverFiles: { TLS_CERT_FILE: `${dir}/server.pem`, TLS_KEY_FILE: `${dir}/server.key` },
     read: (file) => Deno.readTextFile(`${dir}/${file}`),
     [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
   };

@@ -280,7 +280,7 @@ Deno.test("TLS port with a generated certificate: banner, TLS line, byte-exact e
 
 Deno.test("TLS port: no SNI, unknown SNI (default certificate), no ALPN, ALPN off", async (t) => {
   await using pki = await makeTestPki();
-  const files = { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server.key") };
+  const files = pki.serverFiles;
   await using s = await startTestServer({ NODE_NAME: "n", TLS_PORT: "any", ...files });
   const banner = "Welcome, you are connected to node n.\n";
   await t.step("SNI v1.example.com, verified against the CA", async () => {
@@ -506,8 +506,7 @@ Deno.test("TLS bad input: each is refused with a reason and counted; the server 
 Deno.test("client certificates: shown when verified; missing, expired or untrusted refused", async (t) => {
   await using pki = await makeTestPki();
   const files = {
-    TLS_CERT_FILE: pki.path("server.pem"),
-    TLS_KEY_FILE: pki.path("server.key"),
+    ...pki.serverFiles,
     TLS_CLIENT_CA: pki.path("ca.pem"),
   };
   const as = async (name: string) => ({
@@ -675,6 +674,12 @@ Deno.test("PROXY v2 before the TLS handshake names the client", async () => {
   assert.equal(open.properties.tls, "TLSv1.3");
 });
 
+/** The client task's command line from deno.json, minus the leading `deno`. */
+async function clientTaskArgs(): Promise<string[]> {
+  const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
+  return String(denoJson.tasks.client).split(/\s+/).slice(1);
+}
+
 Deno.test({
   name: "SNI routing through a real HAProxy (mode tcp, req.ssl_sni), also with send-proxy-v2",
   ignore: await ignoreWithout("haproxy", "the HAProxy SNI routing test"),
@@ -688,8 +693,7 @@ Deno.test({
           const server = await spawnServer({
             SERVICE_VERSION: version,
             TLS_PORT: String(tlsPort),
-            TLS_CERT_FILE: pki.path("server.pem"),
-            TLS_KEY_FILE: pki.path("server.key"),
+            ...pki.serverFiles,
             PROXY_PROTOCOL: proxy ? "v2" : "off",
           });
           await server.stdout.waitFor(
@@ -746,6 +750,33 @@ Deno.test({
           s.stdout.lines.filter((line) => line.includes("TCP connection open.")).length;
         assert.equal(opened(v1), 2, "v1 got exactly the v1.example.com connections");
         assert.equal(opened(v2), 1, "v2 got exactly the v2.example.com connection");
+        // The program's own client, as a user runs it: --sni picks the version, every byte checked.
+        for (const version of ["v1", "v2"]) {
+          const output = await new Deno.Command(Deno.execPath(), {
+            args: [
+              ...(await clientTaskArgs()),
+              `127.0.0.1:${haproxy.port}`,
+              "--tls",
+              "--sni",
+              `${version}.example.com`,
+              "--ca",
+              pki.path("ca.pem"),
+              "--count",
+              "6",
+              "--json",
+            ],
+            cwd: repoDir,
+            stdin: "null",
+          }).output();
+          assert.equal(output.code, 0, decoder.decode(output.stdout));
+          assert.deepEqual(JSON.parse(decoder.decode(output.stdout)).answeredBy, [{
+            server: `version ${version}`,
+            serverName: `${version}.example.com`,
+            tls: "TLSv1.3",
+            count: 6,
+            percent: 100,
+          }]);
+        }
       });
     }
   },
@@ -759,8 +790,7 @@ Deno.test({
     await using s = await startTestServer({
       SERVICE_VERSION: "v2",
       TLS_PORT: "any",
-      TLS_CERT_FILE: pki.path("server.pem"),
-      TLS_KEY_FILE: pki.path("server.key"),
+      ...pki.serverFiles,
       TLS_CLIENT_CA: pki.path("ca.pem"),
     });
     const child = new Deno.Command("openssl", {
@@ -822,8 +852,7 @@ Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 
     const tlsPort = freePort();
     await using server = await spawnServer({
       TLS_PORT: String(tlsPort),
-      TLS_CERT_FILE: pki.path("server.pem"),
-      TLS_KEY_FILE: pki.path("server.key"),
+      ...pki.serverFiles,
       NODE_NAME: "task",
     });
     await server.stdout.waitFor((line) => line.includes("Listening on TLS port"), "listening");

@@ -1,20 +1,19 @@
-// go-copy-echo: the data-records-off reference for `deno task bench`. One
-// goroutine per connection, io.Copy from the socket to itself: what a Go
-// programmer writes for an echo server. Listens on 127.0.0.1:$TCP_PORT.
+// go-copy-echo: the reference servers of `deno task bench`. One goroutine
+// per connection, io.Copy from the connection to itself: what a Go
+// programmer writes for an echo server. Listens on 127.0.0.1:$TCP_PORT; with
+// $TLS_PORT also there with crypto/tls (the certificate in $TLS_CERT_FILE
+// and $TLS_KEY_FILE, ALPN "echo").
 package main
 
 import (
+	"crypto/tls"
 	"io"
 	"log"
 	"net"
 	"os"
 )
 
-func main() {
-	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("TCP_PORT"))
-	if err != nil {
-		log.Fatal(err)
-	}
+func serve(ln net.Listener) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -25,4 +24,24 @@ func main() {
 			io.Copy(c, c)
 		}(conn)
 	}
+}
+
+func main() {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("TCP_PORT"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if port := os.Getenv("TLS_PORT"); port != "" {
+		cert, err := tls.LoadX509KeyPair(os.Getenv("TLS_CERT_FILE"), os.Getenv("TLS_KEY_FILE"))
+		if err != nil {
+			log.Fatal(err)
+		}
+		config := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"echo"}}
+		secure, err := tls.Listen("tcp", "127.0.0.1:"+port, config)
+		if err != nil {
+			log.Fatal(err)
+		}
+		go serve(secure)
+	}
+	serve(ln)
 }

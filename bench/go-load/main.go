@@ -1,15 +1,18 @@
-// go-tls-load: the TLS client of `deno task bench`. Prints one JSON line.
+// go-load: the load client of `deno task bench` where a Go client is used.
+// Prints one JSON line.
 //
-//	go-tls-load PORT handshake CONNS SECONDS
-//	go-tls-load PORT stream CONNS CHUNK SECONDS
+//	go-load PORT stream CONNS CHUNK SECONDS [tls]
+//	go-load PORT connect CONNS SECONDS [tls]
 //
-// handshake: CONNS workers each connect, complete a TLS 1.3 handshake
-// (ECDHE, no session resumption), send a sync line, read until its echo
-// (skipping any banner) and close, again and again: handshakes per second.
-// stream: as go-stream-load, inside TLS: every echoed byte is checked.
-// Server certificates are not verified (the bench makes its own). The
-// process's CPU time over the run is reported as client_cpu (1.0 = a whole
-// core), to tell a server limit from the client's.
+// stream: CONNS connections each send a sync line and skip everything before
+// its echo (the banner), then write CHUNK-byte pieces of a repeating pattern
+// for SECONDS while a reader checks every echoed byte, then half-close.
+// connect: CONNS workers each connect (with tls, a full TLS 1.3 handshake:
+// ECDHE, no session resumption), send the sync line, read until its echo
+// and close, again and again: connections (handshakes) per second.
+// With tls, server certificates are not verified (the bench makes its own).
+// The process's CPU time over the run is reported as client_cpu (1.0 = a
+// whole core), to tell a server limit from the client's.
 package main
 
 import (
@@ -39,21 +42,30 @@ func config() *tls.Config {
 	}
 }
 
-func dial(port string) (*tls.Conn, error) {
+// conn is what both kinds of connection offer: TCP's and TLS's.
+type conn interface {
+	net.Conn
+	CloseWrite() error
+}
+
+func dial(port string, secure bool) (conn, error) {
 	raw, err := net.Dial("tcp", "127.0.0.1:"+port)
-	if err != nil {
-		return nil, err
+	if err != nil || !secure {
+		if err != nil {
+			return nil, err
+		}
+		return raw.(*net.TCPConn), nil
 	}
-	conn := tls.Client(raw, config())
-	if err := conn.Handshake(); err != nil {
+	c := tls.Client(raw, config())
+	if err := c.Handshake(); err != nil {
 		raw.Close()
 		return nil, err
 	}
-	return conn, nil
+	return c, nil
 }
 
 // synchronize writes the sync line and reads until its echo: whatever came before is a banner.
-func synchronize(conn *tls.Conn) error {
+func synchronize(conn conn) error {
 	if _, err := conn.Write(syncToken); err != nil {
 		return err
 	}
@@ -72,7 +84,7 @@ func synchronize(conn *tls.Conn) error {
 func cpuSeconds() float64 {
 	var usage syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &usage)
-	return time.Duration(usage.Utime.Nano()+usage.Stime.Nano()).Seconds()
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano()).Seconds()
 }
 
 func main() {
@@ -81,13 +93,14 @@ func main() {
 	}
 	port, mode := os.Args[1], os.Args[2]
 	conns, _ := strconv.Atoi(os.Args[3])
+	rest := os.Args[4:]
 	chunk := 0
-	secondsArg := os.Args[4]
 	if mode == "stream" {
-		chunk, _ = strconv.Atoi(os.Args[4])
-		secondsArg = os.Args[5]
+		chunk, _ = strconv.Atoi(rest[0])
+		rest = rest[1:]
 	}
-	seconds, _ := strconv.ParseFloat(secondsArg, 64)
+	seconds, _ := strconv.ParseFloat(rest[0], 64)
+	secure := len(rest) > 1 && rest[1] == "tls"
 	pattern := make([]byte, 1<<20)
 	for i := range pattern {
 		pattern[i] = byte(i*7 + i>>8)
@@ -102,10 +115,10 @@ func main() {
 		go func() {
 			defer wg.Done()
 			var err error
-			if mode == "handshake" {
+			if mode == "connect" {
 				for time.Now().Before(deadline) && err == nil {
-					var conn *tls.Conn
-					if conn, err = dial(port); err == nil {
+					var conn conn
+					if conn, err = dial(port, secure); err == nil {
 						err = synchronize(conn)
 						conn.Close()
 						if err == nil {
@@ -115,7 +128,7 @@ func main() {
 				}
 			} else {
 				var n int64
-				n, err = stream(port, pattern, chunk, deadline)
+				n, err = stream(port, secure, pattern, chunk, deadline)
 				atomic.AddInt64(&verified, n)
 			}
 			if err != nil {
@@ -126,14 +139,14 @@ func main() {
 	}
 	wg.Wait()
 	elapsed := time.Since(start).Seconds()
-	fmt.Printf("{\"mode\":%q,\"conns\":%d,\"seconds\":%.3f,\"handshakes_per_sec\":%.1f,"+
+	fmt.Printf("{\"mode\":%q,\"conns\":%d,\"seconds\":%.3f,\"connections_per_sec\":%.1f,"+
 		"\"mb_per_sec\":%.1f,\"client_cpu\":%.2f,\"failures\":%d}\n",
 		mode, conns, elapsed, float64(done)/elapsed, float64(verified)/elapsed/1e6,
 		(cpuSeconds()-cpuStart)/elapsed, failures)
 }
 
-func stream(port string, pattern []byte, chunk int, deadline time.Time) (int64, error) {
-	conn, err := dial(port)
+func stream(port string, secure bool, pattern []byte, chunk int, deadline time.Time) (int64, error) {
+	conn, err := dial(port, secure)
 	if err != nil {
 		return 0, err
 	}

@@ -1,0 +1,3 @@
+module go-load
+
+go 1.19

@@ -1,3 +1,0 @@
-module go-stream-load
-
-go 1.19

@@ -1,3 +1,0 @@
-module go-tls-echo
-
-go 1.19

@@ -1,3 +1,0 @@
-module go-tls-load
-
-go 1.19
