@@ -318,7 +318,8 @@ export class TlsCredentials {
   readonly #settings: TlsSettings;
   readonly #clientAuthorities: readonly X509Certificate[];
   #timer: ReturnType<typeof setTimeout> | undefined;
-  #rejectedPem = "";
+  /** What was last reported about the files; each problem is reported once, not every round. */
+  #problem = "";
 
   private constructor(
     identity: ServerIdentity,
@@ -421,6 +422,14 @@ export class TlsCredentials {
     };
   }
 
+  #report(problem: string): void {
+    if (problem === this.#problem) return;
+    this.#problem = problem;
+    log.warn("TLS files changed but cannot be used, keeping the loaded certificate: {detail}", {
+      detail: problem,
+    });
+  }
+
   #watch(intervalMs: number): void {
     this.#timer = setTimeout(async () => {
       await this.#reloadIfChanged();
@@ -433,23 +442,23 @@ export class TlsCredentials {
     try {
       pair = await readPair(this.#settings);
     } catch (error) {
-      log.warn("TLS files unreadable, keeping the loaded certificate.", { error });
+      this.#report(`unreadable: ${(error as Error).message}`);
       return;
     }
     const [certPem, keyPem] = pair;
-    if (certPem === this.#identity.certPem && keyPem === this.#identity.keyPem) return;
-    // cert-manager and the kubelet may write the two files one at a time: a
-    // mismatched pair is reported once and looked at again on the next round.
-    if (certPem + keyPem === this.#rejectedPem) return;
+    if (certPem === this.#identity.certPem && keyPem === this.#identity.keyPem) {
+      this.#problem = "";
+      return;
+    }
+    // cert-manager and the kubelet may write the two files one at a time: a mismatched
+    // pair is reported once and looked at again on the next round.
     try {
       this.#identity = identityFromPem(certPem, keyPem, filePaths(this.#settings));
     } catch (error) {
-      this.#rejectedPem = certPem + keyPem;
-      log.warn("TLS files changed but cannot be used, keeping the loaded certificate: {detail}", {
-        detail: (error as Error).message,
-      });
+      this.#report((error as Error).message);
       return;
     }
+    this.#problem = "";
     log.info("TLS certificate reloaded: {subject}", {
       subject: this.#identity.subject,
       sha256: this.#identity.fingerprint,

@@ -609,6 +609,22 @@ Deno.test("certificate files are reloaded when they change; open connections kee
       assert.equal(during.peerCertificate?.subject, "CN=tcp-echo test server");
       during.close();
 
+      // A file gone for a while: one warning, however many rounds it lasts.
+      await Deno.rename(key, `${key}.away`);
+      await s.logs.waitFor(
+        (r) =>
+          String(r.properties.detail).startsWith(`unreadable: TLS_KEY_FILE=${key}: No such file`),
+        "the unreadable warning",
+      );
+      const warnings = () =>
+        s.logs.records.filter((r) =>
+          String(r.rawMessage).startsWith("TLS files changed but cannot be used")
+        ).length;
+      const seen = warnings();
+      await new Promise((resolve) => setTimeout(resolve, 300)); // six rounds of 50 ms
+      assert.equal(warnings(), seen, "reported once");
+      await Deno.rename(`${key}.away`, key);
+
       // The key follows, as the kubelet's atomic swap does in one step: the new pair is used.
       await Deno.copyFile(pki.path("server2.key"), key);
       const reloaded = await s.logs.waitFor(
