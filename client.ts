@@ -24,7 +24,7 @@
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import * as hdr from "hdr-histogram-js";
-import { connectTls, type ConnectTlsOptions, parseTlsBanner } from "./tls.ts";
+import { connectTls, type ConnectTlsOptions, parseTlsBanner, TlsHandshakeError } from "./tls.ts";
 import {
   type BannerValues,
   closeQuietly,
@@ -429,7 +429,14 @@ function endsWith(bytes: Uint8Array, suffix: Uint8Array): boolean {
 // ---------------------------------------------------------------------------
 
 /** Why a probe connection failed. */
-export type FailureReason = "refused" | "reset" | "timeout" | "mismatch" | "short" | "error";
+export type FailureReason =
+  | "refused"
+  | "reset"
+  | "timeout"
+  | "tls"
+  | "mismatch"
+  | "short"
+  | "error";
 
 /** One probe connection's outcome. */
 export type ProbeOutcome =
@@ -449,6 +456,7 @@ export type ProbeOutcome =
 
 /** Classifies a socket error as a probe failure reason. */
 function failureOf(error: unknown): FailureReason {
+  if (error instanceof TlsHandshakeError) return "tls";
   if (error instanceof Deno.errors.ConnectionRefused) return "refused";
   if (
     error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||

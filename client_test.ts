@@ -733,7 +733,7 @@ Deno.test("client --tls against a TLS port: probe with SNI, load rr, stream and 
     async () => {
       const untrusted = await runClientProcess([target, "--tls", "--count", "1", "--json"]);
       assert.equal(untrusted.code, 1);
-      assert.deepEqual(JSON.parse(untrusted.stdout).failures, { error: 1 });
+      assert.deepEqual(JSON.parse(untrusted.stdout).failures, { tls: 1 });
       const missing = await runClientProcess([target, "--tls", "--ca", `${pki.dir}/nope.pem`]);
       assert.equal(missing.code, 2);
       assert.match(

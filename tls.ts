@@ -841,6 +841,12 @@ function stringOrUndefined(value: unknown): string | undefined {
   return typeof value === "string" && value !== "" ? value : undefined;
 }
 
+/** A client-side TLS handshake that failed: an untrusted certificate, a wrong name, no common ALPN. */
+export class TlsHandshakeError extends Error {
+  /** Names the error in a stack trace. */
+  override name = "TlsHandshakeError";
+}
+
 /** Options of {@linkcode connectTls}. */
 export interface ConnectTlsOptions {
   /** The SNI to send; default: none for an IP address, else `hostname`. */
@@ -861,7 +867,8 @@ export interface ConnectTlsOptions {
 
 /**
  * The client side: connects over TCP, sends any preamble, runs the
- * handshake, and resolves with the stream. Rejects with the handshake's error.
+ * handshake, and resolves with the stream. Rejects with the connection's
+ * error, or a {@linkcode TlsHandshakeError} when the handshake fails.
  */
 export async function connectTls(
   hostname: string,
@@ -884,8 +891,10 @@ export async function connectTls(
     });
     await new Promise<void>((resolve, reject) => {
       socket.once("secureConnect", resolve);
-      socket.once("error", reject);
-      socket.once("close", () => reject(new Error("the server closed during the handshake")));
+      socket.once("error", (error: Error) => reject(new TlsHandshakeError(error.message)));
+      socket.once("close", () => {
+        reject(new TlsHandshakeError("the server closed during the handshake"));
+      });
     });
     const cipher = socket.getCipher();
     const facts: TlsFacts = {

@@ -965,3 +965,16 @@ Deno.test("a long TLS stream ends cleanly: 100 MB each way, the client's half-cl
     assert.match(closed, / reason=eof bytes_in=104857600 bytes_out=\d+ /);
   }
 });
+
+Deno.test("MAX_CONNECTIONS counts TLS connections too: one over the limit is refused before its handshake", async () => {
+  await using s = await startTestServer({ TLS_PORT: "any", MAX_CONNECTIONS: "1" });
+  const first = await s.connectTls({ insecure: true });
+  try {
+    await readBanner(first, TLS_LINE("none", "none"));
+    await assert.rejects(s.connectTls({ insecure: true }), /closed|reset|EOF|socket/i);
+    assert.equal(s.server.stats.forPort(s.tlsPort).rejected.max_connections, 1);
+    assert.equal(decoder.decode(await roundTrip(first, encoder.encode("still"))), "still");
+  } finally {
+    first.close();
+  }
+});
