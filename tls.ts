@@ -667,6 +667,11 @@ export class TlsStream {
       this.#error = error;
       this.#wakeReader();
     });
+    // The TCP connection's own failure (a reset) reaches the TLS socket only as a close.
+    raw.on("error", (error: Error) => {
+      this.#error ??= error;
+      this.#wakeReader();
+    });
     socket.on("close", () => {
       this.#ended = true;
       this.#wakeReader();

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
+import net from "node:net";
+import nodeTls from "node:tls";
 import {
   clientCertificateProblem,
   ConfigError,
@@ -976,5 +978,26 @@ Deno.test("MAX_CONNECTIONS counts TLS connections too: one over the limit is ref
     assert.equal(decoder.decode(await roundTrip(first, encoder.encode("still"))), "still");
   } finally {
     first.close();
+  }
+});
+
+Deno.test("a TLS client that resets its TCP connection is recorded as reset, not eof", async () => {
+  await using s = await startTestServer({ TLS_PORT: "any" });
+  const tcp = net.connect({ host: "127.0.0.1", port: s.tlsPort });
+  const tls = nodeTls.connect({ socket: tcp, rejectUnauthorized: false });
+  try {
+    const banner = await within(
+      5_000,
+      "the banner",
+      new Promise<string>((resolve) => tls.once("data", (data) => resolve(String(data)))),
+    );
+    assert.equal(banner, TLS_LINE("none", "none"));
+    tcp.resetAndDestroy(); // SO_LINGER 0: a RST, not a FIN
+    const id = await s.connectionId(0);
+    const closed = await s.logs.waitFor(isClosedRecord(id), "the closed record");
+    assert.equal(closed.properties.reason, "reset");
+  } finally {
+    tls.destroy();
+    tcp.destroy();
   }
 });
