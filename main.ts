@@ -54,6 +54,8 @@ import { LineAnswerer } from "./line_mode.ts";
 import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./proxy_protocol.ts";
 import {
   acceptTls,
+  clientHelloRecordLength,
+  clientHelloServerName,
   looksLikeClientHello,
   renderTlsBanner,
   TLS_HANDSHAKE_TIMEOUT_MS,
@@ -83,6 +85,9 @@ export type { Cidr } from "./proxy_protocol.ts";
 // ---------------------------------------------------------------------------
 // Types and constants
 // ---------------------------------------------------------------------------
+
+/** How long the rest of a ClientHello on a plain port is waited for, to log its server name. */
+const CLIENT_HELLO_WAIT_MS = 1_000;
 
 /** How long a PROXY header may take to arrive. */
 export const PROXY_HEADER_TIMEOUT_MS = 5_000;
@@ -529,7 +534,9 @@ async function echo(
 ): Promise<void> {
   const { conn } = connection;
   try {
-    refuseClientHello(connection, origin.firstData);
+    if (isClientHelloOnPlainPort(connection, origin.firstData)) {
+      await refuseClientHello(connection, origin.firstData);
+    }
     if (connection.bannerDue && context.config.bannerMode === "connect") {
       await sendBanner(connection, context);
     }
@@ -541,7 +548,9 @@ async function echo(
       const n = await conn.read(buffer);
       if (n === null) break;
       const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
-      if (connection.bytesIn === 0) refuseClientHello(connection, chunk);
+      if (connection.bytesIn === 0 && isClientHelloOnPlainPort(connection, chunk)) {
+        await refuseClientHello(connection, chunk);
+      }
       if (context.plainEcho && !connection.bannerDue) await echoChunk(connection, context, chunk);
       else await onChunk(connection, context, chunk);
       if (n === buffer.length && buffer.length < context.maxBufferBytes) {
@@ -576,21 +585,69 @@ async function echoChunk(
   if (written < chunk.length) await connection.send(chunk.subarray(written));
 }
 
+/** Whether a plain port's first bytes are a TLS ClientHello. */
+function isClientHelloOnPlainPort(connection: EchoConnection, firstBytes: Uint8Array): boolean {
+  return !connection.tlsPort && looksLikeClientHello(firstBytes);
+}
+
 /**
- * Throws {@linkcode ClientHelloOnPlainPort} when a plain port's first bytes
- * are a TLS ClientHello: a client that meant a TLS port gets a clear reason
- * in the log instead of an echo its TLS library cannot read.
+ * Refuses a TLS ClientHello on a plain port: a client that meant a TLS port
+ * gets a clear reason in the log, with the server name it asked for (read
+ * from the rest of the record, waiting at most {@linkcode CLIENT_HELLO_WAIT_MS}),
+ * instead of an echo its TLS library cannot read. Throws
+ * {@linkcode ClientHelloOnPlainPort}.
  */
-function refuseClientHello(connection: EchoConnection, firstBytes: Uint8Array): void {
-  if (connection.tlsPort || !looksLikeClientHello(firstBytes)) return;
-  connection.bytesIn += firstBytes.length;
-  connection.stats.bytesReceived += firstBytes.length;
-  log.info("A TLS ClientHello came to plain port {port}: connect to a TLS_PORT, or without TLS.", {
+async function refuseClientHello(
+  connection: EchoConnection,
+  firstBytes: Uint8Array,
+): Promise<never> {
+  const hello = await readUpTo(connection, firstBytes, clientHelloRecordLength(firstBytes)!);
+  connection.bytesIn += hello.length;
+  connection.stats.bytesReceived += hello.length;
+  const facts: Record<string, unknown> = {
     id: connection.id,
     client: connection.client,
     port: connection.port,
-  });
+  };
+  const serverName = clientHelloServerName(hello);
+  if (serverName !== undefined) facts.server_name = serverName;
+  log.info(
+    "A TLS ClientHello came to plain port {port}: connect to a TLS_PORT, or without TLS.",
+    facts,
+  );
   throw new ClientHelloOnPlainPort();
+}
+
+/** Reads on after `start` until `length` bytes or {@linkcode CLIENT_HELLO_WAIT_MS}; what came. */
+async function readUpTo(
+  connection: EchoConnection,
+  start: Uint8Array,
+  length: number,
+): Promise<Uint8Array> {
+  const bytes = new Uint8Array(length);
+  let filled = Math.min(start.length, length);
+  bytes.set(start.subarray(0, filled));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), CLIENT_HELLO_WAIT_MS);
+  });
+  try {
+    while (filled < length) {
+      const read = connection.conn.read(bytes.subarray(filled));
+      const outcome = await Promise.race([read, deadline]);
+      if (outcome === TIMED_OUT) {
+        read.catch(() => {}); // It fails when the connection is closed, just after.
+        break;
+      }
+      if (outcome === null) break;
+      filled += outcome;
+    }
+  } catch {
+    // What came before the failure is all there is.
+  } finally {
+    clearTimeout(timer);
+  }
+  return bytes.subarray(0, filled);
 }
 
 /** Handles bytes received: count, log, banner if due, delay fault, answer. */

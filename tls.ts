@@ -159,6 +159,52 @@ export function looksLikeClientHello(bytes: Uint8Array): boolean {
     bytes[5] === 0x01;
 }
 
+/** Bytes a ClientHello's first record takes: its header and its length; `undefined` until known. */
+export function clientHelloRecordLength(bytes: Uint8Array): number | undefined {
+  return bytes.length >= 5 ? 5 + ((bytes[3] << 8) | bytes[4]) : undefined;
+}
+
+/**
+ * The server name (SNI) a ClientHello asks for, read from its first record;
+ * `undefined` when it has none, or the bytes end before it. Only a host name
+ * of letters, digits, dots, hyphens and underscores is returned.
+ */
+export function clientHelloServerName(record: Uint8Array): string | undefined {
+  const view = new DataView(record.buffer, record.byteOffset, record.byteLength);
+  const u8 = (at: number) => at < record.length ? view.getUint8(at) : undefined;
+  const u16 = (at: number) => at + 1 < record.length ? view.getUint16(at) : undefined;
+  // Record header (5), handshake header (4), version (2), random (32).
+  let at = 5 + 4 + 2 + 32;
+  const sessionId = u8(at);
+  if (sessionId === undefined) return undefined;
+  at += 1 + sessionId;
+  const suites = u16(at);
+  if (suites === undefined) return undefined;
+  at += 2 + suites;
+  const compression = u8(at);
+  if (compression === undefined) return undefined;
+  at += 1 + compression;
+  const extensions = u16(at);
+  if (extensions === undefined) return undefined;
+  const end = Math.min(record.length, at + 2 + extensions);
+  at += 2;
+  while (at + 4 <= end) {
+    const type = u16(at)!;
+    const length = u16(at + 2)!;
+    if (type === 0) {
+      // server_name: list length (2), name type (1) = host_name (0), name length (2), name.
+      const nameLength = u16(at + 7);
+      if (u8(at + 6) !== 0 || nameLength === undefined || at + 9 + nameLength > end) {
+        return undefined;
+      }
+      const name = String.fromCharCode(...record.subarray(at + 9, at + 9 + nameLength));
+      return /^[A-Za-z0-9._-]{1,253}$/.test(name) ? name : undefined;
+    }
+    at += 4 + length;
+  }
+  return undefined;
+}
+
 /** At most this many bytes of a non-TLS start are quoted in a refusal's detail. */
 const QUOTED_BYTES = 32;
 

@@ -4,9 +4,13 @@ import net from "node:net";
 import nodeTls from "node:tls";
 import {
   clientCertificateProblem,
+  clientHelloRecordLength,
+  clientHelloServerName,
+  concatBytes,
   ConfigError,
   connectTls,
   generatedCertificateNames,
+  indexOfBytes,
   loadConfig,
   looksLikeClientHello,
   parseTlsBanner,
@@ -122,6 +126,36 @@ Deno.test("a ClientHello is recognised by its first six bytes, and nothing else 
       Uint8Array.from([0x16, 0x02, 0x00, 0x00, 0x10, 0x01]), // SSL 2 version
     ]
   ) assert.equal(looksLikeClientHello(other), false, JSON.stringify(Array.from(other)));
+});
+
+/** The first bytes a real TLS client sends: connectTls against a listener that only reads. */
+async function realClientHello(serverName?: string): Promise<Uint8Array> {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const connecting = connectTls("127.0.0.1", listener.addr.port, { insecure: true, serverName });
+  using conn = await listener.accept();
+  const head = await readExactly(conn, 5);
+  const hello = concatBytes([head, await readExactly(conn, clientHelloRecordLength(head)! - 5)]);
+  conn.close();
+  await assert.rejects(connecting);
+  return hello;
+}
+
+Deno.test("a ClientHello's server name is read from its record, and nothing but a host name", async () => {
+  const hello = await realClientHello("v2.example.com");
+  assert.equal(looksLikeClientHello(hello), true);
+  assert.equal(clientHelloRecordLength(hello), hello.length);
+  assert.equal(clientHelloServerName(hello), "v2.example.com");
+  assert.equal(clientHelloServerName(await realClientHello()), undefined, "an IP: no SNI");
+  for (let cut = 0; cut < hello.length; cut += 7) {
+    const name = clientHelloServerName(hello.subarray(0, cut));
+    assert.ok(name === undefined || name === "v2.example.com", `cut at ${cut}`);
+  }
+  assert.equal(clientHelloRecordLength(hello.subarray(0, 4)), undefined);
+  // A name that is not a host name (here with a newline) is not returned, so it is never logged.
+  const at = indexOfBytes(hello, encoder.encode("v2.example.com"));
+  const forged = hello.slice();
+  forged[at + 2] = 0x0a;
+  assert.equal(clientHelloServerName(forged), undefined);
 });
 
 Deno.test("the start of a non-TLS stream is quoted escaped and cut at 32 bytes", () => {
@@ -413,7 +447,9 @@ Deno.test("TLS bad input: each is refused with a reason and counted; the server 
 
   await t.step("a TLS ClientHello to the plain port", async () => {
     // A real client's ClientHello: connectTls against the plain port.
-    await assert.rejects(connectTls("127.0.0.1", s.port, { insecure: true }));
+    await assert.rejects(
+      connectTls("127.0.0.1", s.port, { insecure: true, serverName: "v2.example.com" }),
+    );
     const id = await s.connectionId(0);
     const record = await s.logs.waitFor(
       (r) => r.properties.id === id && String(r.rawMessage).startsWith("A TLS ClientHello"),
@@ -422,11 +458,11 @@ Deno.test("TLS bad input: each is refused with a reason and counted; the server 
     assert.equal(
       withoutTimestamp(s.logs.linesOf(id).find((line) => line.includes("ClientHello"))!),
       `${id} - A TLS ClientHello came to plain port ${s.port}: connect to a TLS_PORT, or without ` +
-        `TLS. client=${record.properties.client}\n`,
+        `TLS. client=${record.properties.client} server_name=v2.example.com\n`,
     );
     const closed = await s.logs.waitFor(isClosedRecord(id), "closed");
     assert.equal(closed.properties.reason, "tls_on_plain_port");
-    assert.ok(Number(closed.properties.bytes_in) >= 6);
+    assert.ok(Number(closed.properties.bytes_in) > 64, "the whole first record was read");
     assert.equal(s.server.stats.forPort(s.port).closed.tls_on_plain_port, 1);
   });
 
