@@ -223,15 +223,17 @@ interface Issue {
   readonly dns?: readonly string[];
   readonly ips?: readonly string[];
   readonly notAfterDays?: number;
-  readonly signedBy?: "ca" | "other-ca";
-  readonly usage: "server" | "client";
+  readonly signedBy?: "ca" | "other-ca" | "intermediate";
+  readonly usage: "server" | "client" | "ca";
 }
 
 /**
  * Makes a CA (`ca`), and certificates it signs: `server` (localhost,
  * 127.0.0.1, v1/v2.example.com), `server2` (the same names, a new key: a
- * rotation), `client` (CN=client,O=test), `expired-client`; and
- * `stranger-client`, signed by another CA.
+ * rotation), `client` (CN=client,O=test), `expired-client`, `intermediate`
+ * (a CA under the CA) and `chained-client` (signed by `intermediate`; its
+ * `.pem` holds both, as a client sends them; `chained-client-alone.pem` only
+ * its own); and `stranger-client`, signed by another CA.
  */
 export async function makeTestPki(): Promise<TestPki> {
   const dir = await Deno.makeTempDir({ prefix: "tcp-echo-pki-" });
@@ -255,9 +257,14 @@ export async function makeTestPki(): Promise<TestPki> {
   };
   const ca = await authority("CN=tcp-echo test CA");
   const otherCa = await authority("CN=someone else's CA");
+  const issued = new Map<string, Awaited<ReturnType<typeof authority>>>();
   const issue = async (spec: Issue, serial: number) => {
     const keys = await newKeys();
-    const issuer = spec.signedBy === "other-ca" ? otherCa : ca;
+    const issuer = spec.signedBy === "other-ca"
+      ? otherCa
+      : spec.signedBy === "intermediate"
+      ? issued.get("intermediate")!
+      : ca;
     const names = [
       ...(spec.dns ?? []).map((value) => ({ type: "dns" as const, value })),
       ...(spec.ips ?? []).map((value) => ({ type: "ip" as const, value })),
@@ -272,16 +279,27 @@ export async function makeTestPki(): Promise<TestPki> {
       publicKey: keys.publicKey,
       signingKey: issuer.keys.privateKey,
       signingAlgorithm: ALGORITHM,
-      extensions: [
-        ...(names.length > 0 ? [new x509.SubjectAlternativeNameExtension(names)] : []),
-        new x509.ExtendedKeyUsageExtension([
-          spec.usage === "server"
-            ? x509.ExtendedKeyUsage.serverAuth
-            : x509.ExtendedKeyUsage.clientAuth,
-        ]),
-      ],
+      extensions: spec.usage === "ca"
+        ? [
+          new x509.BasicConstraintsExtension(true, 0, true),
+          new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+        ]
+        : [
+          ...(names.length > 0 ? [new x509.SubjectAlternativeNameExtension(names)] : []),
+          new x509.ExtendedKeyUsageExtension([
+            spec.usage === "server"
+              ? x509.ExtendedKeyUsage.serverAuth
+              : x509.ExtendedKeyUsage.clientAuth,
+          ]),
+        ],
     });
-    await Deno.writeTextFile(`${dir}/${spec.file}.pem`, certificate.toString("pem") + "\n");
+    issued.set(spec.file, { keys, certificate });
+    const pem = certificate.toString("pem") + "\n";
+    const chain = spec.signedBy === "intermediate"
+      ? pem + issued.get("intermediate")!.certificate.toString("pem") + "\n"
+      : pem;
+    await Deno.writeTextFile(`${dir}/${spec.file}.pem`, chain);
+    if (chain !== pem) await Deno.writeTextFile(`${dir}/${spec.file}-alone.pem`, pem);
     await Deno.writeTextFile(`${dir}/${spec.file}.key`, await privateKeyPem(keys.privateKey));
   };
   const servers = { dns: ["localhost", "v1.example.com", "v2.example.com"], ips: ["127.0.0.1"] };
@@ -291,6 +309,13 @@ export async function makeTestPki(): Promise<TestPki> {
     { file: "client", subject: "CN=client, O=test", usage: "client" },
     { file: "expired-client", subject: "CN=expired", notAfterDays: -1, usage: "client" },
     { file: "stranger-client", subject: "CN=stranger", signedBy: "other-ca", usage: "client" },
+    { file: "intermediate", subject: "CN=tcp-echo test intermediate", usage: "ca" },
+    {
+      file: "chained-client",
+      subject: "CN=chained, O=test",
+      signedBy: "intermediate",
+      usage: "client",
+    },
   ];
   for (const [i, spec] of specs.entries()) await issue(spec, i);
   const caPem = ca.certificate.toString("pem") + "\n";

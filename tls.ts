@@ -214,31 +214,44 @@ export function quoteStart(bytes: Uint8Array): string {
   return JSON.stringify(text) + (bytes.length > QUOTED_BYTES ? "…" : "");
 }
 
+/** Intermediate certificates a client's chain may have between its certificate and a CA. */
+const MAX_INTERMEDIATES = 4;
+
 /**
- * Why a client certificate cannot be accepted, or `undefined` when it is
- * within its validity period and issued (signed) by one of `authorities`.
+ * Why a client's certificate chain (its certificate first, then the
+ * intermediates it sent) cannot be accepted, or `undefined` when every
+ * certificate on the path is in date and the path leads, each signed by the
+ * next, to one issued by (or being) one of `authorities`.
  */
 export function clientCertificateProblem(
-  certificate: X509Certificate,
+  chain: readonly X509Certificate[],
   authorities: readonly X509Certificate[],
   now: Date,
 ): string | undefined {
-  const subject = oneLineName(certificate.subject);
-  if (now < new Date(certificate.validFrom)) {
-    return `client certificate ${subject} is not valid before ${certificate.validFrom}`;
+  const [leaf] = chain;
+  const leafName = oneLineName(leaf.subject);
+  const trusted = (certificate: X509Certificate) =>
+    authorities.some((authority) =>
+      authority.fingerprint256 === certificate.fingerprint256 ||
+      (certificate.checkIssued(authority) && certificate.verify(authority.publicKey))
+    );
+  for (const [i, certificate] of chain.slice(0, MAX_INTERMEDIATES + 1).entries()) {
+    const what = i === 0 ? "client certificate" : `intermediate certificate`;
+    const subject = oneLineName(certificate.subject);
+    if (now < new Date(certificate.validFrom)) {
+      return `${what} ${subject} is not valid before ${certificate.validFrom}`;
+    }
+    if (now > new Date(certificate.validTo)) {
+      return `${what} ${subject} expired on ${certificate.validTo}`;
+    }
+    if (i > 0 && !certificate.ca) return `${what} ${subject} is not a CA certificate`;
+    if (trusted(certificate)) return undefined;
+    const next = chain[i + 1];
+    if (!next || !(certificate.checkIssued(next) && certificate.verify(next.publicKey))) break;
   }
-  if (now > new Date(certificate.validTo)) {
-    return `client certificate ${subject} expired on ${certificate.validTo}`;
-  }
-  const issued = authorities.some((authority) =>
-    certificate.checkIssued(authority) && certificate.verify(authority.publicKey)
-  );
-  if (!issued) {
-    return `client certificate ${subject} (issuer ${
-      oneLineName(certificate.issuer)
-    }) is not issued by a TLS_CLIENT_CA certificate`;
-  }
-  return undefined;
+  return `client certificate ${leafName} (issuer ${
+    oneLineName(leaf.issuer)
+  }) is not issued by a TLS_CLIENT_CA certificate`;
 }
 
 /** Every PEM certificate block in `text`. */
@@ -458,8 +471,9 @@ export class TlsCredentials {
       }
       return undefined;
     }
-    const certificate = new X509Certificate(raw);
-    const problem = clientCertificateProblem(certificate, this.#clientAuthorities, new Date());
+    const chain = peerChain(socket);
+    const certificate = chain[0];
+    const problem = clientCertificateProblem(chain, this.#clientAuthorities, new Date());
     if (problem !== undefined) throw new TlsRefusal("tls_client_certificate", problem);
     return {
       subject: oneLineName(certificate.subject),
@@ -871,6 +885,18 @@ function handshakeFailure(error: Error, credentials: TlsCredentials): string {
     }`;
   }
   return error.message;
+}
+
+/** The client's certificate and the intermediates it sent, as node:tls links them. */
+function peerChain(socket: nodeTls.TLSSocket): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  let peer: nodeTls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
+  while (peer?.raw && chain.length <= MAX_INTERMEDIATES) {
+    chain.push(new X509Certificate(peer.raw));
+    if (peer.issuerCertificate === peer) break;
+    peer = peer.issuerCertificate;
+  }
+  return chain;
 }
 
 /** How long a refused client is given to take the line that says why. */

@@ -236,21 +236,48 @@ Deno.test("client certificates: issued by the CA and in date, or the reason why 
   const load = async (name: string) => new X509Certificate(await pki.read(`${name}.pem`));
   const authorities = [await load("ca")];
   const now = new Date();
-  assert.equal(clientCertificateProblem(await load("client"), authorities, now), undefined);
+  const client = await load("client");
+  assert.equal(clientCertificateProblem([client], authorities, now), undefined);
   const expired = await load("expired-client");
   assert.equal(
-    clientCertificateProblem(expired, authorities, now),
+    clientCertificateProblem([expired], authorities, now),
     `client certificate CN=expired expired on ${expired.validTo}`,
   );
   assert.equal(
-    clientCertificateProblem(await load("stranger-client"), authorities, now),
+    clientCertificateProblem([await load("stranger-client")], authorities, now),
     "client certificate CN=stranger (issuer CN=someone else's CA) is not issued by a " +
       "TLS_CLIENT_CA certificate",
   );
-  const early = new Date(Date.parse((await load("client")).validFrom) - 60_000);
+  const early = new Date(Date.parse(client.validFrom) - 60_000);
   assert.match(
-    clientCertificateProblem(await load("client"), authorities, early)!,
+    clientCertificateProblem([client], authorities, early)!,
     /^client certificate CN=client,O=test is not valid before /,
+  );
+  // Through an intermediate: the chain the client sends leads to the CA.
+  const chained = await load("chained-client-alone");
+  const intermediate = await load("intermediate");
+  assert.equal(clientCertificateProblem([chained, intermediate], authorities, now), undefined);
+  assert.equal(
+    clientCertificateProblem([chained, intermediate, authorities[0]], authorities, now),
+    undefined,
+    "the CA itself sent along",
+  );
+  assert.equal(
+    clientCertificateProblem([chained], authorities, now),
+    "client certificate CN=chained,O=test (issuer CN=tcp-echo test intermediate) is not issued " +
+      "by a TLS_CLIENT_CA certificate",
+    "without the intermediate",
+  );
+  assert.equal(
+    clientCertificateProblem([chained, intermediate], [intermediate], now),
+    undefined,
+    "the intermediate as the CA",
+  );
+  // A wrong certificate in the middle breaks the path.
+  assert.equal(
+    clientCertificateProblem([chained, client], authorities, now),
+    "client certificate CN=chained,O=test (issuer CN=tcp-echo test intermediate) is not issued " +
+      "by a TLS_CLIENT_CA certificate",
   );
 });
 
@@ -549,7 +576,7 @@ Deno.test("client certificates: shown when verified; missing, expired or untrust
   };
   const as = async (name: string) => ({
     cert: await pki.read(`${name}.pem`),
-    key: await pki.read(`${name}.key`),
+    key: await pki.read(`${name.replace(/-alone$/, "")}.key`),
     ca: pki.caPem,
   });
   for (const mode of ["optional", "require"]) {
@@ -573,6 +600,16 @@ Deno.test("client certificates: shown when verified; missing, expired or untrust
       const open = await s.logs.waitFor(isOpen, "open");
       assert.equal(open.properties.client_cert, "CN=client,O=test");
       assert.match(String(open.properties.client_cert_sha256), /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
+      // Issued through an intermediate, which the client sends along.
+      const chained = await s.connectTls(await as("chained-client"));
+      try {
+        await readBanner(
+          chained,
+          TLS_LINE("none", "none") + "Client certificate CN=chained,O=test.\n",
+        );
+      } finally {
+        chained.close();
+      }
 
       const refusedWith = async (name: string | undefined, detail: RegExp) => {
         const before = rejected.tls_client_certificate;
@@ -595,6 +632,10 @@ Deno.test("client certificates: shown when verified; missing, expired or untrust
         assert.equal(rejected.tls_client_certificate, before + 1);
       };
       await refusedWith("expired-client", /client certificate CN=expired expired on .+/);
+      await refusedWith(
+        "chained-client-alone",
+        /client certificate CN=chained,O=test \(issuer CN=tcp-echo test intermediate\) is not issued by a TLS_CLIENT_CA certificate/,
+      );
       await refusedWith(
         "stranger-client",
         /client certificate CN=stranger \(issuer CN=someone else's CA\) is not issued by a TLS_CLIENT_CA certificate/,
