@@ -156,14 +156,18 @@ async function buildReferences(
   return { built, missing };
 }
 
+/** tcp-echo exactly as `deno task start` runs it. */
+async function tcpEchoCommand(): Promise<string[]> {
+  const start = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).tasks.start;
+  return [Deno.execPath(), ...String(start).split(/\s+/).slice(1)];
+}
+
 /** The servers to measure, in table order, from what could be built. */
 async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
-  const startArgs = String(
-    JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).tasks.start,
-  ).split(/\s+/).slice(1);
+  const command = await tcpEchoCommand();
   const tcpEcho = (name: string, env: Record<string, string>): ServerKind => ({
     name,
-    command: [Deno.execPath(), ...startArgs],
+    command,
     env: { HOST: "127.0.0.1", ...BANNER_ENV, ...env },
     logs: true,
     bannerBytes: new TextEncoder().encode(bannerText()).length,
@@ -594,7 +598,10 @@ const TLS_REFERENCE = "go crypto/tls";
 const TLS_OURS = "tcp-echo TLS, data off";
 
 /** The two TLS servers, with the same certificate (ECDSA P-256, from the tests' PKI). */
-function tlsKinds(built: Map<string, string>, files: Record<string, string>): ServerKind[] {
+async function tlsKinds(
+  built: Map<string, string>,
+  files: Record<string, string>,
+): Promise<ServerKind[]> {
   return [
     {
       name: TLS_REFERENCE,
@@ -607,7 +614,7 @@ function tlsKinds(built: Map<string, string>, files: Record<string, string>): Se
     },
     {
       name: TLS_OURS,
-      command: [Deno.execPath(), ...tcpEchoStartArgs],
+      command: await tcpEchoCommand(),
       env: { HOST: "127.0.0.1", ...BANNER_ENV, LOG_DATA_BYTES: "0", ADMIN_PORT: "off", ...files },
       logs: true,
       bannerBytes: 0,
@@ -616,8 +623,6 @@ function tlsKinds(built: Map<string, string>, files: Record<string, string>): Se
     },
   ];
 }
-
-let tcpEchoStartArgs: string[] = [];
 
 /** TLS workloads, both with go-load on core 1; its CPU share is kept to tell who limited. */
 function tlsScenarios(seconds: number, load: string): Scenario[] {
@@ -664,19 +669,25 @@ async function runTls(built: Map<string, string>, options: BenchOptions): Promis
     return "TLS: left out: the Go echo or the Go client could not be built";
   }
   await using pki = await makeTestPki();
-  const files = pki.serverFiles;
   const all = tlsScenarios(options.seconds, built.get("go-load")!);
   const servers: BenchServer[] = [];
   try {
-    for (const kind of tlsKinds(built, files)) servers.push(await startServer(kind));
+    for (const kind of await tlsKinds(built, pki.serverFiles)) {
+      servers.push(await startServer(kind));
+    }
     const { results, rounds } = await runRounds(servers, all, options);
     return `TLS (${rounds} rounds; a client CPU near 1.00 means the client was the limit):\n\n` +
       renderTlsTable(all, results);
   } finally {
-    for (const server of servers) await stop(server);
-    for (const server of servers) {
-      if (server.logFile) await Deno.remove(server.logFile).catch(() => {});
-    }
+    await stopAll(servers);
+  }
+}
+
+/** Stops every server and deletes their logs. */
+async function stopAll(servers: readonly BenchServer[]): Promise<void> {
+  for (const server of servers) await stop(server);
+  for (const server of servers) {
+    if (server.logFile) await Deno.remove(server.logFile).catch(() => {});
   }
 }
 
@@ -690,8 +701,6 @@ async function main(): Promise<void> {
   }
   for (const reason of missing) console.error(`left out: ${reason}`);
   const kinds = await serverKinds(built);
-  tcpEchoStartArgs = String(JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).tasks.start)
-    .split(/\s+/).slice(1);
   const all = scenarios(options.seconds, built);
   const servers: BenchServer[] = [];
   try {
@@ -704,6 +713,7 @@ async function main(): Promise<void> {
     const rows = tableRows(servers, all, results, memory);
     const shipped = servers.find((s) => s.name === "tcp-echo, defaults")!;
     const records = await checkRecords(shipped);
+    // The TLS servers get the cores to themselves (their logs go when the run ends).
     for (const server of servers) await stop(server);
     const tls = await runTls(built, options);
     if (options.json) {
@@ -720,10 +730,7 @@ async function main(): Promise<void> {
     console.log(`\nrecord check (tcp-echo, defaults): ${records}`);
     console.log(`\n${tls}`);
   } finally {
-    for (const server of servers) await stop(server);
-    for (const server of servers) {
-      if (server.logFile) await Deno.remove(server.logFile).catch(() => {});
-    }
+    await stopAll(servers);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }

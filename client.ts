@@ -766,11 +766,17 @@ async function synchronize(conn: ClientConn, options: ClientOptions): Promise<Ui
 class MismatchError extends Error {}
 class ShortError extends Error {}
 
+/** A connect-mode probe that failed, with its reason. */
+class FailedProbe extends Error {
+  constructor(readonly reason: FailureReason, detail: string) {
+    super(detail);
+  }
+}
+
 function loadFailure(error: unknown): FailureReason {
   if (error instanceof MismatchError) return "mismatch";
   if (error instanceof ShortError) return "short";
-  const reason = (error as { reason?: FailureReason }).reason;
-  if (reason !== undefined) return reason;
+  if (error instanceof FailedProbe) return error.reason;
   return failureOf(error);
 }
 
@@ -841,13 +847,7 @@ const connectionAfterConnection: LoadWorker = async (options, connect, deadline,
   while (performance.now() < deadline) {
     const started = performance.now();
     const outcome = await probeOnce(options, exchange, connect);
-    if (!outcome.ok) {
-      throw outcome.reason === "mismatch"
-        ? new MismatchError(outcome.detail)
-        : outcome.reason === "short"
-        ? new ShortError(outcome.detail)
-        : Object.assign(new Error(outcome.detail), { reason: outcome.reason });
-    }
+    if (!outcome.ok) throw new FailedProbe(outcome.reason, outcome.detail);
     tally.histogram.recordValue(Math.max(1, Math.round((performance.now() - started) * 1_000)));
     tally.operations++;
     tally.bytesVerified += exchange.expected.length;

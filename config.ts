@@ -449,7 +449,7 @@ function readTls(env: Environment, plainPorts: readonly number[]): TlsSettings {
     throw new ConfigError("TLS_CLIENT_AUTH needs TLS_CLIENT_CA: allowed: set TLS_CLIENT_CA too");
   }
   if (settings.ports.length === 0) {
-    const stray = TLS_ONLY_NAMES.find((name) => env[name]?.trim());
+    const stray = TLS_ONLY_VARIABLES.map((v) => v.name).find((name) => env[name]?.trim());
     if (stray !== undefined) {
       throw new ConfigError(`${stray} is set but TLS_PORT is not: allowed: set TLS_PORT too`);
     }
@@ -462,13 +462,14 @@ function readTls(env: Environment, plainPorts: readonly number[]): TlsSettings {
   });
 }
 
-const TLS_ONLY_NAMES = [
-  "TLS_CERT_FILE",
-  "TLS_KEY_FILE",
-  "TLS_SERVER_NAMES",
-  "TLS_ALPN",
-  "TLS_CLIENT_CA",
-  "TLS_CLIENT_AUTH",
+/** The TLS variables that mean nothing without `TLS_PORT`. */
+const TLS_ONLY_VARIABLES = [
+  TLS_CERT_FILE,
+  TLS_KEY_FILE,
+  TLS_SERVER_NAMES,
+  TLS_ALPN,
+  TLS_CLIENT_CA,
+  TLS_CLIENT_AUTH,
 ];
 
 /**
@@ -496,12 +497,7 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   ECHO_DELAY,
   CLOSE_AFTER_BYTES,
   TLS_PORT,
-  TLS_CERT_FILE,
-  TLS_KEY_FILE,
-  TLS_SERVER_NAMES,
-  TLS_ALPN,
-  TLS_CLIENT_CA,
-  TLS_CLIENT_AUTH,
+  ...TLS_ONLY_VARIABLES,
 ];
 
 /**

@@ -313,8 +313,17 @@ interface ConnectionOrigin {
   readonly pendingRead: Promise<Uint8Array | null> | undefined;
 }
 
-/** What a race against the PROXY header deadline resolves with when the deadline wins. */
+/** What a race against a {@linkcode deadlineIn} resolves with when the deadline wins. */
 const TIMED_OUT = Symbol("timed out");
+
+/** A promise of {@linkcode TIMED_OUT} in `ms`, to race reads against; `cancel` stops its timer. */
+function deadlineIn(ms: number): { reached: Promise<typeof TIMED_OUT>; cancel(): void } {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const reached = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), ms);
+  });
+  return { reached, cancel: () => clearTimeout(timer) };
+}
 
 /**
  * Where the connection comes from: the socket's peer, or the client a PROXY
@@ -355,10 +364,7 @@ async function readProxyHeader(
   const waitMs = context.proxyHeaderTimeoutMs;
   const buffer = new Uint8Array(V2_MAX_BYTES);
   let filled = 0;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
-    timer = setTimeout(() => resolve(TIMED_OUT), waitMs);
-  });
+  const deadline = deadlineIn(waitMs);
   const asData = (pendingRead?: Promise<Uint8Array | null>): ConnectionOrigin => ({
     client: peer,
     proxy: undefined,
@@ -386,7 +392,7 @@ async function readProxyHeader(
         throw new ProxyRefusal("proxy_missing", "no PROXY header");
       }
       const read = connection.conn.read(buffer.subarray(filled));
-      const outcome = await Promise.race([read, deadline]);
+      const outcome = await Promise.race([read, deadline.reached]);
       if (outcome === TIMED_OUT) {
         // Optional: no complete header in time, so what came is data and the read goes on.
         const at = filled;
@@ -401,7 +407,7 @@ async function readProxyHeader(
       filled += outcome;
     }
   } finally {
-    clearTimeout(timer);
+    deadline.cancel();
   }
 }
 
@@ -627,14 +633,11 @@ async function readUpTo(
   const bytes = new Uint8Array(length);
   let filled = Math.min(start.length, length);
   bytes.set(start.subarray(0, filled));
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
-    timer = setTimeout(() => resolve(TIMED_OUT), CLIENT_HELLO_WAIT_MS);
-  });
+  const deadline = deadlineIn(CLIENT_HELLO_WAIT_MS);
   try {
     while (filled < length) {
       const read = connection.conn.read(bytes.subarray(filled));
-      const outcome = await Promise.race([read, deadline]);
+      const outcome = await Promise.race([read, deadline.reached]);
       if (outcome === TIMED_OUT) {
         read.catch(() => {}); // It fails when the connection is closed, just after.
         break;
@@ -645,7 +648,7 @@ async function readUpTo(
   } catch {
     // What came before the failure is all there is.
   } finally {
-    clearTimeout(timer);
+    deadline.cancel();
   }
   return bytes.subarray(0, filled);
 }

@@ -18,6 +18,7 @@ import {
   type Environment,
   formatTextRecord,
   loadConfig,
+  privateKeyPem,
   setupLogging,
   startServer,
   type TestHooks,
@@ -328,12 +329,6 @@ export async function makeTestPki(): Promise<TestPki> {
     read: (file) => Deno.readTextFile(`${dir}/${file}`),
     [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
   };
-}
-
-async function privateKeyPem(key: CryptoKey): Promise<string> {
-  const der = new Uint8Array(await crypto.subtle.exportKey("pkcs8", key));
-  const base64 = btoa(String.fromCharCode(...der)).match(/.{1,64}/g)!.join("\n");
-  return `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`;
 }
 
 /** What the socket helpers read from: a `Deno.Conn` or a `TlsStream`. */

@@ -13,6 +13,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import nodeTls from "node:tls";
 import { log } from "./log_output.ts";
+import type { RejectReason } from "./admin.ts";
 import type { TlsSettings } from "./config.ts";
 import { closeQuietly, concatBytes } from "./wire.ts";
 
@@ -59,14 +60,7 @@ interface ServerIdentity {
 /** A TLS failure that closes a connection before its banner: a reason to count and a detail to log. */
 export class TlsRefusal extends Error {
   /** Makes a refusal. */
-  constructor(
-    readonly reason:
-      | "tls_plaintext"
-      | "tls_handshake_failed"
-      | "tls_handshake_timeout"
-      | "tls_client_certificate",
-    readonly detail: string,
-  ) {
+  constructor(readonly reason: Extract<RejectReason, `tls_${string}`>, readonly detail: string) {
     super(detail);
   }
 }
@@ -345,13 +339,17 @@ async function generateIdentity(names: readonly string[]): Promise<ServerIdentit
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
     ],
   });
-  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
-  const base64 = btoa(String.fromCharCode(...pkcs8)).match(/.{1,64}/g)!.join("\n");
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`;
-  return identityFromPem(certificate.toString("pem"), keyPem, {
+  return identityFromPem(certificate.toString("pem"), await privateKeyPem(keys.privateKey), {
     cert: "(generated)",
     key: "(generated)",
   });
+}
+
+/** A private key as PKCS #8 PEM, as `TLS_KEY_FILE` holds it. */
+export async function privateKeyPem(key: CryptoKey): Promise<string> {
+  const der = new Uint8Array(await crypto.subtle.exportKey("pkcs8", key));
+  const base64 = btoa(String.fromCharCode(...der)).match(/.{1,64}/g)!.join("\n");
+  return `-----BEGIN PRIVATE KEY-----\n${base64}\n-----END PRIVATE KEY-----\n`;
 }
 
 function hex(byte: number): string {
@@ -461,8 +459,8 @@ export class TlsCredentials {
    */
   verifyClient(socket: nodeTls.TLSSocket): ClientCertificate | undefined {
     if (!this.requestsClientCertificate) return undefined;
-    const raw = socket.getPeerCertificate()?.raw;
-    if (!raw || raw.length === 0) {
+    const chain = peerChain(socket);
+    if (chain.length === 0) {
       if (this.#settings.clientAuth === "require") {
         throw new TlsRefusal(
           "tls_client_certificate",
@@ -471,7 +469,6 @@ export class TlsCredentials {
       }
       return undefined;
     }
-    const chain = peerChain(socket);
     const certificate = chain[0];
     const problem = clientCertificateProblem(chain, this.#clientAuthorities, new Date());
     if (problem !== undefined) throw new TlsRefusal("tls_client_certificate", problem);
@@ -592,6 +589,8 @@ export class TcpDuplex extends Duplex {
   #held = false;
   /** The TLS engine asked for more while reading was held. */
   #wanted = false;
+  /** Where reads land; each is pushed as a copy of its size. */
+  readonly #buffer = new Uint8Array(RAW_READ_BYTES);
 
   /** Wraps `conn`; its stream starts with `head`. */
   constructor(conn: Deno.TcpConn, head: Uint8Array, onRead?: (chunk: Uint8Array) => void) {
@@ -659,10 +658,9 @@ export class TcpDuplex extends Duplex {
         this.#pumping = false;
         return;
       }
-      const buffer = new Uint8Array(RAW_READ_BYTES);
       let n: number | null;
       try {
-        n = await this.#conn.read(buffer);
+        n = await this.#conn.read(this.#buffer);
       } catch (error) {
         this.destroy(error as Error);
         return;
@@ -671,8 +669,10 @@ export class TcpDuplex extends Duplex {
         this.push(null);
         return;
       }
-      this.#onRead?.(buffer.subarray(0, n));
-      if (!this.push(buffer.subarray(0, n))) {
+      // The stream keeps what is pushed until the TLS engine takes it: a copy of what came.
+      const chunk = this.#buffer.slice(0, n);
+      this.#onRead?.(chunk);
+      if (!this.push(chunk)) {
         this.#pumping = false;
         return;
       }
@@ -719,10 +719,12 @@ export class TlsStream {
       if (this.#queued >= QUEUE_HIGH_BYTES) raw.hold();
       this.#wakeReader();
     });
-    socket.on("end", () => {
+    const ended = () => {
       this.#ended = true;
       this.#wakeReader();
-    });
+    };
+    socket.on("end", ended);
+    socket.on("close", ended);
     socket.on("error", (error: Error) => {
       this.#error = error;
       this.#wakeReader();
@@ -730,10 +732,6 @@ export class TlsStream {
     // The TCP connection's own failure (a reset) reaches the TLS socket only as a close.
     raw.on("error", (error: Error) => {
       this.#error ??= error;
-      this.#wakeReader();
-    });
-    socket.on("close", () => {
-      this.#ended = true;
       this.#wakeReader();
     });
   }
@@ -849,15 +847,8 @@ export async function acceptTls(
       await sayRefused(socket, (error as Error).message);
       throw error;
     }
-    const cipher = socket.getCipher();
-    const facts: TlsFacts = {
-      protocol: socket.getProtocol() ?? "unknown",
-      cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
-      serverName: stringOrUndefined((socket as { servername?: unknown }).servername),
-      alpn: stringOrUndefined(socket.alpnProtocol),
-      clientCertificate,
-    };
-    return new TlsStream(socket, conn, raw, facts);
+    const serverName = stringOrUndefined((socket as { servername?: unknown }).servername);
+    return new TlsStream(socket, conn, raw, handshakeFacts(socket, serverName, clientCertificate));
   } catch (error) {
     socket.destroy();
     closeQuietly(conn);
@@ -877,6 +868,22 @@ export async function acceptTls(
   }
 }
 
+/** What a completed handshake carried, as node:tls reports it on either side. */
+function handshakeFacts(
+  socket: nodeTls.TLSSocket,
+  serverName: string | undefined,
+  clientCertificate: ClientCertificate | undefined,
+): TlsFacts {
+  const cipher = socket.getCipher();
+  return {
+    protocol: socket.getProtocol() ?? "unknown",
+    cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
+    serverName,
+    alpn: stringOrUndefined(socket.alpnProtocol),
+    clientCertificate,
+  };
+}
+
 /** A failed handshake's detail: the TLS library's words, with what the server offered. */
 function handshakeFailure(error: Error, credentials: TlsCredentials): string {
   if (/known protocol/.test(error.message)) {
@@ -887,7 +894,7 @@ function handshakeFailure(error: Error, credentials: TlsCredentials): string {
   return error.message;
 }
 
-/** The client's certificate and the intermediates it sent, as node:tls links them. */
+/** The peer's certificate and the intermediates it sent, as node:tls links them. */
 function peerChain(socket: nodeTls.TLSSocket): X509Certificate[] {
   const chain: X509Certificate[] = [];
   let peer: nodeTls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
@@ -973,25 +980,13 @@ export async function connectTls(
         reject(new TlsHandshakeError("the server closed during the handshake"));
       });
     });
-    const cipher = socket.getCipher();
-    const facts: TlsFacts = {
-      protocol: socket.getProtocol() ?? "unknown",
-      cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
-      serverName,
-      alpn: stringOrUndefined(socket.alpnProtocol),
-      clientCertificate: undefined,
-    };
-    const raw509 = socket.getPeerCertificate()?.raw;
-    const server = raw509 ? new X509Certificate(raw509) : undefined;
+    const [server] = peerChain(socket);
     return new TlsStream(
       socket,
       tcp,
       raw,
-      facts,
-      server && {
-        subject: oneLineName(server.subject),
-        fingerprint: server.fingerprint256,
-      },
+      handshakeFacts(socket, serverName, undefined),
+      server && { subject: oneLineName(server.subject), fingerprint: server.fingerprint256 },
     );
   } catch (error) {
     closeQuietly(tcp);

@@ -507,23 +507,27 @@ async function drainUnderLoad(): Promise<void> {
   await kubectl("rollout", "status", "deployment/tcp-echo-v1", "--timeout=180s");
 }
 
+/**
+ * Without a load balancer a Gateway API gateway gets no address and is never
+ * Programmed: a ClusterIP Service gives it one, reached through a port-forward.
+ */
+async function gatewayOnClusterIp(gateway: string): Promise<void> {
+  await kubectl(
+    "annotate",
+    `gateways.gateway.networking.k8s.io/${gateway}`,
+    "networking.istio.io/service-type=ClusterIP",
+    "--overwrite",
+  );
+  await eventually(180_000, async () => {
+    await kubectl("rollout", "status", `deployment/${gateway}-istio`, "--timeout=60s");
+  });
+}
+
 async function gatewayApiWalkthrough({ readme }: Context): Promise<void> {
   const forwards: AsyncDisposable[] = [];
   try {
     await runSection(readme, "## Istio with the Kubernetes Gateway API", {
-      // Without a load balancer the gateway gets no address and is never Programmed:
-      // a ClusterIP Service gives it one, reached through a port-forward.
-      "kubectl wait --for=condition=programmed": async () => {
-        await kubectl(
-          "annotate",
-          "gateways.gateway.networking.k8s.io/tcp-echo-gateway",
-          "networking.istio.io/service-type=ClusterIP",
-          "--overwrite",
-        );
-        await eventually(180_000, async () => {
-          await kubectl("rollout", "status", "deployment/tcp-echo-gateway-istio", "--timeout=60s");
-        });
-      },
+      "kubectl wait --for=condition=programmed": () => gatewayOnClusterIp("tcp-echo-gateway"),
       "nc $INGRESS_HOST 31400": async () => {
         await kubectl("rollout", "status", "deployment/tcp-echo-gateway-istio", "--timeout=180s");
         forwards.push(
@@ -570,22 +574,7 @@ async function tlsPassthroughWalkthrough({ readme }: Context): Promise<void> {
         await closeForwards();
         await kubectl("delete", "-k", "k8s/istio-tls-passthrough", "--ignore-not-found");
       },
-      "kubectl wait --for=condition=programmed": async () => {
-        await kubectl(
-          "annotate",
-          "gateways.gateway.networking.k8s.io/tcp-echo-tls-gateway",
-          "networking.istio.io/service-type=ClusterIP",
-          "--overwrite",
-        );
-        await eventually(180_000, async () => {
-          await kubectl(
-            "rollout",
-            "status",
-            "deployment/tcp-echo-tls-gateway-istio",
-            "--timeout=60s",
-          );
-        });
-      },
+      "kubectl wait --for=condition=programmed": () => gatewayOnClusterIp("tcp-echo-tls-gateway"),
       "deno task client": async () => {
         if (forwards.length > 0) return;
         forwards.push(
