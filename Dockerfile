@@ -11,7 +11,10 @@ FROM denoland/deno:${DENO_VERSION} AS build
 WORKDIR /src
 COPY deno.json deno.lock ./
 RUN deno install --frozen
-COPY main.ts config.ts wire.ts log_output.ts admin.ts line_mode.ts proxy_protocol.ts tls.ts client.ts ./
+# The program: main.ts and the folders it loads (the .dockerignore keeps tests out).
+COPY main.ts ./
+COPY src/ src/
+COPY client/ client/
 # The one definition of the compile flags and permissions: deno.json's "compile" task.
 RUN deno task compile
 

@@ -8,13 +8,14 @@
  *
  * This module is the connection's path (accept → PROXY header → banner →
  * echo → close) and the server's lifecycle (listen, drain, signals, `main`).
- * Configuration, log output, admin/metrics and the wire format live in
- * modules of their own; this one re-exports their library API, so tests and
- * other code call {@linkcode loadConfig} and {@linkcode startServer} from here.
+ * The server's other concerns (configuration, log output, admin and
+ * metrics, PROXY protocol, line mode, TLS, the wire format) each live in a
+ * module of their own under `src/`; the client program is `client/`.
  *
  * @example Start a server on an ephemeral loopback port
  * ```ts
- * import { loadConfig, startServer } from "./main.ts";
+ * import { startServer } from "./main.ts";
+ * import { loadConfig } from "./src/config.ts";
  * const config = loadConfig({ HOST: "127.0.0.1", ADMIN_PORT: "off" });
  * const server = startServer(config, { ports: [0] });
  * console.log(server.addresses[0].port);
@@ -33,7 +34,7 @@ import {
   type PortStats,
   type RejectReason,
   ServerStats,
-} from "./admin.ts";
+} from "./src/admin.ts";
 import {
   applyArguments,
   type Config,
@@ -42,16 +43,16 @@ import {
   readEnvironment,
   renderHelp,
   REPEATED_SIGNAL_WINDOW_MS,
-} from "./config.ts";
+} from "./src/config.ts";
 import {
   createStdoutSink,
   log,
   logConnectionRecord,
   logReceived,
   setupLogging,
-} from "./log_output.ts";
-import { LineAnswerer } from "./line_mode.ts";
-import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./proxy_protocol.ts";
+} from "./src/log_output.ts";
+import { LineAnswerer } from "./src/line_mode.ts";
+import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./src/proxy_protocol.ts";
 import {
   acceptTls,
   clientHelloRecordLength,
@@ -60,11 +61,11 @@ import {
   renderTlsBanner,
   TLS_HANDSHAKE_TIMEOUT_MS,
   TlsCredentials,
-  type TlsFacts,
   TlsFileError,
   tlsRecordFields,
   type TlsRefusal,
-} from "./tls.ts";
+} from "./src/tls.ts";
+import type { TlsFacts } from "./src/tls_stream.ts";
 import {
   closeQuietly,
   concatBytes,
@@ -72,15 +73,7 @@ import {
   formatHostPort,
   renderBannerText,
   writeAll,
-} from "./wire.ts";
-
-export * from "./admin.ts";
-export * from "./config.ts";
-export * from "./line_mode.ts";
-export * from "./log_output.ts";
-export * from "./tls.ts";
-export * from "./wire.ts";
-export type { Cidr } from "./proxy_protocol.ts";
+} from "./src/wire.ts";
 
 // ---------------------------------------------------------------------------
 // Types and constants
@@ -1142,7 +1135,7 @@ function firstShutdownSignal(
 export async function main(args: readonly string[]): Promise<number> {
   if (args[0] === "client") {
     // The client is a program of its own, loaded only when asked for.
-    const { runClient } = await import("./client.ts");
+    const { runClient } = await import("./client/client.ts");
     return await runClient(args.slice(1));
   }
   if (args.includes("--help") || args.includes("-h")) {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { V2_SIGNATURE } from "./proxy_protocol.ts";
+import { V2_SIGNATURE } from "./src/proxy_protocol.ts";
 import {
   adminRequest,
   ALL_BANNER_ENV,
@@ -25,22 +25,18 @@ import {
   within,
   withoutTimestamp,
   writeAll,
-} from "./test_support.ts";
+} from "./testing/support.ts";
+import { concatBytes, formatAddress } from "./src/wire.ts";
+import { type EchoServer, renderBanner, startServer } from "./main.ts";
+import { type Environment, loadConfig } from "./src/config.ts";
 import {
-  concatBytes,
-  type EchoServer,
-  type Environment,
-  formatAddress,
   formatGoTimestamp,
   formatJsonRecord,
   formatTextRecord,
-  loadConfig,
-  MAX_LINE_BYTES,
-  type RejectReason,
-  renderBanner,
   setupLogging,
-  startServer,
-} from "./main.ts";
+} from "./src/log_output.ts";
+import { MAX_LINE_BYTES } from "./src/line_mode.ts";
+import type { RejectReason } from "./src/admin.ts";
 
 // ---------------------------------------------------------------------------
 // Configuration

@@ -8,7 +8,7 @@ import {
   walkthroughCommands,
 } from "./lib.ts";
 import { AUTHORIZATION_STEPS, needsReplacement, REPLACEMENTS } from "./walkthroughs.ts";
-import { repoDir, startTestServer } from "../test_support.ts";
+import { repoDir, startTestServer } from "../testing/support.ts";
 
 const readme = await Deno.readTextFile(`${repoDir}README.md`);
 

@@ -25,7 +25,7 @@ import {
   type WALKTHROUGH_SECTIONS,
 } from "./lib.ts";
 import { AUTHORIZATION_STEPS, commandToRun, interactiveInput } from "./walkthroughs.ts";
-import { parseBannerText } from "../wire.ts";
+import { parseBannerText } from "../src/wire.ts";
 
 const repoDir = new URL("..", import.meta.url).pathname;
 const decoder = new TextDecoder();

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { validateWorkflow } from "@action-validator/core";
 import { parse } from "yaml";
-import { ignoreWithout, repoDir } from "./test_support.ts";
+import { ignoreWithout, repoDir } from "../testing/support.ts";
 
 const decoder = new TextDecoder();
 const WORKFLOWS = [".github/workflows/ci.yml", ".github/workflows/e2e.yml"];

@@ -10,7 +10,7 @@ import {
   formatTextRecord,
   RawBytes,
 } from "./log_output.ts";
-import { decoder, encoder, within } from "./test_support.ts";
+import { decoder, encoder, within } from "../testing/support.ts";
 
 Deno.test("log formatting helpers", async (t) => {
   await t.step("escapeData cannot forge a line and keeps valid UTF-8", () => {

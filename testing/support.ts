@@ -9,35 +9,22 @@
 import assert from "node:assert/strict";
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import type { LogRecord, Sink } from "./log_output.ts";
-import {
-  concatBytes,
-  connectTls,
-  type ConnectTlsOptions,
-  type EchoServer,
-  type Environment,
-  formatTextRecord,
-  loadConfig,
-  privateKeyPem,
-  setupLogging,
-  startServer,
-  type TestHooks,
-  TlsCredentials,
-  type TlsStream,
-  writeAll,
-} from "./main.ts";
+import type { LogRecord, Sink } from "../src/log_output.ts";
+import { concatBytes, writeAll } from "../src/wire.ts";
+import { connectTls, type ConnectTlsOptions, type TlsStream } from "../src/tls_stream.ts";
+import { type EchoServer, startServer, type TestHooks } from "../main.ts";
+import { type Environment, loadConfig } from "../src/config.ts";
+import { formatTextRecord, setupLogging } from "../src/log_output.ts";
+import { privateKeyPem, TlsCredentials } from "../src/tls.ts";
 
 export { writeAll };
-// Its signatures use main.ts's types: documented where they are defined.
-export type * from "./main.ts";
-export type { PartialWriter } from "./wire.ts";
 
 /** Encodes test text. */
 export const encoder: TextEncoder = new TextEncoder();
 /** Decodes received bytes. */
 export const decoder: TextDecoder = new TextDecoder();
 /** The repository's directory, with a trailing slash. */
-export const repoDir: string = new URL(".", import.meta.url).pathname;
+export const repoDir: string = new URL("..", import.meta.url).pathname;
 
 /** Rejects with `what` when `promise` takes longer than `ms`; always clears its timer. */
 export async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {

@@ -7,7 +7,7 @@
  * @module
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import denoConfig from "./deno.json" with { type: "json" };
+import denoConfig from "../deno.json" with { type: "json" };
 import { log } from "./log_output.ts";
 import { closeQuietly, concatBytes, indexOfBytes, writeAll } from "./wire.ts";
 

@@ -17,8 +17,8 @@ import {
   roundTrip,
   spawnServer,
   within,
-} from "./test_support.ts";
-import { REPEATED_SIGNAL_WINDOW_MS } from "./main.ts";
+} from "../testing/support.ts";
+import { REPEATED_SIGNAL_WINDOW_MS } from "./config.ts";
 
 /** GETs an admin path of a server on loopback; returns the status and body. */
 async function get(port: number, path: string): Promise<{ status: number; body: string }> {
@@ -303,7 +303,7 @@ async function readBanner(conn: Deno.TcpConn): Promise<void> {
 
 Deno.test("ignoreWithout: a tool missing from PATH is ignored locally and required under CI", async () => {
   const script = `
-    import { ignoreWithout } from "./test_support.ts";
+    import { ignoreWithout } from "./testing/support.ts";
     console.log(await ignoreWithout("haproxy", "this check"));
   `;
   for (const [ci, expected] of [["", "true"], ["true", "false"]]) {

@@ -86,6 +86,71 @@ export function parseBannerText(text: string): BannerValues {
   return values;
 }
 
+/** What the banner's TLS lines say: the handshake's facts, `undefined` for none. */
+export interface TlsBannerValues {
+  /** Protocol version, as `TLSv1.3`. */
+  readonly protocol: string;
+  /** Cipher suite, by its standard name. */
+  readonly cipher: string;
+  /** The SNI the client sent. */
+  readonly serverName?: string;
+  /** The protocol ALPN settled on. */
+  readonly alpn?: string;
+  /** The verified client certificate's name: its SPIFFE ID, else its subject. */
+  readonly clientCertificate?: string;
+}
+
+/** How the banner says a TLS fact is absent. */
+export const TLS_NONE = "none";
+
+/**
+ * The lines a TLS port adds to the banner, `{name}` where a value goes; the
+ * client certificate's line only when there is one. The server renders them
+ * and the client parses them from this one table.
+ */
+const TLS_BANNER_LINES = [
+  "TLS {protocol} {cipher}, server name {serverName}, ALPN {alpn}.",
+  "Client certificate {clientCertificate}.",
+] as const;
+
+type TlsKey = keyof TlsBannerValues;
+
+/** A line of {@linkcode TLS_BANNER_LINES} as a pattern with a group per value (no spaces in values but the last). */
+const TLS_LINE_PATTERNS = TLS_BANNER_LINES.map((template) => {
+  const keys = Array.from(template.matchAll(/\{(\w+)\}/g), (match) => match[1] as TlsKey);
+  const source = template.split(/\{\w+\}/).map(escapeRegExp).reduce((pattern, text, i) =>
+    i === 0 ? text : `${pattern}(${i === keys.length ? ".+" : "\\S+"})${text}`
+  );
+  return { keys, pattern: new RegExp(`^${source}$`, "m") };
+});
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/**
+ * Renders the banner's TLS lines, for example
+ * `TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name v2.example.com, ALPN echo.`
+ * and, with a client certificate, `Client certificate spiffe://cluster.local/ns/default/sa/sleep.`
+ */
+export function renderTlsBannerText(values: TlsBannerValues): string {
+  const fill = (template: string) =>
+    template.replace(/\{(\w+)\}/g, (_, key: TlsKey) => values[key] ?? TLS_NONE) + "\n";
+  const [tls, client] = TLS_BANNER_LINES;
+  return fill(tls) + (values.clientCertificate === undefined ? "" : fill(client));
+}
+
+/** Reads the banner's TLS lines back; `undefined` when there is no TLS line. */
+export function parseTlsBannerText(text: string): TlsBannerValues | undefined {
+  const values: Partial<Record<TlsKey, string>> = {};
+  for (const { keys, pattern } of TLS_LINE_PATTERNS) {
+    const match = pattern.exec(text);
+    if (!match) continue;
+    keys.forEach((key, i) => values[key] = match[i + 1] === TLS_NONE ? undefined : match[i + 1]);
+  }
+  return values.protocol === undefined ? undefined : values as TlsBannerValues;
+}
+
 /** Shows an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as plain IPv4; other text as it is. */
 export function unmapIPv4(hostname: string): string {
   if (!hostname.includes(":") || !ipaddr.IPv6.isValid(hostname)) return hostname;

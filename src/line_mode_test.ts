@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { LineAnswerer } from "./line_mode.ts";
-import { decoder, encoder } from "./test_support.ts";
+import { decoder, encoder } from "../testing/support.ts";
 
 Deno.test("LineAnswerer: lines, CRLF, long lines as one answer, partial last line", () => {
   const answerer = new LineAnswerer(encoder.encode("one "), 8);

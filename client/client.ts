@@ -24,7 +24,7 @@
 import { Buffer } from "node:buffer";
 import { parseArgs } from "node:util";
 import * as hdr from "hdr-histogram-js";
-import { connectTls, type ConnectTlsOptions, parseTlsBanner, TlsHandshakeError } from "./tls.ts";
+import { connectTls, type ConnectTlsOptions, TlsHandshakeError } from "../src/tls_stream.ts";
 import {
   type BannerValues,
   closeQuietly,
@@ -34,8 +34,9 @@ import {
   indexOfBytes,
   parseBannerText,
   parseDuration,
+  parseTlsBannerText,
   writeAll,
-} from "./wire.ts";
+} from "../src/wire.ts";
 
 // ---------------------------------------------------------------------------
 // Options
@@ -324,7 +325,7 @@ export interface ServerIdentity extends BannerValues {
 /** Reads tcp-echo's banner lines (any order, unknown lines ignored), TLS line included. */
 export function parseBanner(text: string): ServerIdentity {
   const identity: ServerIdentity = parseBannerText(text);
-  const tls = parseTlsBanner(text);
+  const tls = parseTlsBannerText(text);
   return tls ? { ...identity, tls: tls.protocol, serverName: tls.serverName ?? "none" } : identity;
 }
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { REJECT_REASONS, VERSION } from "./admin.ts";
-import { loadConfig, renderBanner } from "./main.ts";
+import { loadConfig } from "./config.ts";
+import { renderBanner } from "../main.ts";
 import {
   adminRequest,
   decoder,
@@ -11,7 +12,7 @@ import {
   readToEnd,
   roundTrip,
   startTestServer,
-} from "./test_support.ts";
+} from "../testing/support.ts";
 
 /** One sample as the official Python client's parser reads it. */
 interface ParsedSample {

@@ -16,7 +16,8 @@ import {
   summarize,
   UsageError,
 } from "./client.ts";
-import { loadConfig, startServer } from "./main.ts";
+import { loadConfig } from "../src/config.ts";
+import { startServer } from "../main.ts";
 import {
   decoder,
   encoder,
@@ -26,7 +27,7 @@ import {
   repoDir,
   startHaproxy,
   startTestServer,
-} from "./test_support.ts";
+} from "../testing/support.ts";
 
 /** Runs `tcp-echo client ARGS` as `deno task client` does; returns exit code and output. */
 async function runClientProcess(

@@ -1,50 +1,36 @@
 /**
- * TLS for the echo ports listed in `TLS_PORT`: the server's certificate
- * (from files, reloaded when they change, or generated at start), the
- * handshake over an accepted `Deno.TcpConn` (after any PROXY header), what
- * the handshake carried (SNI, ALPN, version, cipher, client certificate) as
- * banner lines and record fields, and the stream the echo loop then reads
- * and writes. Deno's own `Deno.listenTls` tells none of these facts, so the
- * handshake is `node:tls`'s.
+ * The server's side of TLS ports (`TLS_PORT`): its certificate (from files,
+ * reloaded when they change, or generated at start), client certificate
+ * checks, the handshake over an accepted `Deno.TcpConn` (after any PROXY
+ * header), its refusals, and what it carried as record fields. The stream
+ * after the handshake is tls_stream.ts's. Deno's own `Deno.listenTls` tells
+ * none of these facts, so the handshake is `node:tls`'s.
  *
  * @module
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { Duplex } from "node:stream";
 import nodeTls from "node:tls";
 import { log } from "./log_output.ts";
 import type { RejectReason } from "./admin.ts";
 import type { TlsSettings } from "./config.ts";
-import { closeQuietly, concatBytes } from "./wire.ts";
+import {
+  type ClientCertificate,
+  handshakeFacts,
+  isIpAddress,
+  MAX_INTERMEDIATES,
+  oneLineName,
+  peerChain,
+  stringOrUndefined,
+  TcpDuplex,
+  type TlsFacts,
+  TlsStream,
+} from "./tls_stream.ts";
+import { closeQuietly, concatBytes, renderTlsBannerText } from "./wire.ts";
 
 /** How long a TLS handshake may take after the PROXY header (if any). */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
 /** How often certificate files are read again to see whether they changed. */
 export const TLS_RELOAD_INTERVAL_MS = 5_000;
-
-/** Facts about a verified client certificate. */
-export interface ClientCertificate {
-  /** Its subject, as `CN=client,O=test`. */
-  readonly subject: string;
-  /** Its issuer, in the same form. */
-  readonly issuer: string;
-  /** Its SHA-256 fingerprint, colon-separated hex. */
-  readonly fingerprint: string;
-}
-
-/** What a completed handshake carried. */
-export interface TlsFacts {
-  /** Protocol version, as `TLSv1.3`. */
-  readonly protocol: string;
-  /** Cipher suite, by its standard name. */
-  readonly cipher: string;
-  /** The SNI the client sent, if any. */
-  readonly serverName: string | undefined;
-  /** The protocol ALPN settled on, if any. */
-  readonly alpn: string | undefined;
-  /** The client's certificate, when one was asked for and given. */
-  readonly clientCertificate: ClientCertificate | undefined;
-}
 
 /** A certificate and key, as PEM text, and what the logs say of them. */
 interface ServerIdentity {
@@ -69,13 +55,6 @@ export class TlsRefusal extends Error {
 // Pure parts: certificate names, facts as text, ClientHello recognition
 // ---------------------------------------------------------------------------
 
-const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/;
-
-/** Whether `name` is an IP address (then it goes in an IP SAN, not a DNS one). */
-function isIpAddress(name: string): boolean {
-  return IPV4.test(name) || name.includes(":");
-}
-
 /**
  * The names a generated certificate is for: `localhost` and the loopback
  * addresses, the pod's name and IP when known, and `TLS_SERVER_NAMES`,
@@ -92,41 +71,9 @@ export function generatedCertificateNames(
   return [...new Set(names)];
 }
 
-/** A distinguished name as one line, `CN=client,O=test` (node gives one attribute per line). */
-export function oneLineName(name: string): string {
-  return name.split("\n").filter((part) => part !== "").join(",");
-}
-
-/**
- * The banner lines that say what the handshake carried, for example
- * `TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name v2.example.com, ALPN echo.`
- * and `Client certificate CN=client,O=test.`
- */
+/** The banner's TLS lines for what a handshake carried ({@linkcode renderTlsBannerText}). */
 export function renderTlsBanner(facts: TlsFacts): string {
-  const lines = [
-    `TLS ${facts.protocol} ${facts.cipher}, server name ${facts.serverName ?? "none"}, ALPN ${
-      facts.alpn ?? "none"
-    }.\n`,
-  ];
-  if (facts.clientCertificate) {
-    lines.push(`Client certificate ${facts.clientCertificate.subject}.\n`);
-  }
-  return lines.join("");
-}
-
-/** What a client reads back from the TLS banner line; `undefined` when there is none. */
-export function parseTlsBanner(
-  text: string,
-): { protocol: string; cipher: string; serverName?: string; alpn?: string } | undefined {
-  const match = /^TLS (\S+) (\S+), server name (\S+), ALPN (\S+)\.$/m.exec(text);
-  if (!match) return undefined;
-  const [, protocol, cipher, serverName, alpn] = match;
-  return {
-    protocol,
-    cipher,
-    serverName: serverName === "none" ? undefined : serverName,
-    alpn: alpn === "none" ? undefined : alpn,
-  };
+  return renderTlsBannerText({ ...facts, clientCertificate: facts.clientCertificate?.subject });
 }
 
 /** The same facts as record fields (`tls=TLSv1.3 sni=… alpn=…`), for the open record. */
@@ -207,9 +154,6 @@ export function quoteStart(bytes: Uint8Array): string {
   const text = String.fromCharCode(...bytes.subarray(0, QUOTED_BYTES));
   return JSON.stringify(text) + (bytes.length > QUOTED_BYTES ? "…" : "");
 }
-
-/** Intermediate certificates a client's chain may have between its certificate and a CA. */
-const MAX_INTERMEDIATES = 4;
 
 /**
  * Why a client's certificate chain (its certificate first, then the
@@ -567,246 +511,8 @@ async function readAuthorities(path: string): Promise<X509Certificate[]> {
 }
 
 // ---------------------------------------------------------------------------
-// The handshake and the stream after it
+// The handshake
 // ---------------------------------------------------------------------------
-
-/** Bytes read from the socket at a time while it feeds the TLS engine. */
-const RAW_READ_BYTES = 16_384;
-/** Decrypted bytes queued for the echo loop before the socket is paused. */
-const QUEUE_HIGH_BYTES = 65_536;
-
-/**
- * A node stream over a Deno TCP connection, starting with `head` (bytes
- * already read, after a PROXY header). Reads only while the TLS engine asks;
- * `onRead` sees each chunk read.
- */
-export class TcpDuplex extends Duplex {
-  readonly #conn: Deno.TcpConn;
-  readonly #onRead: ((chunk: Uint8Array) => void) | undefined;
-  #first: Uint8Array | undefined;
-  #pumping = false;
-  /** Reading is held back: the decrypted bytes wait for the echo loop. */
-  #held = false;
-  /** The TLS engine asked for more while reading was held. */
-  #wanted = false;
-  /** Where reads land; each is pushed as a copy of its size. */
-  readonly #buffer = new Uint8Array(RAW_READ_BYTES);
-
-  /** Wraps `conn`; its stream starts with `head`. */
-  constructor(conn: Deno.TcpConn, head: Uint8Array, onRead?: (chunk: Uint8Array) => void) {
-    super();
-    this.#conn = conn;
-    this.#onRead = onRead;
-    this.#first = head.length > 0 ? head : undefined;
-  }
-
-  /** Reads on from the connection when the TLS engine asks for more. */
-  override _read(): void {
-    if (this.#first !== undefined) {
-      const bytes = this.#first;
-      this.#first = undefined;
-      if (!this.push(bytes)) return;
-    }
-    if (this.#held) {
-      this.#wanted = true;
-      return;
-    }
-    if (this.#pumping) return;
-    this.#pumping = true;
-    this.#pump();
-  }
-
-  /** Stops reading from the connection until {@linkcode TcpDuplex.release}. */
-  hold(): void {
-    this.#held = true;
-  }
-
-  /** Reads again, if the TLS engine asked for more meanwhile. */
-  release(): void {
-    this.#held = false;
-    if (this.#wanted && !this.#pumping) {
-      this.#wanted = false;
-      this.#pumping = true;
-      this.#pump();
-    }
-  }
-
-  /** Writes all of a chunk to the connection. */
-  override _write(
-    chunk: Uint8Array,
-    _encoding: string,
-    callback: (error?: Error | null) => void,
-  ): void {
-    writeFully(this.#conn, chunk).then(() => callback(), callback);
-  }
-
-  /** Half-closes the connection (FIN). */
-  override _final(callback: (error?: Error | null) => void): void {
-    this.#conn.closeWrite().then(() => callback(), () => callback());
-  }
-
-  /** Closes the connection. */
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    closeQuietly(this.#conn);
-    callback(error);
-  }
-
-  async #pump(): Promise<void> {
-    while (true) {
-      if (this.#held) {
-        this.#wanted = true;
-        this.#pumping = false;
-        return;
-      }
-      let n: number | null;
-      try {
-        n = await this.#conn.read(this.#buffer);
-      } catch (error) {
-        this.destroy(error as Error);
-        return;
-      }
-      if (n === null) {
-        this.push(null);
-        return;
-      }
-      // The stream keeps what is pushed until the TLS engine takes it: a copy of what came.
-      const chunk = this.#buffer.slice(0, n);
-      this.#onRead?.(chunk);
-      if (!this.push(chunk)) {
-        this.#pumping = false;
-        return;
-      }
-    }
-  }
-}
-
-async function writeFully(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let at = 0; at < bytes.length;) at += await conn.write(bytes.subarray(at));
-}
-
-/**
- * A TLS connection as the echo loop uses a `Deno.TcpConn`: `read` resolves
- * with a count or `null` at the end, `write` when the bytes are taken.
- */
-export class TlsStream {
-  readonly #socket: nodeTls.TLSSocket;
-  readonly #tcp: Deno.TcpConn;
-  readonly #raw: TcpDuplex;
-  readonly #chunks: Uint8Array[] = [];
-  #queued = 0;
-  #ended = false;
-  #error: Error | undefined;
-  #closed = false;
-  #wake: (() => void) | undefined;
-
-  /** Wraps a socket whose handshake is done. */
-  constructor(
-    socket: nodeTls.TLSSocket,
-    tcp: Deno.TcpConn,
-    raw: TcpDuplex,
-    readonly facts: TlsFacts,
-    /** The server's certificate, on the client side: subject and SHA-256 fingerprint. */
-    readonly peerCertificate?: { readonly subject: string; readonly fingerprint: string },
-  ) {
-    this.#socket = socket;
-    this.#tcp = tcp;
-    this.#raw = raw;
-    socket.on("data", (chunk: Uint8Array) => {
-      this.#chunks.push(chunk);
-      this.#queued += chunk.length;
-      // Back-pressure on the TCP side: a paused TLSSocket of Deno 2.9.6 at times lost the
-      // peer's close_notify (a Go client's CloseWrite then hung the stream for good).
-      if (this.#queued >= QUEUE_HIGH_BYTES) raw.hold();
-      this.#wakeReader();
-    });
-    const ended = () => {
-      this.#ended = true;
-      this.#wakeReader();
-    };
-    socket.on("end", ended);
-    socket.on("close", ended);
-    socket.on("error", (error: Error) => {
-      this.#error = error;
-      this.#wakeReader();
-    });
-    // The TCP connection's own failure (a reset) reaches the TLS socket only as a close.
-    raw.on("error", (error: Error) => {
-      this.#error ??= error;
-      this.#wakeReader();
-    });
-  }
-
-  /** The peer's address (the TCP connection's). */
-  get remoteAddr(): Deno.NetAddr {
-    return this.#tcp.remoteAddr;
-  }
-
-  /** This side's address (the TCP connection's). */
-  get localAddr(): Deno.NetAddr {
-    return this.#tcp.localAddr;
-  }
-
-  /** Sets `TCP_NODELAY` on the TCP connection. */
-  setNoDelay(noDelay = true): void {
-    this.#tcp.setNoDelay(noDelay);
-  }
-
-  /** Reads decrypted bytes into `into`; `null` at the end of the stream. */
-  async read(into: Uint8Array): Promise<number | null> {
-    while (this.#chunks.length === 0) {
-      // As a closed Deno.TcpConn does: a read pending when `close()` came fails.
-      if (this.#closed) throw new Deno.errors.BadResource("the TLS stream is closed");
-      if (this.#error) throw this.#error;
-      if (this.#ended) return null;
-      await new Promise<void>((resolve) => this.#wake = resolve);
-    }
-    let n = 0;
-    while (n < into.length && this.#chunks.length > 0) {
-      const chunk = this.#chunks[0];
-      const take = Math.min(chunk.length, into.length - n);
-      into.set(take === chunk.length ? chunk : chunk.subarray(0, take), n);
-      n += take;
-      if (take === chunk.length) this.#chunks.shift();
-      else this.#chunks[0] = chunk.subarray(take);
-    }
-    this.#queued -= n;
-    if (this.#queued < QUEUE_HIGH_BYTES) this.#raw.release();
-    return n;
-  }
-
-  /** Encrypts and sends all of `bytes`; resolves with their count once the socket took them. */
-  write(bytes: Uint8Array): Promise<number> {
-    if (this.#closed) {
-      return Promise.reject(new Deno.errors.BadResource("the TLS stream is closed"));
-    }
-    if (this.#error) return Promise.reject(this.#error);
-    if (bytes.length === 0) return Promise.resolve(0);
-    return new Promise((resolve, reject) => {
-      this.#socket.write(bytes, (error) => error ? reject(error) : resolve(bytes.length));
-    });
-  }
-
-  /** Sends close_notify and a FIN: the peer reads the end; reading goes on. */
-  closeWrite(): Promise<void> {
-    return new Promise((resolve) => this.#socket.end(resolve));
-  }
-
-  /** Closes the connection at once. */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#wakeReader();
-    // No close_notify: Deno 2.9.6's node:tls sends none, end() or not (checked with openssl
-    // s_client -msg), so clients see the TCP close alone.
-    this.#socket.destroy();
-  }
-
-  #wakeReader(): void {
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
-  }
-}
 
 /**
  * Runs the server side of a TLS handshake on `conn`, whose first bytes may
@@ -868,22 +574,6 @@ export async function acceptTls(
   }
 }
 
-/** What a completed handshake carried, as node:tls reports it on either side. */
-function handshakeFacts(
-  socket: nodeTls.TLSSocket,
-  serverName: string | undefined,
-  clientCertificate: ClientCertificate | undefined,
-): TlsFacts {
-  const cipher = socket.getCipher();
-  return {
-    protocol: socket.getProtocol() ?? "unknown",
-    cipher: cipher?.standardName ?? cipher?.name ?? "unknown",
-    serverName,
-    alpn: stringOrUndefined(socket.alpnProtocol),
-    clientCertificate,
-  };
-}
-
 /** A failed handshake's detail: the TLS library's words, with what the server offered. */
 function handshakeFailure(error: Error, credentials: TlsCredentials): string {
   if (/known protocol/.test(error.message)) {
@@ -892,18 +582,6 @@ function handshakeFailure(error: Error, credentials: TlsCredentials): string {
     }`;
   }
   return error.message;
-}
-
-/** The peer's certificate and the intermediates it sent, as node:tls links them. */
-function peerChain(socket: nodeTls.TLSSocket): X509Certificate[] {
-  const chain: X509Certificate[] = [];
-  let peer: nodeTls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
-  while (peer?.raw && chain.length <= MAX_INTERMEDIATES) {
-    chain.push(new X509Certificate(peer.raw));
-    if (peer.issuerCertificate === peer) break;
-    peer = peer.issuerCertificate;
-  }
-  return chain;
 }
 
 /** How long a refused client is given to take the line that says why. */
@@ -918,80 +596,6 @@ function sayRefused(socket: nodeTls.TLSSocket, detail: string): Promise<void> {
       resolve();
     });
   });
-}
-
-/** node:tls says `false` for "none". */
-function stringOrUndefined(value: unknown): string | undefined {
-  return typeof value === "string" && value !== "" ? value : undefined;
-}
-
-/** A client-side TLS handshake that failed: an untrusted certificate, a wrong name, no common ALPN. */
-export class TlsHandshakeError extends Error {
-  /** Names the error in a stack trace. */
-  override name = "TlsHandshakeError";
-}
-
-/** Options of {@linkcode connectTls}. */
-export interface ConnectTlsOptions {
-  /** The SNI to send; default: none for an IP address, else `hostname`. */
-  readonly serverName?: string;
-  /** ALPN protocols to offer. */
-  readonly alpn?: readonly string[];
-  /** PEM CA certificates to trust instead of the system's. */
-  readonly ca?: string;
-  /** PEM client certificate and key. */
-  readonly cert?: string;
-  /** PEM key of `cert`. */
-  readonly key?: string;
-  /** Accept any server certificate (for self-signed test servers). */
-  readonly insecure?: boolean;
-  /** Bytes to send in the clear first, such as a PROXY header. */
-  readonly preamble?: Uint8Array;
-}
-
-/**
- * The client side: connects over TCP, sends any preamble, runs the
- * handshake, and resolves with the stream. Rejects with the connection's
- * error, or a {@linkcode TlsHandshakeError} when the handshake fails.
- */
-export async function connectTls(
-  hostname: string,
-  port: number,
-  options: ConnectTlsOptions = {},
-): Promise<TlsStream> {
-  const tcp = await Deno.connect({ hostname, port });
-  try {
-    if (options.preamble) await writeFully(tcp, options.preamble);
-    const serverName = options.serverName ?? (isIpAddress(hostname) ? undefined : hostname);
-    const raw = new TcpDuplex(tcp, new Uint8Array(0));
-    const socket = nodeTls.connect({
-      socket: raw,
-      servername: serverName,
-      ALPNProtocols: options.alpn ? [...options.alpn] : undefined,
-      ca: options.ca,
-      cert: options.cert,
-      key: options.key,
-      rejectUnauthorized: !options.insecure,
-    });
-    await new Promise<void>((resolve, reject) => {
-      socket.once("secureConnect", resolve);
-      socket.once("error", (error: Error) => reject(new TlsHandshakeError(error.message)));
-      socket.once("close", () => {
-        reject(new TlsHandshakeError("the server closed during the handshake"));
-      });
-    });
-    const [server] = peerChain(socket);
-    return new TlsStream(
-      socket,
-      tcp,
-      raw,
-      handshakeFacts(socket, serverName, undefined),
-      server && { subject: oneLineName(server.subject), fingerprint: server.fingerprint256 },
-    );
-  } catch (error) {
-    closeQuietly(tcp);
-    throw error;
-  }
 }
 
 /** Keeps the first bytes a connection sent, to say what it was when a handshake fails. */

@@ -10,8 +10,9 @@ import {
   unmapIPv4,
   writeAll,
 } from "./wire.ts";
-import { type Environment, loadConfig, renderBanner } from "./main.ts";
-import { ALL_BANNER_ENV, ALL_BANNER_TEXT, decoder } from "./test_support.ts";
+import { type Environment, loadConfig } from "./config.ts";
+import { renderBanner } from "../main.ts";
+import { ALL_BANNER_ENV, ALL_BANNER_TEXT, decoder } from "../testing/support.ts";
 
 Deno.test("banner: exact bytes for all, none and some fields", () => {
   const banner = (env: Environment) => decoder.decode(renderBanner(loadConfig(env).banner));

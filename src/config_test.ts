@@ -17,7 +17,7 @@ import {
   startTaskArgs,
   within,
   writeAll,
-} from "./test_support.ts";
+} from "../testing/support.ts";
 
 const PORTS_ALLOWED = "allowed: an integer from 1 to 65535, or a comma list of different ones";
 const HOST_ALLOWED = "allowed: an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1), or localhost";

@@ -6,20 +6,15 @@ import {
   clientCertificateProblem,
   clientHelloRecordLength,
   clientHelloServerName,
-  concatBytes,
-  ConfigError,
-  connectTls,
   generatedCertificateNames,
-  indexOfBytes,
-  loadConfig,
   looksLikeClientHello,
-  parseTlsBanner,
   quoteStart,
   renderTlsBanner,
-  type TlsFacts,
   tlsRecordFields,
-  type TlsStream,
-} from "./main.ts";
+} from "./tls.ts";
+import { concatBytes, indexOfBytes, parseTlsBannerText } from "./wire.ts";
+import { ConfigError, loadConfig } from "./config.ts";
+import { connectTls, type TlsFacts, type TlsStream } from "./tls_stream.ts";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
   adminRequest,
@@ -45,7 +40,7 @@ import {
   within,
   withoutTimestamp,
   writeAll,
-} from "./test_support.ts";
+} from "../testing/support.ts";
 
 const FACTS: TlsFacts = {
   protocol: "TLSv1.3",
@@ -95,14 +90,14 @@ Deno.test("TLS banner lines and record fields say what the handshake carried", (
 });
 
 Deno.test("the client reads back the TLS line the server writes", () => {
-  assert.deepEqual(parseTlsBanner(`Version v2.\n${renderTlsBanner(FACTS)}hello`), {
+  assert.deepEqual(parseTlsBannerText(`Version v2.\n${renderTlsBanner(FACTS)}hello`), {
     protocol: "TLSv1.3",
     cipher: "TLS_AES_256_GCM_SHA384",
     serverName: "v2.example.com",
     alpn: "echo",
   });
   assert.deepEqual(
-    parseTlsBanner(renderTlsBanner({ ...FACTS, serverName: undefined, alpn: undefined })),
+    parseTlsBannerText(renderTlsBanner({ ...FACTS, serverName: undefined, alpn: undefined })),
     {
       protocol: "TLSv1.3",
       cipher: "TLS_AES_256_GCM_SHA384",
@@ -110,7 +105,7 @@ Deno.test("the client reads back the TLS line the server writes", () => {
       alpn: undefined,
     },
   );
-  assert.equal(parseTlsBanner("Version v2.\nTLS is great.\n"), undefined);
+  assert.equal(parseTlsBannerText("Version v2.\nTLS is great.\n"), undefined);
 });
 
 Deno.test("a ClientHello is recognised by its first six bytes, and nothing else is", () => {

@@ -34,9 +34,9 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { freePort, isInstalled, makeTestPki, waitForPort } from "./test_support.ts";
+import { freePort, isInstalled, makeTestPki, waitForPort } from "../testing/support.ts";
 
-const repoDir = new URL(".", import.meta.url).pathname;
+const repoDir = new URL("..", import.meta.url).pathname;
 const sharedBench = `${repoDir}../shared/bench/`;
 const decoder = new TextDecoder();
 
