@@ -31,6 +31,7 @@ import {
   type CloseReason,
   createMetricsExporter,
   type MetricsExporter,
+  type PendingStage,
   type PortStats,
   type RejectReason,
   ServerStats,
@@ -52,12 +53,24 @@ import {
   setupLogging,
 } from "./src/log_output.ts";
 import { LineAnswerer } from "./src/line_mode.ts";
+import { BufferPool, ReadBuffer } from "./src/read_buffers.ts";
+import { Admission, type AdmissionRefusal } from "./src/admission.ts";
+import {
+  CONNECTION_COST_BYTES,
+  connectionsAdmitted,
+  containerMemoryLimit,
+  MemoryBudget,
+  type MemoryPlan,
+  planMemory,
+} from "./src/memory.ts";
 import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./src/proxy_protocol.ts";
 import {
   acceptTls,
+  CLIENT_HELLO_SNIFF_BYTES,
   clientHelloRecordLength,
   clientHelloServerName,
   looksLikeClientHello,
+  mayStartClientHello,
   renderTlsBanner,
   TLS_HANDSHAKE_TIMEOUT_MS,
   TlsCredentials,
@@ -65,7 +78,7 @@ import {
   tlsRecordFields,
   type TlsRefusal,
 } from "./src/tls.ts";
-import type { TlsFacts } from "./src/tls_stream.ts";
+import { TLS_READ_BYTES, type TlsFacts } from "./src/tls_stream.ts";
 import {
   closeQuietly,
   concatBytes,
@@ -79,26 +92,26 @@ import {
 // Types and constants
 // ---------------------------------------------------------------------------
 
-/** How long the rest of a ClientHello on a plain port is waited for, to log its server name. */
+/**
+ * How long the rest of a ClientHello on a plain port is waited for: the bytes
+ * that tell it is one, then the record, to log its server name.
+ */
 const CLIENT_HELLO_WAIT_MS = 1_000;
 
 /** How long a PROXY header may take to arrive. */
 export const PROXY_HEADER_TIMEOUT_MS = 5_000;
 
+/** The buffers lent for bursts ({@linkcode BufferPool}): the size of each. */
+const BURST_BUFFER_BYTES = 65_536;
 /**
- * First read buffer of a connection; idle connections keep only this much.
- * V8 keeps typed arrays of up to 64 bytes inside its heap, with no separate
- * backing store (measured: 0.3 KiB less per idle connection than 256 bytes).
- */
-const INITIAL_BUFFER_BYTES = 64;
-/** Read buffers grow (×4) when a read fills them, up to this size. */
-const MAX_BUFFER_BYTES = 65_536;
-/**
- * The ceiling when data records are on: each read costs two records, so
+ * Their size when data records are on: each read costs two records, so
  * fewer, larger reads keep logging's share of a busy stream small. Without
  * logging, 64 KiB was faster (README, Performance).
  */
-const MAX_BUFFER_BYTES_LOGGING = 262_144;
+const BURST_BUFFER_BYTES_LOGGING = 262_144;
+
+/** Admin connections accepted in a row before the accept loop yields a turn (as nginx does). */
+const ADMIN_ACCEPTS_PER_TURN = 16;
 
 const ACCEPT_BACKOFF_MIN_MS = 5;
 const ACCEPT_BACKOFF_MAX_MS = 1_000;
@@ -137,6 +150,18 @@ export interface TestHooks {
   readonly tlsPorts?: readonly number[];
   /** How long a TLS handshake may take, instead of {@linkcode TLS_HANDSHAKE_TIMEOUT_MS}. */
   readonly tlsHandshakeTimeoutMs?: number;
+  /** The memory limit instead of `MEMORY_LIMIT`'s (bytes). */
+  readonly memoryLimitBytes?: number;
+  /** The process's own memory, instead of its resident size at start (bytes). */
+  readonly baseMemoryBytes?: number;
+}
+
+/** What the server is given besides its configuration, each made once by `main`. */
+export interface ServerResources {
+  /** The certificate of the TLS ports ({@linkcode TlsCredentials.load}); needed when there are any. */
+  readonly tls?: TlsCredentials;
+  /** The memory limit ({@linkcode resolveMemoryLimit}); when absent, the server resolves it. */
+  readonly memoryLimitBytes?: number | undefined;
 }
 
 /** How {@linkcode EchoServer.shutdown} stops; defaults come from the config. */
@@ -197,8 +222,10 @@ interface ConnectionContext {
   readonly logConnections: boolean;
   /** Data records are on (and not filtered out by the level). */
   readonly logData: boolean;
-  /** How large a connection's read buffer may grow. */
-  readonly maxBufferBytes: number;
+  /** The large buffers connections borrow for bursts. */
+  readonly burstBuffers: BufferPool;
+  /** The buffers TLS connections borrow to read bursts of encrypted bytes. */
+  readonly tlsReadBuffers: BufferPool;
   /** Echoed bytes after which a connection is closed (`CLOSE_AFTER_BYTES`), else Infinity. */
   readonly echoLimit: number;
   /** How long a PROXY header may take. */
@@ -209,6 +236,8 @@ interface ConnectionContext {
   readonly tlsHandshakeTimeoutMs: number;
   /** No line mode, delay, echo limit or idle timeout: chunks go straight back ({@linkcode echoChunk}). */
   readonly plainEcho: boolean;
+  /** Opens a pending connection; throws {@linkcode Refusal} at the connection limit. */
+  readonly promote: (connection: EchoConnection) => void;
   /** Tells the server a connection is closed and counted. */
   readonly closed: (connection: EchoConnection) => void;
 }
@@ -242,6 +271,10 @@ class EchoConnection {
   tls: TlsFacts | undefined;
   /** The socket; on a TLS port, the TLS stream once the handshake is done. */
   conn: EchoStream;
+  /** Where the echo loop reads into. */
+  readonly reads: ReadBuffer;
+  /** What a pending connection is waiting for, as the metrics count it. */
+  stage: PendingStage | undefined;
 
   constructor(
     readonly tcp: Deno.TcpConn,
@@ -250,8 +283,14 @@ class EchoConnection {
     readonly stats: PortStats,
     /** It came in on a TLS port. */
     readonly tlsPort: boolean,
+    burstBuffers: BufferPool,
+    /** Its PROXY header or TLS handshake is still ahead: admission counts it as pending. */
+    public pending: boolean,
+    /** The memory it is charged from accept to end ({@linkcode CONNECTION_COST_BYTES}). */
+    readonly costBytes: number,
   ) {
     this.conn = tcp;
+    this.reads = new ReadBuffer(burstBuffers);
   }
 
   /** Writes to the socket, counting what it took (as {@linkcode writeAll} asks of a target). */
@@ -273,6 +312,13 @@ class EchoConnection {
     }
   }
 
+  /** Moves the connection to `stage` (`undefined`: not pending), counted per port. */
+  enterStage(stage: PendingStage | undefined): void {
+    if (this.stage !== undefined) this.stats.pending[this.stage]--;
+    if (stage !== undefined) this.stats.pending[stage]++;
+    this.stage = stage;
+  }
+
   /** Closes the socket from outside; the pending read or write then fails. */
   closeFor(reason: CloseReason): void {
     if (this.closedBy !== undefined) return;
@@ -281,8 +327,8 @@ class EchoConnection {
   }
 }
 
-/** A connection refused after accept because of its PROXY header (or lack of one). */
-class ProxyRefusal extends Error {
+/** A connection refused after accept: its PROXY header (or lack of one), or the connection limit. */
+class Refusal extends Error {
   constructor(readonly reason: RejectReason, readonly detail: string) {
     super(detail);
   }
@@ -321,7 +367,7 @@ function deadlineIn(ms: number): { reached: Promise<typeof TIMED_OUT>; cancel():
 /**
  * Where the connection comes from: the socket's peer, or the client a PROXY
  * header names when the configuration asks for one. Throws
- * {@linkcode ProxyRefusal} when the connection must be refused.
+ * {@linkcode Refusal} when the connection must be refused.
  */
 async function readOrigin(
   connection: EchoConnection,
@@ -334,14 +380,14 @@ async function readOrigin(
   }
   const trusted = proxyTrusted === undefined || isTrusted(peer.hostname, proxyTrusted);
   if (!trusted && mode !== "optional") {
-    throw new ProxyRefusal("proxy_untrusted", "peer not in PROXY_PROTOCOL_TRUSTED");
+    throw new Refusal("proxy_untrusted", "peer not in PROXY_PROTOCOL_TRUSTED");
   }
   try {
     return await readProxyHeader(connection, context, mode === "optional" ? "any" : mode, trusted);
   } catch (error) {
-    if (error instanceof ProxyRefusal) throw error;
+    if (error instanceof Refusal) throw error;
     const detail = `connection failed before a PROXY header: ${(error as Error).message}`;
-    throw new ProxyRefusal("proxy_missing", detail);
+    throw new Refusal("proxy_missing", detail);
   }
 }
 
@@ -369,7 +415,7 @@ async function readProxyHeader(
       const result = parseProxyHeader(buffer.subarray(0, filled), accept);
       if (result.status === "ok") {
         if (!trusted) {
-          throw new ProxyRefusal("proxy_untrusted", "PROXY header from an untrusted peer");
+          throw new Refusal("proxy_untrusted", "PROXY header from an untrusted peer");
         }
         const source = result.header.source;
         return {
@@ -379,10 +425,10 @@ async function readProxyHeader(
           pendingRead: undefined,
         };
       }
-      if (result.status === "invalid") throw new ProxyRefusal("proxy_invalid", result.reason);
+      if (result.status === "invalid") throw new Refusal("proxy_invalid", result.reason);
       if (result.status === "absent") {
         if (optional) return asData();
-        throw new ProxyRefusal("proxy_missing", "no PROXY header");
+        throw new Refusal("proxy_missing", "no PROXY header");
       }
       const read = connection.conn.read(buffer.subarray(filled));
       const outcome = await Promise.race([read, deadline.reached]);
@@ -392,10 +438,10 @@ async function readProxyHeader(
         if (optional) return asData(read.then((n) => n === null ? null : buffer.slice(at, at + n)));
         read.catch(() => {}); // It fails when the socket is closed just below.
         connection.closeFor("error");
-        throw new ProxyRefusal("proxy_timeout", `no complete PROXY header in ${waitMs} ms`);
+        throw new Refusal("proxy_timeout", `no complete PROXY header in ${waitMs} ms`);
       }
       if (outcome === null) {
-        throw new ProxyRefusal("proxy_missing", "connection ended before a PROXY header");
+        throw new Refusal("proxy_missing", "connection ended before a PROXY header");
       }
       filled += outcome;
     }
@@ -437,6 +483,7 @@ function endConnection(
 ): void {
   clearTimeout(connection.idleTimer);
   connection.closeFor(reason);
+  connection.reads.release();
   connection.stats.active--;
   logClosed(connection, context, reason, reason === "error" ? error : undefined);
   context.closed(connection);
@@ -459,10 +506,15 @@ async function admit(
     // Nagle only matters to a socket that is still there.
   }
   try {
+    if (context.config.proxyProtocol !== "off") connection.enterStage("proxy_header");
     origin = await readOrigin(connection, context);
-    if (connection.tlsPort) origin = await startTls(connection, context, origin);
+    if (connection.tlsPort) {
+      connection.enterStage("tls_handshake");
+      origin = await startTls(connection, context, origin);
+    }
+    if (connection.pending) context.promote(connection);
   } catch (error) {
-    const refusal = error as ProxyRefusal | TlsRefusal;
+    const refusal = error as Refusal | TlsRefusal;
     stats.rejected[refusal.reason]++;
     log.info("Connection refused: {detail}", {
       id: connection.id,
@@ -516,6 +568,7 @@ async function startTls(
     head,
     context.tls!,
     context.tlsHandshakeTimeoutMs,
+    context.tlsReadBuffers,
   );
   connection.conn = stream;
   connection.tls = stream.facts;
@@ -533,28 +586,29 @@ async function echo(
 ): Promise<void> {
   const { conn } = connection;
   try {
-    if (isClientHelloOnPlainPort(connection, origin.firstData)) {
-      await refuseClientHello(connection, origin.firstData);
-    }
+    // A ClientHello right after a PROXY header is refused before the banner. (A read the
+    // header's wait left pending comes after bytes that cannot begin a ClientHello.)
+    const sniffed = origin.firstData.length > 0
+      ? await sniffFirstBytes(connection, origin.firstData)
+      : undefined;
+    const start = { chunk: origin.firstData, next: sniffed?.next ?? origin.pendingRead };
+    if (sniffed) start.chunk = sniffed.chunk;
     if (connection.bannerDue && context.config.bannerMode === "connect") {
       await sendBanner(connection, context);
     }
-    if (origin.firstData.length > 0) await onChunk(connection, context, origin.firstData);
-    const first = origin.pendingRead ? await origin.pendingRead : undefined;
-    if (first) await onChunk(connection, context, first);
-    let buffer = new Uint8Array(INITIAL_BUFFER_BYTES);
-    while (first !== null) {
+    let ended = await onFirstBytes(connection, context, start);
+    const { reads } = connection;
+    while (!ended) {
+      const buffer = reads.current;
       const n = await conn.read(buffer);
       if (n === null) break;
       const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
-      if (connection.bytesIn === 0 && isClientHelloOnPlainPort(connection, chunk)) {
-        await refuseClientHello(connection, chunk);
-      }
-      if (context.plainEcho && !connection.bannerDue) await echoChunk(connection, context, chunk);
-      else await onChunk(connection, context, chunk);
-      if (n === buffer.length && buffer.length < context.maxBufferBytes) {
-        buffer = new Uint8Array(buffer.length * 4);
-      }
+      if (connection.bytesIn === 0) {
+        ended = await onFirstBytes(connection, context, await sniffFirstBytes(connection, chunk));
+      } else if (context.plainEcho && !connection.bannerDue) {
+        await echoChunk(connection, context, chunk);
+      } else await onChunk(connection, context, chunk);
+      reads.settle(n);
     }
     // Deno reports a reset during read as end of stream. A zero-length
     // write sends nothing, succeeds after a FIN and fails after a RST.
@@ -584,9 +638,59 @@ async function echoChunk(
   if (written < chunk.length) await connection.send(chunk.subarray(written));
 }
 
-/** Whether a plain port's first bytes are a TLS ClientHello. */
-function isClientHelloOnPlainPort(connection: EchoConnection, firstBytes: Uint8Array): boolean {
-  return !connection.tlsPort && looksLikeClientHello(firstBytes);
+/** A connection's first bytes, and a read still pending after them, if any. */
+interface FirstBytes {
+  readonly chunk: Uint8Array;
+  /** What the read in progress brings: the next bytes, or `null` at the end. */
+  readonly next: Promise<Uint8Array | null> | undefined;
+}
+
+/** Echoes the first bytes and what the pending read brings; true when that was the end. */
+async function onFirstBytes(
+  connection: EchoConnection,
+  context: ConnectionContext,
+  first: FirstBytes,
+): Promise<boolean> {
+  if (first.chunk.length > 0) await onChunk(connection, context, first.chunk);
+  if (first.next === undefined) return false;
+  const more = await first.next;
+  if (more === null) return true;
+  await onChunk(connection, context, more);
+  return false;
+}
+
+/**
+ * Looks at a plain port's first bytes: a TLS ClientHello is refused (throws
+ * {@linkcode ClientHelloOnPlainPort}), whatever the segments it came in.
+ * Bytes that could be the start of one are completed up to the 6 bytes that
+ * tell, for {@linkcode CLIENT_HELLO_WAIT_MS} at most; a read still pending
+ * then is handed on, so no byte is lost. Other bytes pass as they are.
+ */
+async function sniffFirstBytes(connection: EchoConnection, chunk: Uint8Array): Promise<FirstBytes> {
+  if (connection.tlsPort) return { chunk, next: undefined };
+  if (looksLikeClientHello(chunk)) await refuseClientHello(connection, chunk);
+  if (!mayStartClientHello(chunk)) return { chunk, next: undefined };
+  const bytes = new Uint8Array(CLIENT_HELLO_SNIFF_BYTES);
+  bytes.set(chunk);
+  let filled = chunk.length;
+  const deadline = deadlineIn(CLIENT_HELLO_WAIT_MS);
+  try {
+    while (filled < bytes.length) {
+      const at = filled;
+      const read = connection.conn.read(bytes.subarray(at));
+      const outcome = await Promise.race([read, deadline.reached]);
+      if (outcome === TIMED_OUT) {
+        const next = read.then((n) => n === null ? null : bytes.slice(at, at + n));
+        return { chunk: bytes.slice(0, at), next };
+      }
+      if (outcome === null) return { chunk: bytes.slice(0, at), next: Promise.resolve(null) };
+      filled += outcome;
+    }
+  } finally {
+    deadline.cancel();
+  }
+  if (looksLikeClientHello(bytes)) await refuseClientHello(connection, bytes);
+  return { chunk: bytes, next: undefined };
 }
 
 /**
@@ -738,6 +842,54 @@ function logClosed(
 // The server: listeners, accept loops, drain
 // ---------------------------------------------------------------------------
 
+/** A pool of buffers of `bufferBytes` that takes `poolBytes` at most. */
+function poolOf(bufferBytes: number, poolBytes: number): BufferPool {
+  return new BufferPool(bufferBytes, Math.max(1, Math.floor(poolBytes / bufferBytes)));
+}
+
+/**
+ * The memory limit to admit within, in bytes: `MEMORY_LIMIT` as a size, the
+ * container's (`auto`), or none (`off`, or the limit cannot be read: then
+ * `onUnreadable` hears why).
+ */
+export function resolveMemoryLimit(
+  config: Config,
+  onUnreadable: (error: unknown) => void = warnUnreadableLimit,
+): number | undefined {
+  if (typeof config.memoryLimit === "number") return config.memoryLimit;
+  if (config.memoryLimit === "off") return undefined;
+  try {
+    return containerMemoryLimit();
+  } catch (error) {
+    onUnreadable(error);
+    return undefined;
+  }
+}
+
+function warnUnreadableLimit(error: unknown): void {
+  log.warn("Cannot read the container's memory limit; admitting without a memory budget.", {
+    error,
+  });
+}
+
+/** Logs, at start, what the memory limit leaves for connections. */
+function logMemoryPlan(plan: MemoryPlan): void {
+  if (plan.limitBytes === undefined) {
+    log.info("No memory limit: connections are bounded by MAX_CONNECTIONS only.");
+    return;
+  }
+  log.info("Memory limit {limit}: room for {plain} plain or {tls} TLS connections.", {
+    limit: formatMiB(plan.limitBytes),
+    plain: connectionsAdmitted(plan, "plain"),
+    tls: connectionsAdmitted(plan, "tls"),
+    connection_budget: formatMiB(plan.connectionBytes),
+  });
+}
+
+function formatMiB(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(bytes % 2 ** 20 === 0 ? 0 : 1)}MiB`;
+}
+
 /** The listen address: `HOST`, else dual-stack `::` where the host has IPv6, else `0.0.0.0`. */
 function chooseHostname(config: Config): string {
   if (config.host !== undefined) return config.host;
@@ -792,6 +944,8 @@ interface AcceptLoop {
   readonly port: number;
   /** Aborted when this loop is to stop. */
   readonly signal: AbortSignal;
+  /** Before each accept: a promise to wait for first, or `undefined` to accept at once. */
+  readonly beforeAccept?: () => Promise<void> | undefined;
   /** Takes each accepted connection. */
   onConnection(conn: Deno.TcpConn): void;
   /** Frees a descriptor for an immediate retry after a resource error; false when it cannot. */
@@ -807,9 +961,9 @@ interface AcceptLoop {
 export function startServer(
   config: Config,
   testHooks: TestHooks = {},
-  tls?: TlsCredentials,
+  resources: ServerResources = {},
 ): EchoServer {
-  return new EchoServer(config, testHooks, tls);
+  return new EchoServer(config, testHooks, resources);
 }
 
 /**
@@ -841,11 +995,16 @@ export class EchoServer {
   readonly #adminAccepting: Promise<unknown>;
   #draining = false;
   #shutdown: Promise<void> | undefined;
-  #refusedUnreported = 0;
+  readonly #admission: Admission;
+  /** Refusals at the limits not yet reported, by reason; reported at most once a second. */
+  readonly #unreported: Record<AdmissionRefusal, number> = { max_connections: 0, memory: 0 };
   #refusalTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The ports with a pending stage are waiting for the pending share to have room. */
+  #pendingWaitReported = false;
 
   /** Listens as `config` says (or `testHooks`); throws {@linkcode ListenError}. */
-  constructor(config: Config, testHooks: TestHooks, tls: TlsCredentials | undefined) {
+  constructor(config: Config, testHooks: TestHooks, resources: ServerResources) {
+    const { tls } = resources;
     const hostname = chooseHostname(config);
     const plainPorts = testHooks.ports ?? config.ports;
     const tlsPorts = testHooks.tlsPorts ?? config.tls.ports;
@@ -866,6 +1025,13 @@ export class EchoServer {
     const metrics = createMetricsExporter(this.stats);
     const logConnections = log.isEnabledFor("info");
     const logData = config.logDataBytes > 0 && logConnections;
+    const memory = planMemory(
+      testHooks.memoryLimitBytes ??
+        ("memoryLimitBytes" in resources ? resources.memoryLimitBytes : resolveMemoryLimit(config)),
+      testHooks.baseMemoryBytes ?? Deno.memoryUsage().rss,
+    );
+    this.#admission = new Admission(config, new MemoryBudget(memory));
+    const burstBytes = logData ? BURST_BUFFER_BYTES_LOGGING : BURST_BUFFER_BYTES;
     this.#context = {
       config,
       banner: renderBanner(config.banner),
@@ -875,19 +1041,39 @@ export class EchoServer {
       metrics,
       logConnections,
       logData,
-      maxBufferBytes: logData ? MAX_BUFFER_BYTES_LOGGING : MAX_BUFFER_BYTES,
+      burstBuffers: poolOf(burstBytes, memory.burstPoolBytes),
+      tlsReadBuffers: poolOf(TLS_READ_BYTES, memory.tlsReadPoolBytes),
       echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
       proxyHeaderTimeoutMs: testHooks.proxyHeaderTimeoutMs ?? PROXY_HEADER_TIMEOUT_MS,
       tls,
       tlsHandshakeTimeoutMs: testHooks.tlsHandshakeTimeoutMs ?? TLS_HANDSHAKE_TIMEOUT_MS,
       plainEcho: config.echoPrefix === undefined && config.echoDelayMs === 0 &&
         config.closeAfterBytes === 0 && config.idleTimeoutMs === 0,
+      promote: (connection) => {
+        if (this.#admission.promote() !== undefined) {
+          throw new Refusal("max_connections", `MAX_CONNECTIONS=${config.maxConnections} are open`);
+        }
+        connection.pending = false;
+        connection.enterStage(undefined);
+      },
       closed: (connection) => {
+        this.#admission.end(connection.costBytes, connection.pending);
+        connection.enterStage(undefined);
         this.#connections.delete(connection);
         if (this.#connections.size === 0) this.#allClosed?.resolve();
       },
     };
     for (const { port } of this.addresses) this.stats.forPort(port);
+    for (const listener of [...this.#listeners, ...listeners.admin ? [listeners.admin] : []]) {
+      this.stats.acceptErrorsOf(listener.addr.port);
+    }
+    const { budget } = this.#admission;
+    this.stats.memory = () => ({
+      limit: memory.limitBytes,
+      budget: memory.limitBytes === undefined ? undefined : Math.floor(memory.connectionBytes),
+      charged: budget.chargedBytes,
+      resident: Deno.memoryUsage().rss,
+    });
     for (const listener of this.#tlsListeners) this.stats.tlsPorts.add(listener.addr.port);
     this.#adminAccepting = this.#startAdmin(metrics);
     for (const listener of this.#listeners) {
@@ -898,6 +1084,7 @@ export class EchoServer {
       });
     }
     logActiveFaults(config);
+    logMemoryPlan(memory);
     this.#accepting = Promise.all(
       this.#listeners.map((listener) => this.#acceptLoop(this.#echoLoop(listener))),
     );
@@ -931,24 +1118,52 @@ export class EchoServer {
     const port = listener.addr.port;
     const stats = this.stats.forPort(port);
     const tls = this.#tlsListeners.has(listener);
-    const { maxConnections } = this.#config;
+    // Connections with a PROXY header or a handshake ahead are pending until it is done.
+    const pending = tls || this.#config.proxyProtocol !== "off";
+    const costBytes = CONNECTION_COST_BYTES[tls ? "tls" : "plain"];
     return {
       listener,
       port,
       signal: this.#stopping.signal,
+      beforeAccept: pending ? () => this.#pendingSlot() : undefined,
       onConnection: (conn) => {
-        if (maxConnections > 0 && this.#connections.size >= maxConnections) {
+        const refusal = this.#admission.accept(costBytes, pending);
+        if (refusal !== undefined) {
           closeQuietly(conn);
-          stats.rejected.max_connections++;
-          this.#refuseAtLimit();
+          stats.rejected[refusal]++;
+          this.#refuse(refusal);
           return;
         }
-        const connection = new EchoConnection(conn, port, stats, tls);
+        const { burstBuffers } = this.#context;
+        const connection = new EchoConnection(
+          conn,
+          port,
+          stats,
+          tls,
+          burstBuffers,
+          pending,
+          costBytes,
+        );
         this.#connections.add(connection);
         serveConnection(connection, this.#context);
       },
       freeDescriptor: () => false,
     };
+  }
+
+  /** Resolves once a pending connection may be accepted; says so once per wait that is not short. */
+  #pendingSlot(): Promise<void> | undefined {
+    if (!this.#admission.pendingFull) {
+      this.#pendingWaitReported = false;
+      return undefined;
+    }
+    if (!this.#pendingWaitReported) {
+      this.#pendingWaitReported = true;
+      log.warn("Pending connections at their limit: TLS and PROXY ports wait before accepting.", {
+        limit: this.#config.maxPendingConnections,
+      });
+    }
+    return this.#admission.pendingSlot(this.#stopping.signal);
   }
 
   /** Logs the admin port and starts its accept loop; resolves when the loop ends. */
@@ -963,10 +1178,14 @@ export class EchoServer {
       address: formatAddress(listener.addr),
       reserved_descriptors: admin.reservedDescriptors,
     });
+    let accepted = 0;
     return this.#acceptLoop({
       listener,
       port: listener.addr.port,
       signal: this.#adminStopping.signal,
+      // A burst of queued connections is accepted before any read completes; a turn of the
+      // event loop now and then lets probes' requests be read before later ones evict them.
+      beforeAccept: () => ++accepted % ADMIN_ACCEPTS_PER_TURN === 0 ? pause(0) : undefined,
       onConnection: (conn) => admin.serve(conn),
       freeDescriptor: () => admin.freeDescriptor(),
     });
@@ -984,6 +1203,11 @@ export class EchoServer {
     let backoffMs = ACCEPT_BACKOFF_MIN_MS;
     let failures = 0;
     while (!signal.aborted) {
+      const waiting = loop.beforeAccept?.();
+      if (waiting) {
+        await waiting;
+        if (signal.aborted) break;
+      }
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
@@ -1013,9 +1237,9 @@ export class EchoServer {
     }
   }
 
-  /** Counts a refusal at the limit; the first of a burst is reported at once, the rest each second. */
-  #refuseAtLimit(): void {
-    this.#refusedUnreported++;
+  /** Counts a refusal at a limit; the first of a burst is reported at once, the rest each second. */
+  #refuse(reason: AdmissionRefusal): void {
+    this.#unreported[reason]++;
     if (this.#refusalTimer === undefined) this.#reportRefusals();
   }
 
@@ -1023,12 +1247,24 @@ export class EchoServer {
   #reportRefusals(rearm = true): void {
     clearTimeout(this.#refusalTimer);
     this.#refusalTimer = undefined;
-    if (this.#refusedUnreported === 0) return;
-    log.warn("Connection limit reached, refusing connections.", {
-      limit: this.#config.maxConnections,
-      refused: this.#refusedUnreported,
-    });
-    this.#refusedUnreported = 0;
+    const { max_connections: atLimit, memory: overBudget } = this.#unreported;
+    if (atLimit + overBudget === 0) return;
+    if (atLimit > 0) {
+      log.warn("Connection limit reached, refusing connections.", {
+        limit: this.#config.maxConnections,
+        refused: atLimit,
+      });
+    }
+    if (overBudget > 0) {
+      const { budget } = this.#admission;
+      log.warn("Memory budget reached, refusing connections.", {
+        budget_bytes: Math.floor(budget.plan.connectionBytes),
+        charged_bytes: budget.chargedBytes,
+        refused: overBudget,
+      });
+    }
+    this.#unreported.max_connections = 0;
+    this.#unreported.memory = 0;
     if (rearm) {
       this.#refusalTimer = setTimeout(() => this.#reportRefusals(), REFUSAL_REPORT_INTERVAL_MS);
     }
@@ -1100,26 +1336,31 @@ const FORCED_EXIT_FLUSH_MS = 1_000;
 
 /**
  * Resolves with the first SIGTERM/SIGINT. A later one, from a person
- * pressing again, calls `forceExit` with its exit code; a repeat within
- * {@linkcode REPEATED_SIGNAL_WINDOW_MS} of the first is ignored.
+ * pressing again, calls `forceExit` with its exit code, once; a repeat within
+ * {@linkcode REPEATED_SIGNAL_WINDOW_MS} of the first is ignored, and so is
+ * every signal once the exit is under way (the second press arrives twice too).
  */
 function firstShutdownSignal(
   forceExit: (signal: Deno.Signal, code: number) => void,
 ): Promise<Deno.Signal> {
   return new Promise((resolve) => {
     let firstAt: number | undefined;
+    let exiting = false;
     for (const signal of SHUTDOWN_SIGNALS) {
       Deno.addSignalListener(signal, () => {
         const now = performance.now();
         if (firstAt === undefined) {
           firstAt = now;
           resolve(signal);
-        } else if (now - firstAt < REPEATED_SIGNAL_WINDOW_MS) {
-          log.debug("Ignored {signal}: a repeat of the first within the window.", {
+        } else if (exiting || now - firstAt < REPEATED_SIGNAL_WINDOW_MS) {
+          log.debug("Ignored {signal}: a repeat, or the exit is under way.", {
             signal,
             window_ms: REPEATED_SIGNAL_WINDOW_MS,
           });
-        } else forceExit(signal, SIGNAL_EXIT_CODES[signal]);
+        } else {
+          exiting = true;
+          forceExit(signal, SIGNAL_EXIT_CODES[signal]);
+        }
       });
     }
   });
@@ -1150,8 +1391,14 @@ export async function main(args: readonly string[]): Promise<number> {
     console.error(`tcp-echo: ${error.message}`);
     return 2;
   }
-  const sink = createStdoutSink(config.logFormat, config.logDataBytes);
+  let unreadableLimit: unknown;
+  const memoryLimitBytes = resolveMemoryLimit(config, (error) => unreadableLimit = error);
+  const sink = createStdoutSink(
+    config.logFormat,
+    planMemory(memoryLimitBytes, 0).logQueueBytes / 2,
+  );
   const detachLogging = await setupLogging(config.logLevel, sink);
+  if (unreadableLimit !== undefined) warnUnreadableLimit(unreadableLimit);
   const closeLog = async () => {
     await detachLogging();
     await sink[Symbol.asyncDispose]();
@@ -1173,7 +1420,7 @@ export async function main(args: readonly string[]): Promise<number> {
         pod: { name: config.banner.pod, ip: config.banner.ip },
       });
     }
-    server = startServer(config, {}, tls);
+    server = startServer(config, {}, { tls, memoryLimitBytes });
   } catch (error) {
     tls?.close();
     await closeLog();

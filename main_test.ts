@@ -5,6 +5,7 @@ import {
   adminRequest,
   ALL_BANNER_ENV,
   ALL_BANNER_TEXT,
+  captureClientHello,
   decoder,
   encoder,
   freePort,
@@ -37,6 +38,7 @@ import {
 } from "./src/log_output.ts";
 import { MAX_LINE_BYTES } from "./src/line_mode.ts";
 import type { RejectReason } from "./src/admin.ts";
+import { CONNECTION_COST_BYTES, planMemory } from "./src/memory.ts";
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -457,6 +459,58 @@ Deno.test({
   },
 });
 
+Deno.test("a TLS ClientHello on a plain port is refused whatever segments its first bytes come in", async (t) => {
+  const hello = await captureClientHello("v2.example.com");
+  await using s = await startTestServer({ NODE_NAME: "x" });
+  const banner = "Welcome, you are connected to node x.\n";
+  for (let split = 1; split < 6; split++) {
+    await t.step(`${split} + ${hello.length - split} bytes`, async () => {
+      using conn = await s.connect();
+      await conn.setNoDelay(true);
+      assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+      await writeAll(conn, hello.subarray(0, split));
+      // Long enough for the server to read the first segment alone, and to echo it if it would.
+      const early = await Promise.race([
+        conn.read(new Uint8Array(16)),
+        new Promise<"none">((resolve) => setTimeout(resolve, 200, "none")),
+      ]);
+      assert.equal(early, "none", "nothing is echoed while the first bytes may be a ClientHello");
+      await writeAll(conn, hello.subarray(split));
+      assert.equal((await readToEnd(conn)).length, 0, "closed, nothing echoed");
+    });
+  }
+  const closed = s.logs.records.filter((r) => r.properties.reason === "tls_on_plain_port");
+  assert.equal(closed.length, 5);
+  const refusals = s.logs.records.filter((r) =>
+    String(r.rawMessage).startsWith("A TLS ClientHello")
+  );
+  assert.deepEqual(refusals.map((r) => r.properties.server_name), Array(5).fill("v2.example.com"));
+});
+
+Deno.test("first bytes that only begin like a ClientHello are echoed, none lost", async (t) => {
+  await using s = await startTestServer({ LOG_DATA_BYTES: "0" });
+  await t.step("more bytes that are not a ClientHello", async () => {
+    using conn = await s.connect();
+    await writeAll(conn, Uint8Array.of(0x16, 0x03));
+    await writeAll(conn, encoder.encode("\x00 plain"));
+    const sent = concatBytes([Uint8Array.of(0x16, 0x03), encoder.encode("\x00 plain")]);
+    assert.deepEqual(await readExactly(conn, sent.length), sent);
+    assert.deepEqual(await roundTrip(conn, encoder.encode("more")), encoder.encode("more"));
+  });
+  await t.step("nothing more for a while: echoed after the wait, then the rest", async () => {
+    using conn = await s.connect();
+    await writeAll(conn, Uint8Array.of(0x16));
+    assert.deepEqual(await readExactly(conn, 1, 3_000), Uint8Array.of(0x16));
+    assert.deepEqual(await roundTrip(conn, encoder.encode("later")), encoder.encode("later"));
+  });
+  await t.step("the end right after", async () => {
+    using conn = await s.connect();
+    await writeAll(conn, Uint8Array.of(0x16, 0x03, 0x01));
+    await conn.closeWrite();
+    assert.deepEqual(await readToEnd(conn), Uint8Array.of(0x16, 0x03, 0x01));
+  });
+});
+
 // ---------------------------------------------------------------------------
 // Operations: admin HTTP, metrics, drain, limits, idle timeout
 // ---------------------------------------------------------------------------
@@ -487,6 +541,104 @@ Deno.test("MAX_CONNECTIONS: the next connection is closed at once, counted, and 
   using third = await s.connect();
   assert.equal(decoder.decode(await readExactly(third, banner.length)), banner);
   assert.equal(s.server.activeConnections, 2);
+});
+
+Deno.test("memory budget: past it a connection is refused with reason memory, and admitted once one ends", async () => {
+  const limitBytes = 64 * 2 ** 20;
+  const { plain } = CONNECTION_COST_BYTES;
+  // The process's own size set so that three plain connections and a half fit.
+  const baseMemoryBytes = planMemory(limitBytes, 0).connectionBytes - 3.5 * plain;
+  await using s = await startTestServer({ NODE_NAME: "x", ADMIN_PORT: "any" }, {
+    memoryLimitBytes: limitBytes,
+    baseMemoryBytes,
+  });
+  const start = s.logs.records.find((r) => String(r.rawMessage).startsWith("Memory limit"))!;
+  assert.equal(
+    withoutTimestamp(formatTextRecord(start)),
+    `Memory limit 64MiB: room for 3 plain or 0 TLS connections. connection_budget=${
+      (3.5 * plain / 2 ** 20).toFixed(1)
+    }MiB\n`,
+  );
+  const banner = "Welcome, you are connected to node x.\n";
+  const admitted = await Promise.all([0, 1, 2].map(() => s.connect()));
+  for (const conn of admitted) {
+    assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+  }
+  {
+    using refused = await s.connect();
+    assert.equal((await readToEnd(refused)).length, 0, "closed with no banner");
+  }
+  const warning = s.logs.records.find((r) => r.level === "warning")!;
+  assert.equal(
+    withoutTimestamp(formatTextRecord(warning)),
+    `Memory budget reached, refusing connections. budget_bytes=${
+      Math.floor(3.5 * plain)
+    } charged_bytes=${3 * plain} refused=1 level=warn\n`,
+  );
+  const metrics = (await adminRequest(s.server.adminAddress!, "/metrics")).body;
+  assert.match(metrics, new RegExp(`rejected_total\\{port="${s.port}",reason="memory"\\} 1\n`));
+  admitted[0].close();
+  await s.logs.waitFor(isClosedRecord(await s.connectionId(0)), "first closed");
+  using again = await s.connect();
+  assert.equal(decoder.decode(await readExactly(again, banner.length)), banner);
+  assert.equal(decoder.decode(await roundTrip(admitted[1], encoder.encode("still"))), "still");
+  admitted.slice(1).forEach((conn) => conn.close());
+});
+
+Deno.test("pending connections: silent clients of a TLS port hold a share of their own; the plain port answers at once", async () => {
+  await using s = await startTestServer({
+    TLS_PORT: "any",
+    MAX_CONNECTIONS: "50",
+    NODE_NAME: "x",
+    ADMIN_PORT: "any",
+  });
+  const share = Math.ceil(50 / 4);
+  const silent = await Promise.all(
+    Array.from({ length: 50 }, () => Deno.connect({ hostname: "127.0.0.1", port: s.tlsPort })),
+  );
+  try {
+    const paused = await s.logs.waitFor(
+      (r) => String(r.rawMessage).startsWith("Pending connections at their limit"),
+      "the TLS port waits",
+    );
+    assert.equal(
+      withoutTimestamp(formatTextRecord(paused)),
+      `Pending connections at their limit: TLS and PROXY ports wait before accepting. limit=${share} level=warn\n`,
+    );
+    const started = performance.now();
+    using plain = await s.connect();
+    const banner = "Welcome, you are connected to node x.\n";
+    assert.equal(decoder.decode(await readExactly(plain, banner.length, 1_000)), banner);
+    console.log(`plain banner in ${(performance.now() - started).toFixed(1)} ms`);
+    const metrics = (await adminRequest(s.server.adminAddress!, "/metrics")).body;
+    const series = (name: string, labels: string) =>
+      Number(new RegExp(`^${name}\\{${labels}\\} (\\d+)$`, "m").exec(metrics)?.[1]);
+    assert.equal(
+      series("tcp_echo_connections_pending", `port="${s.tlsPort}",stage="tls_handshake"`),
+      share,
+    );
+    assert.equal(series("tcp_echo_connections_active", `port="${s.port}"`), 1);
+    assert.equal(series("tcp_echo_connections_active", `port="${s.tlsPort}"`), 0);
+    assert.equal(
+      series("tcp_echo_connections_rejected_total", `port="${s.tlsPort}",reason="max_connections"`),
+      0,
+    );
+    // A real TLS client waits behind the silent ones, and is served once they are gone.
+    const tlsClient = s.connectTls({ insecure: true });
+    for (const conn of silent.splice(0)) conn.close();
+    const stream = await within(5_000, "the TLS client", tlsClient);
+    try {
+      assert.equal(decoder.decode(await readExactly(stream, banner.length)), banner);
+    } finally {
+      stream.close();
+    }
+    assert.deepEqual(s.server.stats.forPort(s.tlsPort).pending, {
+      proxy_header: 0,
+      tls_handshake: 0,
+    });
+  } finally {
+    silent.forEach((conn) => conn.close());
+  }
 });
 
 Deno.test("IDLE_TIMEOUT closes a silent connection with reason idle, not a talking one", async () => {

@@ -21,7 +21,13 @@ import {
   TCPRoute,
   TLSRoute,
 } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
-import { applyArguments, CONFIG_VARIABLES, loadConfig } from "../src/config.ts";
+import { applyArguments, CONFIG_VARIABLES, loadConfig, parseMemorySize } from "../src/config.ts";
+import {
+  type ConnectionCost,
+  connectionsAdmitted,
+  planMemory,
+  PROCESS_BASE_BYTES,
+} from "../src/memory.ts";
 import { parseDuration } from "../src/wire.ts";
 import { ignoreWithout, repoDir } from "../testing/support.ts";
 
@@ -109,6 +115,20 @@ function resolveTargetPort(targetPort: string | number, deployment: Manifest): n
     : ports.find((p) => p.name === targetPort);
   assert.ok(port, `targetPort ${targetPort} exists in ${deployment.metadata.name}`);
   return port.containerPort;
+}
+
+/**
+ * The memory limit admits MAX_CONNECTIONS connections of `kind`, each charged
+ * what one takes at most, beside the process's own size, its buffers, its
+ * log queue and the headroom (src/memory.ts): the memory budget is not what
+ * refuses a full MAX_CONNECTIONS, and the OOM killer is not what stops more.
+ */
+function assertMemoryAdmits(limit: string, kind: ConnectionCost, maxConnections: number): void {
+  const limitBytes = parseMemorySize(limit);
+  assert.ok(limitBytes, `a memory limit (${limit})`);
+  assert.ok(maxConnections > 0, "a connection limit is set");
+  const admitted = connectionsAdmitted(planMemory(limitBytes, PROCESS_BASE_BYTES[kind]), kind);
+  assert.ok(admitted >= maxConnections, `${limit} admits ${admitted} ${kind} connections`);
 }
 
 /** Each glob token of a `.dockerignore` rule as a regular expression. */
@@ -439,14 +459,10 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
         "proxy.istio.io/config": '{"terminationDrainDuration": "15s"}',
       });
       assert.ok(c.resources.requests.cpu && c.resources.requests.memory);
-      // 64 MiB for the runtime plus 16 KiB per connection (measured: about 7 KiB idle,
-      // see README, Performance) keeps a full MAX_CONNECTIONS clear of the OOM killer.
-      const limitMiB = Number(/^(\d+)Mi$/.exec(c.resources.limits.memory)?.[1]);
       const maxConnections = loadConfig(Object.fromEntries(
         c.env.filter((e: Manifest) => "value" in e).map((e: Manifest) => [e.name, e.value]),
       )).maxConnections;
-      assert.ok(maxConnections > 0, "a connection limit is set");
-      assert.ok(limitMiB >= 64 + (maxConnections * 16) / 1024, `memory limit ${limitMiB}Mi`);
+      assertMemoryAdmits(c.resources.limits.memory, "plain", maxConnections);
       assert.equal(pod.securityContext.runAsNonRoot, true);
       assert.equal(pod.securityContext.runAsUser, 65532);
       assert.deepEqual(pod.securityContext.seccompProfile, { type: "RuntimeDefault" });
@@ -771,11 +787,7 @@ function assertTlsDeployment(deployment: Manifest, secretName: string): number {
   // A kubernetes.io/tls Secret's keys are tls.crt and tls.key.
   assert.equal(config.tls.certFile, `${mount.mountPath}/tls.crt`);
   assert.equal(config.tls.keyFile, `${mount.mountPath}/tls.key`);
-  // 64 MiB for the runtime plus 64 KiB per connection (measured: about 50 KiB for an idle TLS
-  // connection) keeps a full MAX_CONNECTIONS of TLS connections clear of the OOM killer.
-  const limitMiB = Number(/^(\d+)Mi$/.exec(c.resources.limits.memory)?.[1]);
-  assert.ok(config.maxConnections > 0, "a connection limit is set");
-  assert.ok(limitMiB >= 64 + (config.maxConnections * 64) / 1024, `memory limit ${limitMiB}Mi`);
+  assertMemoryAdmits(c.resources.limits.memory, "tls", config.maxConnections);
   return tlsPort;
 }
 

@@ -2,14 +2,16 @@
  * The admin side: the server's counters (per port, as plain numbers the echo
  * path adds to), their Prometheus exposition, and the HTTP endpoints
  * `/healthz`, `/readyz` and `/metrics`, served one request per connection on
- * the server's own accept loop. The only module that imports prom-client.
+ * the server's own accept loop, with bounds that keep probes answered
+ * whatever other clients hold there ({@linkcode ADMIN_MAX_CONNECTIONS} and
+ * the other `ADMIN_*` limits). The only module that imports prom-client.
  *
  * @module
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import denoConfig from "../deno.json" with { type: "json" };
 import { log } from "./log_output.ts";
-import { closeQuietly, concatBytes, indexOfBytes, writeAll } from "./wire.ts";
+import { closeQuietly, concatBytes, writeAll } from "./wire.ts";
 
 /** This build's version (deno.json's `version`), as `tcp_echo_build_info` reports it. */
 export const VERSION: string = denoConfig.version;
@@ -20,7 +22,6 @@ export const ACCEPT_ERROR_KINDS = ["connection", "resources"] as const;
 export type AcceptErrorKind = typeof ACCEPT_ERROR_KINDS[number];
 
 const encoder = new TextEncoder();
-const latin1 = new TextDecoder("latin1");
 const NO_BYTES = new Uint8Array(0);
 
 /** Why a connection ended, as logged in `reason=` and counted in metrics. */
@@ -39,6 +40,7 @@ export type CloseReason = typeof CLOSE_REASONS[number];
 /** Why a connection was closed right after accept, without a banner. */
 export const REJECT_REASONS = [
   "max_connections",
+  "memory",
   "proxy_untrusted",
   "proxy_invalid",
   "proxy_missing",
@@ -50,6 +52,11 @@ export const REJECT_REASONS = [
 ] as const;
 /** A {@linkcode REJECT_REASONS} value. */
 export type RejectReason = typeof REJECT_REASONS[number];
+
+/** What a pending connection is waiting for, as `tcp_echo_connections_pending{stage}` says. */
+export const PENDING_STAGES = ["proxy_header", "tls_handshake"] as const;
+/** A {@linkcode PENDING_STAGES} value. */
+export type PendingStage = typeof PENDING_STAGES[number];
 
 /** Upper bounds (seconds) of the connection duration histogram. */
 const DURATION_BUCKETS_S = [0.001, 0.01, 0.1, 1, 10, 60, 300, 1_800, 3_600];
@@ -63,6 +70,8 @@ export class PortStats {
   accepted = 0;
   /** Echo connections open now. */
   active = 0;
+  /** Connections accepted and not yet open, by what they wait for (see admission.ts). */
+  readonly pending: Record<PendingStage, number> = zeroes(PENDING_STAGES);
   /** Connections closed right after accept, by reason. */
   readonly rejected: Record<RejectReason, number> = zeroes(REJECT_REASONS);
   /** Echo connections ended, by reason. */
@@ -97,20 +106,40 @@ export class ServerStats {
   /** Failed accepts by listening port (echo and admin) and kind. */
   readonly acceptErrors: Map<number, Record<AcceptErrorKind, number>> = new Map();
 
-  /** Counts a failed `accept()` on `port`. */
-  countAcceptError(port: number, kind: AcceptErrorKind): void {
+  /** The failed accepts of `port`, all 0 until one fails (so a `rate()` has a series from the start). */
+  acceptErrorsOf(port: number): Record<AcceptErrorKind, number> {
     let counts = this.acceptErrors.get(port);
     if (!counts) {
-      counts = { connection: 0, resources: 0 };
+      counts = zeroes(ACCEPT_ERROR_KINDS);
       this.acceptErrors.set(port, counts);
     }
-    counts[kind]++;
+    return counts;
   }
+
+  /** Counts a failed `accept()` on `port`. */
+  countAcceptError(port: number, kind: AcceptErrorKind): void {
+    this.acceptErrorsOf(port)[kind]++;
+  }
+
+  /** The memory figures `/metrics` shows, when the server has a budget. */
+  memory: (() => MemoryFigures) | undefined;
 
   /** Every port with its counters, in the order the ports were added. */
   entries(): IterableIterator<[number, PortStats]> {
     return this.#ports.entries();
   }
+}
+
+/** The memory the server admits connections within, in bytes (src/memory.ts). */
+export interface MemoryFigures {
+  /** The container's limit; absent when there is none. */
+  readonly limit?: number;
+  /** What connections may be charged together (absent without a limit). */
+  readonly budget?: number;
+  /** What open and pending connections are charged now. */
+  readonly charged: number;
+  /** The process's resident size now. */
+  readonly resident: number;
 }
 
 /** The Prometheus side of the metrics: a registry whose values come from `stats`. */
@@ -155,6 +184,14 @@ const PORT_METRICS: readonly PortMetric<PortStats>[] = [
     labelNames: [],
     source: byPort,
     samples: (p) => [[{}, p.active]],
+  },
+  {
+    kind: "gauge",
+    name: "tcp_echo_connections_pending",
+    help: "Connections accepted and still waiting for their PROXY header or TLS handshake.",
+    labelNames: ["stage"],
+    source: byPort,
+    samples: (p) => PENDING_STAGES.map((stage) => [{ stage }, p.pending[stage]]),
   },
   {
     kind: "counter",
@@ -244,6 +281,21 @@ export function createMetricsExporter(stats: ServerStats): MetricsExporter {
     registers: [registry],
   });
   new Gauge({
+    name: "tcp_echo_memory_bytes",
+    help:
+      "Memory: the limit, the budget for connections, what they are charged, the resident size.",
+    labelNames: ["kind"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const figures = stats.memory?.();
+      if (figures === undefined) return;
+      for (const [kind, bytes] of Object.entries(figures)) {
+        if (bytes !== undefined) this.set({ kind }, bytes);
+      }
+    },
+  });
+  new Gauge({
     name: "tcp_echo_build_info",
     help: "Always 1; the labels say which build runs.",
     labelNames: ["version", "deno"],
@@ -311,13 +363,228 @@ export async function handleAdminRequest(
   };
 }
 
-/** The method and path of an HTTP/1.x request head, or `undefined` when it is not one. */
-export function parseRequestHead(head: string): { method: string; path: string } | undefined {
-  const match = /^([A-Z]{1,16}) (\S+) HTTP\/1\.[01]\r?\n/.exec(head);
-  if (!match) return undefined;
-  const target = match[2];
+/**
+ * Admin connections open at once at most: the bound on what idle, slow or
+ * hostile clients can hold there (256 descriptors, 256 KiB of read buffers,
+ * and the request targets read so far). When every one is taken, the
+ * oldest connection that has not delivered a whole request is closed to
+ * make room for the newcomer (as nginx reuses its oldest waiting
+ * connections), so held connections cannot starve probes; one being
+ * answered is never cut. Probes, scrapes and people need a handful; the
+ * rest is headroom because main.ts's accept loop takes every queued
+ * connection before any read runs, and a probe accepted in such a burst
+ * must not be pushed out by the ones behind it before its request is read.
+ * Measured: with 320 clients re-connecting as fast as they were dropped,
+ * every probe was answered; with 400, a few were not.
+ */
+export const ADMIN_MAX_CONNECTIONS = 256;
+
+/**
+ * How long a connection may stay silent after accept. The kubelet,
+ * Prometheus and curl write their request as soon as they connect, so a
+ * second without a byte is far beyond a round trip plus one retransmission
+ * (Linux's minimum RTO is 200 ms), and under the kubelet's default 1 s probe
+ * timeout a probe that slow has failed already.
+ */
+export const ADMIN_IDLE_TIMEOUT_MS = 1_000;
+
+/**
+ * How long after accept the whole request head must have arrived. Real
+ * clients send it in one segment; 2 s allows a slow link while a trickling
+ * client (a byte every 200 ms) cannot hold a slot for long.
+ */
+export const ADMIN_HEAD_TIMEOUT_MS = 2_000;
+
+/**
+ * How long writing an answer may take once the request is in; a client that
+ * does not read it is dropped then. The largest answer, `/metrics`, is a few
+ * KiB and fits in a socket's send buffer, so this bound is only met by a
+ * client that stopped reading.
+ */
+export const ADMIN_WRITE_TIMEOUT_MS = 5_000;
+
+/**
+ * The largest request head accepted (request line and header fields); past
+ * it the answer is 400 at once. 8 KiB is nginx's and Node's default header
+ * limit; probes send about 150 bytes.
+ */
+export const ADMIN_MAX_HEAD_BYTES = 8_192;
+
+/**
+ * Each connection's read buffer. The head is parsed as it comes, one pass
+ * over each byte, so it is never buffered whole: a connection holds this
+ * buffer and the request target read so far (under
+ * {@linkcode ADMIN_MAX_HEAD_BYTES}). A probe's head fits in one read.
+ */
+export const ADMIN_READ_BUFFER_BYTES = 1_024;
+
+/** Longer than any method IANA registers (UPDATEREDIRECTREF has 17 letters). */
+const MAX_METHOD_LENGTH = 20;
+
+/** Why a request head is answered 400, as the debug record's `reason` says. */
+export const BAD_REQUEST_REASONS = [
+  "method",
+  "target",
+  "version",
+  "field_name",
+  "field_value",
+  "line_ending",
+  "too_large",
+] as const;
+/** A {@linkcode BAD_REQUEST_REASONS} value. */
+export type BadRequestReason = typeof BAD_REQUEST_REASONS[number];
+
+/** How much of a request head {@linkcode RequestHeadParser} has seen, and what it is. */
+export type HeadProgress =
+  | { readonly state: "partial" }
+  | { readonly state: "complete"; readonly method: string; readonly target: string }
+  | { readonly state: "invalid"; readonly reason: BadRequestReason };
+
+const CR = 0x0d;
+const LF = 0x0a;
+const SP = 0x20;
+const HTAB = 0x09;
+const COLON = 0x3a;
+const HTTP_1 = "HTTP/1.";
+const PARTIAL: HeadProgress = { state: "partial" };
+
+/** RFC 9110 §5.6.2 `tchar`: the bytes of a method and a field name. */
+const TOKEN_BYTES = new Set(
+  encoder.encode("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"),
+);
+const isToken = (byte: number) => TOKEN_BYTES.has(byte);
+/** A visible ASCII character (`VCHAR`): the bytes of a request target. */
+const isVisible = (byte: number) => byte > SP && byte < 0x7f;
+/** RFC 9110 §5.5 field-value bytes: visible, space, tab, and obs-text (0x80–0xFF). */
+const isFieldValue = (byte: number) => byte === HTAB || (byte >= SP && byte !== 0x7f);
+
+/** Where the parser is in a request head. */
+type HeadPhase =
+  | "before_request_line"
+  | "method"
+  | "target"
+  | "version"
+  | "field_start"
+  | "field_name"
+  | "field_value"
+  | "after_cr"
+  | "done";
+
+/**
+ * Reads an HTTP/1.x request head (RFC 9112) as its bytes arrive, one pass
+ * over each byte, and says at the first byte that breaks the grammar that it
+ * is invalid: a client sending garbage is answered 400 without waiting for a
+ * line end or a timeout. Lines may end in CRLF or a bare LF (§2.2); empty
+ * lines before the request line are skipped (§2.2); a bare CR, an obsolete
+ * line folding and whitespace before a field's colon are invalid (§2.2,
+ * §5.1, §5.2). Bytes after the head are not read.
+ *
+ * @example
+ * ```ts
+ * const parser = new RequestHeadParser();
+ * parser.push(new TextEncoder().encode("GET /healthz HT")); // { state: "partial" }
+ * parser.push(new TextEncoder().encode("TP/1.1\n\n")); // { state: "complete", method: "GET", target: "/healthz" }
+ * ```
+ */
+export class RequestHeadParser {
+  #phase: HeadPhase = "before_request_line";
+  /** Where a line's LF goes on after its CR. */
+  #afterLine: HeadPhase = "before_request_line";
+  #method = "";
+  #target = "";
+  #version = "";
+  #length = 0;
+  #progress: HeadProgress = PARTIAL;
+
+  /** Reads `bytes`, the next part of the stream; once complete or invalid, ignores the rest. */
+  push(bytes: Uint8Array): HeadProgress {
+    for (const byte of bytes) {
+      if (this.#progress.state !== "partial") break;
+      this.#length++;
+      const invalid = this.#length > ADMIN_MAX_HEAD_BYTES ? "too_large" : this.#step(byte);
+      if (invalid) this.#progress = { state: "invalid", reason: invalid };
+    }
+    return this.#progress;
+  }
+
+  /** Takes one byte; the reason when it breaks the grammar. */
+  #step(byte: number): BadRequestReason | undefined {
+    switch (this.#phase) {
+      case "before_request_line":
+        if (byte === LF) return;
+        if (byte === CR) return this.#expectLf("before_request_line");
+        this.#phase = "method";
+        return this.#step(byte);
+      case "method":
+        if (byte === SP && this.#method.length > 0) return this.#to("target");
+        if (!isToken(byte) || this.#method.length >= MAX_METHOD_LENGTH) return "method";
+        this.#method += String.fromCharCode(byte);
+        return;
+      case "target":
+        if (byte === SP && this.#target.length > 0) return this.#to("version");
+        if (!isVisible(byte)) return "target";
+        this.#target += String.fromCharCode(byte);
+        return;
+      case "version":
+        return this.#versionByte(byte);
+      case "field_start":
+        if (byte === LF) return this.#complete();
+        if (byte === CR) return this.#expectLf("done");
+        // A line that starts with a space or tab (obs-fold) has no field name: invalid.
+        return isToken(byte) ? this.#to("field_name") : "field_name";
+      case "field_name":
+        if (byte === COLON) return this.#to("field_value");
+        return isToken(byte) ? undefined : "field_name";
+      case "field_value":
+        if (byte === LF) return this.#to("field_start");
+        if (byte === CR) return this.#expectLf("field_start");
+        return isFieldValue(byte) ? undefined : "field_value";
+      case "after_cr":
+        if (byte !== LF) return "line_ending";
+        return this.#afterLine === "done" ? this.#complete() : this.#to(this.#afterLine);
+      case "done":
+        return;
+    }
+  }
+
+  #to(phase: HeadPhase): undefined {
+    this.#phase = phase;
+  }
+
+  /** A CR was read: only an LF may follow it, and then the parser goes on to `next`. */
+  #expectLf(next: HeadPhase): undefined {
+    this.#phase = "after_cr";
+    this.#afterLine = next;
+  }
+
+  /** One byte of `HTTP/1.0` or `HTTP/1.1`, or the line end after it. */
+  #versionByte(byte: number): BadRequestReason | undefined {
+    const length = this.#version.length;
+    if (length === HTTP_1.length + 1) {
+      if (byte === LF) return this.#to("field_start");
+      return byte === CR ? this.#expectLf("field_start") : "version";
+    }
+    const fits = length < HTTP_1.length
+      ? byte === HTTP_1.charCodeAt(length)
+      : byte === 0x30 || byte === 0x31;
+    if (!fits) return "version";
+    this.#version += String.fromCharCode(byte);
+  }
+
+  #complete(): undefined {
+    this.#phase = "done";
+    this.#progress = { state: "complete", method: this.#method, target: this.#target };
+  }
+}
+
+/**
+ * The path a request target names, without its query: origin form
+ * (`/readyz?x`) or absolute form (`http://host/readyz`); `undefined` for
+ * the others (`*`, `host:port`).
+ */
+export function targetPath(target: string): string | undefined {
   const path = target.startsWith("/") ? target : URL.parse(target)?.pathname;
-  return path === undefined ? undefined : { method: match[1], path: path.replace(/\?.*$/, "") };
+  return path?.replace(/\?.*$/, "");
 }
 
 const STATUS_TEXT: Readonly<Record<number, string>> = {
@@ -341,49 +608,125 @@ export function renderResponse(response: AdminResponse, withBody: boolean): Uint
   return concatBytes([encoder.encode(head), withBody ? body : NO_BYTES]);
 }
 
-/** A request head larger than this is answered 400. */
-const ADMIN_MAX_HEAD_BYTES = 8_192;
-/** A request that has not arrived whole by then is dropped. */
-const ADMIN_REQUEST_TIMEOUT_MS = 5_000;
-const HEAD_END = encoder.encode("\r\n\r\n");
+/** How an admin connection ended, as its debug record's `reason` says. */
+type AdminEnd =
+  | "answered"
+  | "bad_request"
+  | "eof"
+  | "idle"
+  | "head_timeout"
+  | "write_timeout"
+  | "evicted"
+  | "shutdown"
+  | "error";
 
-/** Reads an HTTP request head (up to its blank line); `undefined` when it is too large or cut. */
-async function readRequestHead(conn: Deno.Conn): Promise<string | undefined> {
-  const buffer = new Uint8Array(ADMIN_MAX_HEAD_BYTES);
-  let filled = 0;
-  while (filled < buffer.length) {
-    const n = await conn.read(buffer.subarray(filled));
-    if (n === null) return undefined;
-    filled += n;
-    const head = buffer.subarray(0, filled);
-    if (indexOfBytes(head, HEAD_END) >= 0) return latin1.decode(head);
+/**
+ * One admin connection: read a request head under the idle and head
+ * deadlines, answer it, close. Its timers, its close and its record are
+ * here, in one place.
+ */
+class AdminConnection {
+  readonly #conn: Deno.TcpConn;
+  readonly #state: AdminState;
+  readonly #openedMs = performance.now();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #answering = false;
+  #ended: AdminEnd | undefined;
+
+  /** Serves `conn` from `state` once {@linkcode AdminConnection.serve} is called. */
+  constructor(conn: Deno.TcpConn, state: AdminState) {
+    this.#conn = conn;
+    this.#state = state;
   }
-  return undefined;
-}
 
-/** Serves one admin request on `conn` and closes it. Never throws. */
-export async function serveAdminConnection(conn: Deno.TcpConn, state: AdminState): Promise<void> {
-  const timer = setTimeout(closeQuietly, ADMIN_REQUEST_TIMEOUT_MS, conn);
-  try {
-    const head = await readRequestHead(conn);
-    const request = head === undefined ? undefined : parseRequestHead(head);
+  /** Whether it may be closed for a newcomer: it has not delivered a whole request yet. */
+  get waiting(): boolean {
+    return !this.#answering && this.#ended === undefined;
+  }
+
+  /** Closes it now for `reason`; its pending read or write ends. */
+  end(reason: AdminEnd): void {
+    this.#ended ??= reason;
+    clearTimeout(this.#timer);
+    closeQuietly(this.#conn);
+  }
+
+  /** Reads one request, answers it and closes. Never throws. */
+  async serve(): Promise<void> {
+    this.#arm(ADMIN_IDLE_TIMEOUT_MS, "idle");
+    try {
+      const head = await this.#readHead();
+      if (head === undefined) return;
+      this.#answering = true;
+      this.#arm(ADMIN_WRITE_TIMEOUT_MS, "write_timeout");
+      await this.#answer(head);
+    } catch (error) {
+      // A closed connection's read or write fails: that is the end already recorded.
+      if (this.#ended === undefined) log.debug("Admin connection failed.", { error });
+      this.#ended ??= "error";
+    } finally {
+      this.end(this.#ended ?? "error");
+      if (this.#ended !== "answered" && this.#ended !== "bad_request") this.#logEnd();
+    }
+  }
+
+  /** Closes the connection for `reason` after `ms`, unless re-armed first. */
+  #arm(ms: number, reason: AdminEnd): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.end(reason), ms);
+  }
+
+  /** The head, complete or invalid; `undefined` at EOF before it. */
+  async #readHead(): Promise<HeadProgress | undefined> {
+    const parser = new RequestHeadParser();
+    const buffer = new Uint8Array(ADMIN_READ_BUFFER_BYTES);
+    let silent = true;
+    while (true) {
+      const n = await this.#conn.read(buffer);
+      if (n === null) {
+        this.#ended ??= "eof";
+        return undefined;
+      }
+      if (silent) {
+        silent = false;
+        const leftMs = ADMIN_HEAD_TIMEOUT_MS - (performance.now() - this.#openedMs);
+        this.#arm(leftMs, "head_timeout");
+      }
+      const progress = parser.push(buffer.subarray(0, n));
+      if (progress.state !== "partial") return progress;
+    }
+  }
+
+  /** Writes the answer to `head`: 400 for an invalid one. */
+  async #answer(head: HeadProgress): Promise<void> {
+    const path = head.state === "complete" ? targetPath(head.target) : undefined;
+    const request = head.state === "complete" && path !== undefined
+      ? { method: head.method, path }
+      : undefined;
     const response = request === undefined
       ? textResponse(400, "bad request\n")
-      : await handleAdminRequest(request.method, request.path, state);
-    await writeAll(conn, renderResponse(response, request?.method !== "HEAD"));
+      : await handleAdminRequest(request.method, request.path, this.#state);
+    await writeAll(this.#conn, renderResponse(response, request?.method !== "HEAD"));
+    this.#ended ??= request === undefined ? "bad_request" : "answered";
     // Probes come every few seconds: build nothing for a record the level filters out.
     if (log.isEnabledFor("debug")) {
       log.debug("Admin request.", {
         method: request?.method ?? "-",
         path: request?.path ?? "-",
         status: response.status,
+        ...head.state === "invalid" ? { reason: head.reason } : {},
+        ...head.state === "complete" && path === undefined ? { reason: "target" } : {},
       });
     }
-  } catch (error) {
-    log.debug("Admin connection failed.", { error });
-  } finally {
-    clearTimeout(timer);
-    closeQuietly(conn);
+  }
+
+  /** The record of a connection closed without an answer. */
+  #logEnd(): void {
+    if (!log.isEnabledFor("debug")) return;
+    log.debug("Admin connection closed unanswered.", {
+      reason: this.#ended,
+      duration_ms: Math.round(performance.now() - this.#openedMs),
+    });
   }
 }
 
@@ -431,29 +774,55 @@ export class DescriptorReserve {
 
 /** Descriptors kept for probes: a liveness, a readiness and a metrics request at once, and one spare. */
 export const RESERVED_DESCRIPTORS = 4;
-/** Admin connections served at once at most; more are closed at once. */
-export const ADMIN_MAX_CONNECTIONS = 32;
 
 /**
  * The admin server's side of its accept loop (the loop itself is main.ts's,
- * shared with the echo ports): it serves each connection, keeps descriptors
- * in reserve for probes, and waits for requests in progress when it closes.
+ * shared with the echo ports): it serves each connection, at most
+ * {@linkcode ADMIN_MAX_CONNECTIONS} at once, closing the oldest that has not
+ * delivered a request to make room for a newcomer; keeps descriptors in
+ * reserve for probes; and on close, drops the connections still waiting
+ * for a request and waits for the ones being answered.
  */
 export class AdminConnections {
+  /** Connections open now, oldest first (a Set keeps insertion order). */
+  readonly #open = new Set<AdminConnection>();
   readonly #served = new Set<Promise<void>>();
   readonly #reserve = new DescriptorReserve(RESERVED_DESCRIPTORS);
 
   /** Answers from `state`. */
   constructor(readonly state: AdminState) {}
 
-  /** Serves one accepted connection, or closes it at once past {@linkcode ADMIN_MAX_CONNECTIONS}. */
+  /**
+   * Serves one accepted connection. When {@linkcode ADMIN_MAX_CONNECTIONS}
+   * are open, the oldest one still waiting for its request is closed first;
+   * when every one is being answered, `conn` is closed instead.
+   */
   serve(conn: Deno.TcpConn): void {
-    if (this.#served.size >= ADMIN_MAX_CONNECTIONS) return closeQuietly(conn);
-    const served: Promise<void> = serveAdminConnection(conn, this.state).finally(() => {
+    if (this.#open.size >= ADMIN_MAX_CONNECTIONS && !this.#evictOldestWaiting()) {
+      log.debug("Admin connection refused: every connection is being answered.", {
+        limit: ADMIN_MAX_CONNECTIONS,
+      });
+      return closeQuietly(conn);
+    }
+    const connection = new AdminConnection(conn, this.state);
+    this.#open.add(connection);
+    const served: Promise<void> = connection.serve().finally(() => {
+      this.#open.delete(connection);
       this.#served.delete(served);
       this.#reserve.refill();
     });
     this.#served.add(served);
+  }
+
+  /** Closes the oldest connection that has not delivered a request; false when none is waiting. */
+  #evictOldestWaiting(): boolean {
+    for (const connection of this.#open) {
+      if (!connection.waiting) continue;
+      this.#open.delete(connection);
+      connection.end("evicted");
+      return true;
+    }
+    return false;
   }
 
   /** Descriptors held in reserve for probes right now. */
@@ -466,8 +835,9 @@ export class AdminConnections {
     return this.#reserve.release();
   }
 
-  /** Waits for the requests in progress, then lets the reserve go. */
+  /** Closes the connections waiting for a request, waits for those being answered, then lets the reserve go. */
   async close(): Promise<void> {
+    for (const connection of this.#open) if (connection.waiting) connection.end("shutdown");
     await Promise.all(this.#served);
     this.#reserve.close();
   }

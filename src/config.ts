@@ -91,6 +91,14 @@ export interface Config {
   readonly drainDelayMs: number;
   /** Open echo connections at most; 0 = unlimited. */
   readonly maxConnections: number;
+  /**
+   * Connections still in their TLS handshake or waiting for a PROXY header,
+   * at most; while that many wait, the ports that have such a stage accept no
+   * more (the plain ports go on). 0 = unlimited.
+   */
+  readonly maxPendingConnections: number;
+  /** The memory limit connections are admitted within: the container's, none, or bytes. */
+  readonly memoryLimit: "auto" | "off" | number;
   /** Close a connection on which no byte moved either way for this long; 0 = never. */
   readonly idleTimeoutMs: number;
   /** Add `Your address is IP:PORT.` to the banner. */
@@ -147,7 +155,7 @@ function variable<T>(row: {
   meaning: string;
   parse: Parser<T>;
   allowed: string;
-  /** The value is used as written: not trimmed (banner text, a prefix). */
+  /** The value is used as written: not trimmed, and only an empty one is unset (banner text, a prefix). */
   untrimmed?: boolean;
   /** An empty value is a value, not "unset" (a prefix). */
   keepEmpty?: boolean;
@@ -163,7 +171,8 @@ function variable<T>(row: {
     meaning: row.meaning,
     read(env: Environment): T {
       const raw = env[name];
-      if (raw === undefined || (raw.trim() === "" && !row.keepEmpty)) return fallback as T;
+      const blank = row.untrimmed ? raw === "" : raw?.trim() === "";
+      if (raw === undefined || (blank && !row.keepEmpty)) return fallback as T;
       const value = parse(row.untrimmed ? raw : raw.trim());
       if (value === undefined) {
         throw new ConfigError(`invalid ${name}=${JSON.stringify(raw)}: allowed: ${allowed}`);
@@ -298,6 +307,44 @@ const MAX_CONNECTIONS = variable({
   meaning: `open echo connections at most, 0-${MAX_CONNECTIONS_LIMIT}; 0 = unlimited`,
   parse: integer(0, MAX_CONNECTIONS_LIMIT),
   allowed: `an integer from 0 to ${MAX_CONNECTIONS_LIMIT}`,
+});
+const MAX_PENDING_CONNECTIONS = variable({
+  name: "MAX_PENDING_CONNECTIONS",
+  unsetText: "MAX_CONNECTIONS/4",
+  meaning:
+    `connections in their TLS handshake or awaiting a PROXY header at most, 0-${MAX_CONNECTIONS_LIMIT}; 0 = unlimited`,
+  parse: integer(0, MAX_CONNECTIONS_LIMIT),
+  allowed: `an integer from 0 to ${MAX_CONNECTIONS_LIMIT}`,
+});
+
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  "": 1,
+  K: 1e3,
+  M: 1e6,
+  G: 1e9,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+};
+
+/** A memory size as Kubernetes writes one (`268435456`, `256Mi`, `1G`), in bytes. */
+export function parseMemorySize(text: string): number | undefined {
+  const match = /^(\d{1,15})(|K|M|G|Ki|Mi|Gi)$/.exec(text);
+  if (!match) return undefined;
+  const bytes = Number(match[1]) * SIZE_UNITS[match[2]];
+  return bytes >= 16 * 2 ** 20 ? bytes : undefined;
+}
+
+const MEMORY_LIMIT = variable({
+  name: "MEMORY_LIMIT",
+  defaultValue: "auto",
+  meaning:
+    "memory limit new connections are admitted within (reason memory past it): auto = the container's, off, or a size (256Mi)",
+  parse: (text): "auto" | "off" | number | undefined => {
+    const lower = text.toLowerCase();
+    return lower === "auto" || lower === "off" ? lower : parseMemorySize(text);
+  },
+  allowed: "auto, off, or a size of at least 16Mi in bytes or with K, M, G, Ki, Mi, Gi (256Mi)",
 });
 const IDLE_TIMEOUT = duration(
   "IDLE_TIMEOUT",
@@ -488,6 +535,8 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   ADMIN_PORT,
   DRAIN_DELAY,
   MAX_CONNECTIONS,
+  MAX_PENDING_CONNECTIONS,
+  MEMORY_LIMIT,
   IDLE_TIMEOUT,
   SHOW_CLIENT_ADDRESS,
   BANNER_MODE,
@@ -513,6 +562,7 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
 export function loadConfig(env: Environment): Config {
   const adminPort = ADMIN_PORT.read(env);
   const ports = TCP_PORT.read(env);
+  const maxConnections = MAX_CONNECTIONS.read(env);
   const banner = Object.fromEntries(
     BANNER_VARIABLES.map(([key, row]) => [key, row.read(env)]),
   ) as BannerFields;
@@ -526,7 +576,10 @@ export function loadConfig(env: Environment): Config {
     shutdownGraceMs: SHUTDOWN_GRACE.read(env),
     adminPort: adminPort === "off" ? undefined : adminPort,
     drainDelayMs: DRAIN_DELAY.read(env),
-    maxConnections: MAX_CONNECTIONS.read(env),
+    maxConnections,
+    maxPendingConnections: MAX_PENDING_CONNECTIONS.read(env) ??
+      (maxConnections === 0 ? 0 : Math.ceil(maxConnections / 4)),
+    memoryLimit: MEMORY_LIMIT.read(env),
     idleTimeoutMs: IDLE_TIMEOUT.read(env),
     showClientAddress: SHOW_CLIENT_ADDRESS.read(env),
     bannerMode: BANNER_MODE.read(env),

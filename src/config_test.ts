@@ -43,6 +43,8 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       adminPort: 8080,
       drainDelayMs: 0,
       maxConnections: 10_000,
+      maxPendingConnections: 2_500,
+      memoryLimit: "auto",
       idleTimeoutMs: 0,
       showClientAddress: false,
       bannerMode: "connect",
@@ -212,6 +214,7 @@ Deno.test("program: deno.json grants exactly the variables the program reads", a
     `--allow-env=${CONFIG_VARIABLES.map((v) => v.name).join(",")}`,
     "--allow-net",
     "--allow-read",
+    "--allow-sys=systemMemoryInfo",
   ]);
 });
 

@@ -1,6 +1,7 @@
 /**
- * Log output: how records look (Go-style text or JSON, received data escaped
- * so it cannot forge a line) and how they reach standard output (a batching
+ * Log output: how records look (Go-style text or JSON, every value escaped
+ * so that nothing a peer sends can break a line, forge a record or reach a
+ * terminal as a control) and how they reach standard output (a batching
  * LogTape sink that never makes echoing wait and drops data records first
  * when the reader falls behind).
  *
@@ -104,6 +105,16 @@ const SINGLE_BYTE_TEXT = Array.from({ length: 256 }, (_, b) => {
   return HEX_BYTE[b];
 });
 
+/**
+ * Code points every format writes `\uNNNN`: the C1 controls (NEL U+0085 ends
+ * a line for some readers, CSI U+009B starts a terminal sequence) and the
+ * line and paragraph separators U+2028, U+2029.
+ */
+const escapesAsUnicode = (codePoint: number) =>
+  (codePoint >= 0x80 && codePoint < 0xa0) || codePoint === 0x2028 || codePoint === 0x2029;
+
+const unicodeEscape = (unit: number) => `\\u${unit.toString(16).padStart(4, "0")}`;
+
 /** The code point of the valid UTF-8 sequence of `length` bytes at `i`. */
 function decodeCodePoint(bytes: Uint8Array, i: number, length: number): number {
   if (length === 2) return ((bytes[i] & 0x1f) << 6) | (bytes[i + 1] & 0x3f);
@@ -141,12 +152,52 @@ export function escapeData(bytes: Uint8Array): string {
       continue;
     }
     const codePoint = decodeCodePoint(bytes, i, length);
-    out += codePoint < 0xa0 || codePoint === 0x2028 || codePoint === 0x2029
-      ? `\\u${codePoint.toString(16).padStart(4, "0")}`
-      : String.fromCodePoint(codePoint);
+    out += escapesAsUnicode(codePoint) ? unicodeEscape(codePoint) : String.fromCodePoint(codePoint);
     i += length;
   }
   return out;
+}
+
+/**
+ * Escapes a string by {@linkcode escapeData}'s rules, so that no value can
+ * break a log line, forge a record or reach a terminal as a control: `\` is
+ * written `\\`; tab, line feed and carriage return `\t` `\n` `\r`; every other
+ * C0 control and DEL `\xNN`; the C1 controls (NEL, CSI, …), U+2028, U+2029
+ * and lone surrogates `\uNNNN`. Everything else (spaces, quotes, `=`, all
+ * printable Unicode) is kept, so ordinary text reads as it is. As every
+ * backslash starts an escape, the text reads back exactly. With `quoted`, the
+ * text goes in double quotes and `"` is written `\"`: a fact's quoted form.
+ *
+ * @example
+ * ```ts
+ * escapeText("CN=a\r\nO=\x1b[31mevil\u0085"); // String.raw`CN=a\r\nO=\x1b[31mevil\u0085`
+ * escapeText('say "hi"', true); // String.raw`"say \"hi\""`
+ * ```
+ */
+export function escapeText(text: string, quoted = false): string {
+  const quote = quoted ? '"' : "";
+  let out = quote;
+  let kept = 0; // Where the text not yet copied to `out` starts.
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    let escaped: string;
+    if (unit < 0x80) {
+      if (unit === 0x22 && quoted) escaped = '\\"';
+      else if (SINGLE_BYTE_TEXT[unit].length === 1) continue;
+      else escaped = SINGLE_BYTE_TEXT[unit];
+    } else if (unit >= 0xd800 && unit <= 0xdfff) {
+      const next = text.charCodeAt(i + 1); // NaN past the end.
+      if (unit <= 0xdbff && next >= 0xdc00 && next <= 0xdfff) {
+        i++; // A surrogate pair: one valid code point, kept.
+        continue;
+      }
+      escaped = unicodeEscape(unit);
+    } else if (escapesAsUnicode(unit)) escaped = unicodeEscape(unit);
+    else continue;
+    out += text.slice(kept, i) + escaped;
+    kept = i + 1;
+  }
+  return out + text.slice(kept) + quote;
 }
 
 /**
@@ -212,11 +263,47 @@ function parseTemplate(template: string): ParsedTemplate {
   return parsed;
 }
 
-/** Quotes a text-format fact when it is empty or has spaces, quotes or controls. */
+/** Code units {@linkcode escapeText} may change (a surrogate pair is then looked at as a pair). */
+// deno-lint-ignore no-control-regex
+const ESCAPED_UNITS = /[\x00-\x1f\\\x7f-\x9f\u2028\u2029\ud800-\udfff]/;
+/**
+ * An inline value that would read as the record's own structure: a fact
+ * (` key=`, keys being lowercase as all the server's are), or a quoted value
+ * (a leading `"`, so a bare value never reads as a quoted one).
+ */
+const READS_AS_STRUCTURE = /(?:^|\s)[a-z_][a-z0-9_]*=|^"/;
+/** An inline value without these is written as it is: one test, passed by ordinary text. */
+// deno-lint-ignore no-control-regex
+const INLINE_NEEDS_LOOK = /[\x00-\x1f"=\\\x7f-\x9f\u2028\u2029\ud800-\udfff]/;
+/** A fact value written bare: printable ASCII without a space, `"` or `\`. */
+const BARE_FACT = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+/** The text of a value in a record: an error's message, anything else as `String` makes it. */
+function valueText(value: unknown): string {
+  if (typeof value === "string") return value;
+  return value instanceof Error ? value.message : String(value);
+}
+
+/**
+ * An inline value (and the connection id) in a text record: escaped, and
+ * quoted as a fact would be when it reads as structure
+ * ({@linkcode READS_AS_STRUCTURE}). Received data ({@linkcode DataText}) is
+ * escaped by the same rules already.
+ */
+function formatInlineValue(value: unknown): string {
+  if (typeof value === "number") return String(value);
+  if (value instanceof DataText) return value.toString();
+  const text = valueText(value);
+  if (!INLINE_NEEDS_LOOK.test(text)) return text;
+  const quoted = READS_AS_STRUCTURE.test(text);
+  return quoted || ESCAPED_UNITS.test(text) ? escapeText(text, quoted) : text;
+}
+
+/** A text-format fact's value: bare ({@linkcode BARE_FACT}), else escaped and quoted. */
 function formatFactValue(value: unknown): string {
-  const text = value instanceof Error ? value.message : String(value);
-  if (text !== "" && /^[\x21-\x7e]+$/.test(text) && !text.includes('"')) return text;
-  return JSON.stringify(text);
+  if (typeof value === "number") return String(value);
+  const text = valueText(value);
+  return BARE_FACT.test(text) ? text : escapeText(text, true);
 }
 
 function templateText(record: LogRecord): string {
@@ -227,15 +314,30 @@ function templateText(record: LogRecord): string {
  * Formats a record as one text line: a Go-style UTC timestamp, the
  * connection id (when there is one) and ` - `, the message with its inline
  * values, then the other facts as ` key=value`, then `level=` for warnings
- * and errors.
+ * and errors. Every value is escaped ({@linkcode escapeText}), so a record is
+ * one line whatever its values hold. An inline value stays bare, spaces and
+ * all, unless it would read as a ` key=` fact (or starts with `"`): then it
+ * is quoted as a fact is. A fact is bare when it is printable ASCII without
+ * spaces, quotes or backslashes, else quoted.
+ *
+ * @example
+ * ```ts
+ * // 2026/01/01 00:00:00 Refused: CN=a\nO=b "x level=error" sni=""
+ * formatTextRecord({
+ *   level: "info",
+ *   timestamp: Date.UTC(2026, 0, 1),
+ *   rawMessage: "Refused: {subject} {detail}",
+ *   properties: { subject: "CN=a\nO=b", detail: "x level=error", sni: "" },
+ * });
+ * ```
  */
 export function formatTextRecord(record: LogRecord): string {
   const { texts, keys } = parseTemplate(templateText(record));
   const props = record.properties;
   let line = formatGoTimestamp(record.timestamp) + " ";
-  if (props.id !== undefined) line += `${props.id} - `;
+  if (props.id !== undefined) line += `${formatInlineValue(props.id)} - `;
   line += texts[0];
-  for (let i = 0; i < keys.length; i++) line += String(props[keys[i]]) + texts[i + 1];
+  for (let i = 0; i < keys.length; i++) line += formatInlineValue(props[keys[i]]) + texts[i + 1];
   for (const key in props) {
     if (key === "id" || keys.includes(key)) continue;
     line += ` ${key}=${formatFactValue(props[key])}`;
@@ -245,10 +347,18 @@ export function formatTextRecord(record: LogRecord): string {
   return line + "\n";
 }
 
+/** What JSON.stringify leaves raw that a reader may take for a line break or a control. */
+const JSON_RAW_CONTROLS = /[\x7f-\x9f\u2028\u2029]/;
+const JSON_RAW_CONTROLS_ALL = new RegExp(JSON_RAW_CONTROLS.source, "g");
+
 /**
  * Formats a record as one JSON object on one line: `ts` (RFC 3339), `level`,
  * `msg` (the message without its inline values), `id` when there is one, and
- * every fact as a field.
+ * every fact as a field (an error as its message). Beyond what JSON.stringify
+ * escapes, DEL, the C1 controls, U+2028 and U+2029 are written `\uNNNN` (they
+ * only occur inside strings, where the escape means the same character), so
+ * the line is valid JSON, one line to every reader, and parses back to the
+ * values logged.
  */
 export function formatJsonRecord(record: LogRecord): string {
   const msg = templateText(record).replace(/:? *\{\w+\}/g, "").trim();
@@ -260,7 +370,9 @@ export function formatJsonRecord(record: LogRecord): string {
   for (const [key, value] of Object.entries(record.properties)) {
     object[key] = value instanceof Error ? value.message : value;
   }
-  return JSON.stringify(object) + "\n";
+  const json = JSON.stringify(object);
+  if (!JSON_RAW_CONTROLS.test(json)) return json + "\n";
+  return json.replace(JSON_RAW_CONTROLS_ALL, (c) => unicodeEscape(c.charCodeAt(0))) + "\n";
 }
 
 // ---------------------------------------------------------------------------
@@ -295,8 +407,12 @@ const LOGTAPE_LEVEL: Readonly<Record<LogLevelName, LogLevel>> = {
 
 /** Records waiting for output at most; more are dropped (and counted) until it catches up. */
 export const MAX_PENDING_RECORDS = 20_000;
-/** Bytes of received data held by waiting data records at most (each holds up to `LOG_DATA_BYTES`). */
-export const MAX_PENDING_DATA_BYTES = 32 * 1024 * 1024;
+/**
+ * Bytes of formatted records waiting for output at most, beside the batch
+ * being written (which was held to the same): the log queue's share of the
+ * memory budget (src/memory.ts). A data record of 1 KiB shown takes up to 5 KiB.
+ */
+export const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 /** A buffer a batch was written from is kept for the next batch up to this size. */
 const KEPT_BUFFER_BYTES = 1 << 20;
 /**
@@ -317,10 +433,11 @@ const BATCH_MAX_BYTES = 256 * 1024;
  * silently drops the oldest once 2,000 wait, which lost records under
  * data-heavy streams.) Data records skip LogTape's record objects: they are
  * formatted from the read buffer straight into the batch
- * ({@linkcode BatchingSink.appendDataRecords}). When `maxPending` records
- * wait, newer records that `isExpendable` (data records) are dropped; the
- * others (connection and lifecycle records) only beyond twice that. A record
- * then says how many were dropped, where the gap is. Dispose it to flush.
+ * ({@linkcode BatchingSink.appendDataRecords}). When `maxPending` records or
+ * `maxPendingBytes` bytes wait, newer records that `isExpendable` (data
+ * records) are dropped; the others (connection and lifecycle records) only
+ * beyond twice that. A record then says how many were dropped, where the gap
+ * is. Dispose it to flush.
  */
 export class BatchingSink implements AsyncDisposable {
   /** The batch being filled, and the other buffer while no write holds it. */
@@ -345,6 +462,7 @@ export class BatchingSink implements AsyncDisposable {
     readonly maxPending: number = MAX_PENDING_RECORDS,
     readonly isExpendable: (record: LogRecord) => boolean = () => true,
     dataFormat: LogFormat = "text",
+    readonly maxPendingBytes: number = MAX_PENDING_BYTES,
   ) {
     this.#dataFormat = dataFormat === "json" ? JSON_DATA_FORMAT : TEXT_DATA_FORMAT;
   }
@@ -382,8 +500,11 @@ export class BatchingSink implements AsyncDisposable {
 
   /** Counts `count` records in, or drops them (counted) when too many wait. */
   #admit(expendable: boolean, count: number): boolean {
-    const limit = expendable ? this.maxPending : 2 * this.maxPending;
-    if (this.#records + count > limit) {
+    const share = expendable ? 1 : 2;
+    if (
+      this.#records + count > share * this.maxPending ||
+      this.#length >= share * this.maxPendingBytes
+    ) {
       this.#dropped += count;
       return false;
     }
@@ -465,18 +586,21 @@ const isDataRecord = (record: LogRecord) =>
 
 /**
  * The production sink: records formatted as configured, written to standard
- * output in batches. Fewer records may wait when each can hold more data, so
- * a slow log reader costs at most {@linkcode MAX_PENDING_DATA_BYTES} of data;
- * data records are dropped first, so connection and lifecycle records survive.
+ * output in batches. A slow log reader costs at most `maxPendingBytes` of
+ * waiting records (and the batch being written); data records are dropped
+ * first, so connection and lifecycle records survive.
  */
-export function createStdoutSink(format: LogFormat, logDataBytes: number): BatchingSink {
-  const perRecord = logDataBytes + 256;
+export function createStdoutSink(
+  format: LogFormat,
+  maxPendingBytes: number = MAX_PENDING_BYTES,
+): BatchingSink {
   return new BatchingSink(
     (bytes) => writeAll(Deno.stdout, bytes),
     format === "json" ? formatJsonRecord : formatTextRecord,
-    Math.max(100, Math.min(MAX_PENDING_RECORDS, Math.floor(MAX_PENDING_DATA_BYTES / perRecord))),
+    MAX_PENDING_RECORDS,
     isDataRecord,
     format,
+    maxPendingBytes,
   );
 }
 
@@ -643,7 +767,7 @@ function putEscaped(out: Uint8Array, o: number, bytes: Uint8Array, n: number, js
       continue;
     }
     const codePoint = decodeCodePoint(bytes, i, length);
-    if (codePoint < 0xa0 || codePoint === 0x2028 || codePoint === 0x2029) {
+    if (escapesAsUnicode(codePoint)) {
       out[o++] = 0x5c;
       if (json) out[o++] = 0x5c;
       out[o++] = 0x75;

@@ -11,11 +11,15 @@
 import { X509Certificate } from "node:crypto";
 import { Duplex } from "node:stream";
 import nodeTls from "node:tls";
+import { readCertificateNames } from "./certificate_names.ts";
+import { type BufferPool, ReadBuffer } from "./read_buffers.ts";
 import { closeQuietly, writeAll } from "./wire.ts";
 
 /** Facts about a verified client certificate. */
 export interface ClientCertificate {
-  /** Its subject, as `CN=client,O=test`. */
+  /** What the banner and the logs call it: its SPIFFE ID, else its subject (certificate_names.ts). */
+  readonly name: string;
+  /** Its subject, RFC 4514 (`CN=client,O=test`); `""` when it is empty. */
   readonly subject: string;
   /** Its issuer, in the same form. */
   readonly issuer: string;
@@ -44,23 +48,26 @@ export function isIpAddress(name: string): boolean {
   return IPV4.test(name) || name.includes(":");
 }
 
-/** A distinguished name as one line, `CN=client,O=test` (node gives one attribute per line). */
-export function oneLineName(name: string): string {
-  return name.split("\n").filter((part) => part !== "").join(",");
-}
-
 /** Intermediate certificates a chain may have between its first certificate and a CA. */
 export const MAX_INTERMEDIATES = 4;
 
-/** Bytes read from the socket at a time while it feeds the TLS engine. */
-const RAW_READ_BYTES = 16_384;
-/** Decrypted bytes queued for the echo loop before the socket is paused. */
-const QUEUE_HIGH_BYTES = 65_536;
+/**
+ * The most bytes under TLS read at once: a full record and its header. Fed
+ * larger pieces, Deno 2.9.6's TLS engine keeps more memory per connection
+ * after a burst (measured: about 10 KiB more with 64 KiB reads).
+ */
+export const TLS_READ_BYTES: number = 16_384 + 256;
+/**
+ * Decrypted bytes queued for the echo loop before reading pauses; smaller
+ * queues left the TLS engine less memory per connection after a burst.
+ */
+const QUEUE_HIGH_BYTES = 16_384;
 
 /**
  * A node stream over a Deno TCP connection, starting with `head` (bytes
- * already read, after a PROXY header). Reads only while the TLS engine asks;
- * `onRead` sees each chunk read.
+ * already read, after a PROXY header). Reads only while the TLS engine asks,
+ * into a {@linkcode ReadBuffer} that borrows from `pool` (the server's, of
+ * {@linkcode TLS_READ_BYTES} buffers) for bursts; `onRead` sees each chunk read.
  */
 export class TcpDuplex extends Duplex {
   readonly #conn: Deno.TcpConn;
@@ -72,13 +79,20 @@ export class TcpDuplex extends Duplex {
   /** The TLS engine asked for more while reading was held. */
   #wanted = false;
   /** Where reads land; each is pushed as a copy of its size. */
-  readonly #buffer = new Uint8Array(RAW_READ_BYTES);
+  readonly #reads: ReadBuffer;
 
   /** Wraps `conn`; its stream starts with `head`. */
-  constructor(conn: Deno.TcpConn, head: Uint8Array, onRead?: (chunk: Uint8Array) => void) {
+  constructor(
+    conn: Deno.TcpConn,
+    head: Uint8Array,
+    options: { onRead?: (chunk: Uint8Array) => void; pool?: BufferPool } = {},
+  ) {
     super();
     this.#conn = conn;
-    this.#onRead = onRead;
+    this.#onRead = options.onRead;
+    this.#reads = options.pool
+      ? new ReadBuffer(options.pool)
+      : new ReadBuffer(undefined, TLS_READ_BYTES);
     this.#first = head.length > 0 ? head : undefined;
   }
 
@@ -127,9 +141,10 @@ export class TcpDuplex extends Duplex {
     this.#conn.closeWrite().then(() => callback(), () => callback());
   }
 
-  /** Closes the connection. */
+  /** Closes the connection; a borrowed buffer goes back once no read uses it. */
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
     closeQuietly(this.#conn);
+    if (!this.#pumping) this.#reads.release();
     callback(error);
   }
 
@@ -142,17 +157,22 @@ export class TcpDuplex extends Duplex {
       }
       let n: number | null;
       try {
-        n = await this.#conn.read(this.#buffer);
+        n = await this.#conn.read(this.#reads.current);
       } catch (error) {
+        this.#pumping = false;
+        this.#reads.release();
         this.destroy(error as Error);
         return;
       }
       if (n === null) {
+        this.#pumping = false;
+        this.#reads.release();
         this.push(null);
         return;
       }
       // The stream keeps what is pushed until the TLS engine takes it: a copy of what came.
-      const chunk = this.#buffer.slice(0, n);
+      const chunk = this.#reads.current.slice(0, n);
+      this.#reads.settle(n);
       this.#onRead?.(chunk);
       if (!this.push(chunk)) {
         this.#pumping = false;
@@ -183,7 +203,7 @@ export class TlsStream {
     tcp: Deno.TcpConn,
     raw: TcpDuplex,
     readonly facts: TlsFacts,
-    /** The server's certificate, on the client side: subject and SHA-256 fingerprint. */
+    /** The server's certificate, on the client side: subject (RFC 4514) and SHA-256 fingerprint. */
     readonly peerCertificate?: { readonly subject: string; readonly fingerprint: string },
   ) {
     this.#socket = socket;
@@ -369,10 +389,15 @@ export async function connectTls(
     });
     await new Promise<void>((resolve, reject) => {
       socket.once("secureConnect", resolve);
-      socket.once("error", (error: Error) => reject(new TlsHandshakeError(error.message)));
+      // `on`, not `once`: a server that closes mid-handshake can fail a write after the
+      // first error, and an error event without a listener would end the process.
+      socket.on("error", (error: Error) => reject(new TlsHandshakeError(error.message)));
       socket.once("close", () => {
         reject(new TlsHandshakeError("the server closed during the handshake"));
       });
+    }).catch((error) => {
+      socket.destroy();
+      throw error;
     });
     const [server] = peerChain(socket);
     return new TlsStream(
@@ -380,7 +405,10 @@ export async function connectTls(
       tcp,
       raw,
       handshakeFacts(socket, serverName, undefined),
-      server && { subject: oneLineName(server.subject), fingerprint: server.fingerprint256 },
+      server && {
+        subject: readCertificateNames(new Uint8Array(server.raw)).subject,
+        fingerprint: server.fingerprint256,
+      },
     );
   } catch (error) {
     closeQuietly(tcp);

@@ -3,18 +3,28 @@ import { X509Certificate } from "node:crypto";
 import net from "node:net";
 import nodeTls from "node:tls";
 import {
+  alertRecord,
+  bannerName,
+  ChainCertificate,
   clientCertificateProblem,
   clientHelloRecordLength,
+  clientHelloRefusal,
   clientHelloServerName,
   generatedCertificateNames,
   looksLikeClientHello,
   quoteStart,
+  readClientHello,
   renderTlsBanner,
+  TlsCredentials,
   tlsRecordFields,
+  TlsRefusal,
+  tlsVersionName,
 } from "./tls.ts";
+import { derFromPem } from "./certificate_names.ts";
 import { concatBytes, indexOfBytes, parseTlsBannerText } from "./wire.ts";
+import { formatTextRecord } from "./log_output.ts";
 import { ConfigError, loadConfig } from "./config.ts";
-import { connectTls, type TlsFacts, type TlsStream } from "./tls_stream.ts";
+import { type ClientCertificate, connectTls, type TlsFacts, type TlsStream } from "./tls_stream.ts";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
   adminRequest,
@@ -36,6 +46,7 @@ import {
   startHaproxy,
   startTaskArgs,
   startTestServer,
+  type TestPki,
   type TestServer,
   within,
   withoutTimestamp,
@@ -62,31 +73,73 @@ Deno.test("TLS banner lines and record fields say what the handshake carried", (
     renderTlsBanner(FACTS),
     "TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name v2.example.com, ALPN echo.\n",
   );
-  const withClient: TlsFacts = {
-    ...FACTS,
-    serverName: undefined,
-    alpn: undefined,
-    clientCertificate: { subject: "CN=client,O=test", issuer: "CN=ca", fingerprint: "AB:CD" },
-  };
-  assert.equal(
-    renderTlsBanner(withClient),
-    "TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name none, ALPN none.\n" +
-      "Client certificate CN=client,O=test.\n",
-  );
   assert.deepEqual(tlsRecordFields(FACTS), {
     tls: "TLSv1.3",
     cipher: "TLS_AES_256_GCM_SHA384",
     sni: "v2.example.com",
     alpn: "echo",
   });
-  assert.deepEqual(tlsRecordFields(withClient), {
+  const withClient = (clientCertificate: ClientCertificate): TlsFacts => ({
+    ...FACTS,
+    serverName: undefined,
+    alpn: undefined,
+    clientCertificate,
+  });
+  const named = withClient({
+    name: "CN=client,O=test",
+    subject: "CN=client,O=test",
+    issuer: "CN=ca",
+    fingerprint: "AB:CD",
+  });
+  assert.equal(
+    renderTlsBanner(named),
+    "TLS TLSv1.3 TLS_AES_256_GCM_SHA384, server name none, ALPN none.\n" +
+      "Client certificate CN=client,O=test.\n",
+  );
+  assert.deepEqual(tlsRecordFields(named), {
     tls: "TLSv1.3",
     cipher: "TLS_AES_256_GCM_SHA384",
     sni: "",
     alpn: "",
     client_cert: "CN=client,O=test",
+    client_cert_subject: "CN=client,O=test",
+    client_cert_issuer: "CN=ca",
     client_cert_sha256: "AB:CD",
   });
+  // An Istio workload: named by its SPIFFE ID; its (empty) subject kept beside it.
+  const workload = withClient({
+    name: "spiffe://cluster.local/ns/default/sa/sleep",
+    subject: "",
+    issuer: "O=cluster.local",
+    fingerprint: "EF:01",
+  });
+  assert.equal(
+    renderTlsBanner(workload).split("\n")[1],
+    "Client certificate spiffe://cluster.local/ns/default/sa/sleep.",
+  );
+  assert.deepEqual(tlsRecordFields(workload), {
+    tls: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+    sni: "",
+    alpn: "",
+    client_cert: "spiffe://cluster.local/ns/default/sa/sleep",
+    client_cert_subject: "",
+    client_cert_issuer: "O=cluster.local",
+    client_cert_sha256: "EF:01",
+  });
+  // The banner is lines: control characters in a name are RFC 4514 hex pairs there.
+  const hostile = withClient({
+    name: "CN=a\r\nVersion v9.\u001b[2J\u0085\u2028",
+    subject: "",
+    issuer: "",
+    fingerprint: "",
+  });
+  assert.equal(
+    renderTlsBanner(hostile).split("\n")[1],
+    "Client certificate CN=a\\0D\\0AVersion v9.\\1B[2J\\C2\\85\\E2\\80\\A8.",
+  );
+  assert.equal(tlsRecordFields(hostile).client_cert, "CN=a\r\nVersion v9.\u001b[2J\u0085\u2028");
+  assert.equal(bannerName("CN=név ✓"), "CN=név ✓");
 });
 
 Deno.test("the client reads back the TLS line the server writes", () => {
@@ -124,9 +177,13 @@ Deno.test("a ClientHello is recognised by its first six bytes, and nothing else 
 });
 
 /** The first bytes a real TLS client sends: connectTls against a listener that only reads. */
-async function realClientHello(serverName?: string): Promise<Uint8Array> {
+async function realClientHello(serverName?: string, alpn?: string[]): Promise<Uint8Array> {
   using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const connecting = connectTls("127.0.0.1", listener.addr.port, { insecure: true, serverName });
+  const connecting = connectTls("127.0.0.1", listener.addr.port, {
+    insecure: true,
+    serverName,
+    alpn,
+  });
   using conn = await listener.accept();
   const head = await readExactly(conn, 5);
   const hello = concatBytes([head, await readExactly(conn, clientHelloRecordLength(head)! - 5)]);
@@ -153,10 +210,84 @@ Deno.test("a ClientHello's server name is read from its record, and nothing but 
   assert.equal(clientHelloServerName(forged), undefined);
 });
 
-Deno.test("the start of a non-TLS stream is quoted escaped and cut at 32 bytes", () => {
-  assert.equal(quoteStart(encoder.encode("hello\n")), '"hello\\n"');
-  assert.equal(quoteStart(encoder.encode("x\u001b[2Jy")), '"x\\u001b[2Jy"');
+/** A ClientHello of `version` with `extensions`, in one record, as an old or odd client sends it. */
+function forgedHello(version: number, extensions: [number, number[]][]): Uint8Array {
+  const u16 = (n: number) => [n >> 8, n & 0xff];
+  const body = extensions.flatMap(([type, data]) => [...u16(type), ...u16(data.length), ...data]);
+  const hello = [
+    ...u16(version),
+    ...new Uint8Array(32), // random
+    0, // session id
+    ...u16(2),
+    0x00,
+    0x2f, // one cipher suite
+    1,
+    0, // compression: null
+    ...(extensions.length > 0 ? [...u16(body.length), ...body] : []),
+  ];
+  const handshake = [1, 0, ...u16(hello.length), ...hello];
+  return Uint8Array.from([0x16, 0x03, 0x01, ...u16(handshake.length), ...handshake]);
+}
+
+Deno.test("what a ClientHello offers (versions, ALPN), and what the server refuses before the handshake", async () => {
+  const hello = await realClientHello("v2.example.com", ["h2", "echo"]);
+  const offer = readClientHello(hello)!;
+  assert.deepEqual(offer, { versions: [0x0304, 0x0303], alpn: ["h2", "echo"] });
+  assert.equal(clientHelloRefusal(offer, ["echo"]), undefined);
+  assert.equal(clientHelloRefusal(offer, []), undefined, "TLS_ALPN=off");
+  assert.deepEqual(clientHelloRefusal(offer, ["x", "y"]), {
+    alert: 120,
+    detail: "no common ALPN protocol: the client offered h2,echo, none of TLS_ALPN=x,y",
+  });
+  assert.deepEqual(readClientHello(await realClientHello()), {
+    versions: [0x0304, 0x0303],
+    alpn: [],
+  });
+  for (let cut = 0; cut < hello.length; cut++) {
+    assert.equal(readClientHello(hello.subarray(0, cut)), undefined, `cut at ${cut}`);
+  }
+  const versionsRefused: [Uint8Array, string][] = [
+    [forgedHello(0x0302, []), "the client offered TLS 1.1 at most"],
+    [forgedHello(0x0300, []), "the client offered SSL 3.0 at most"],
+    [
+      forgedHello(0x0303, [[43, [4, 0x3a, 0x3a, 0x03, 0x02]]]),
+      "the client offered TLS 1.1 at most",
+    ],
+    [forgedHello(0x0303, [[43, [2, 0x7a, 0x7a]]]), "the client offered no TLS version"],
+  ];
+  for (const [forged, offered] of versionsRefused) {
+    assert.deepEqual(clientHelloRefusal(readClientHello(forged)!, ["echo"]), {
+      alert: 70,
+      detail: `${offered}; allowed: TLS 1.2, TLS 1.3`,
+    });
+  }
+  const tls12 = readClientHello(forgedHello(0x0303, [[16, [0, 3, 2, 0x68, 0x32]]]))!;
+  assert.deepEqual(tls12, { versions: [0x0303], alpn: ["h2"] });
+  assert.equal(clientHelloRefusal(tls12, ["echo"])?.alert, 120);
+  // A ClientHello longer than its record is the TLS engine's to judge.
+  const spanning = hello.slice();
+  spanning[8] += 1;
+  assert.equal(readClientHello(spanning), undefined);
+  assert.deepEqual(alertRecord(70, hello), Uint8Array.of(0x15, 3, 1, 0, 2, 2, 70));
+  assert.equal(tlsVersionName(0x0304), "TLS 1.3");
+  assert.equal(tlsVersionName(0x7f1c), "0x7f1c");
+});
+
+Deno.test("the start of a non-TLS stream is quoted as text, cut at 32 bytes, and escaped in its record", () => {
+  assert.equal(quoteStart(encoder.encode("hello\n")), '"hello\n"');
+  assert.equal(quoteStart(encoder.encode("héllo")), '"héllo"');
   assert.equal(quoteStart(encoder.encode("a".repeat(40))), `"${"a".repeat(32)}"…`);
+  const hostile = quoteStart(Uint8Array.of(0x78, 0x1b, 0x5b, 0x32, 0x4a, 0xc2, 0x85, 0x0d, 0x0a));
+  const record = formatTextRecord({
+    level: "info",
+    timestamp: 0,
+    rawMessage: "Connection refused: {detail}",
+    properties: { detail: `not TLS: the client sent plain text ${hostile}` },
+  });
+  assert.equal(
+    record.slice(20),
+    'Connection refused: not TLS: the client sent plain text "x\\x1b[2J\\u0085\\r\\n"\n',
+  );
 });
 
 Deno.test("a generated certificate's names: localhost, loopback, pod name and IP, TLS_SERVER_NAMES", () => {
@@ -228,52 +359,106 @@ Deno.test("TLS configuration: valid forms, and one clear line for each mistake",
 
 Deno.test("client certificates: issued by the CA and in date, or the reason why not", async () => {
   await using pki = await makeTestPki();
-  const load = async (name: string) => new X509Certificate(await pki.read(`${name}.pem`));
+  const load = async (name: string) =>
+    ChainCertificate.read(derFromPem(await pki.read(`${name}.pem`)));
   const authorities = [await load("ca")];
   const now = new Date();
   const client = await load("client");
-  assert.equal(clientCertificateProblem([client], authorities, now), undefined);
+  assert.equal(await clientCertificateProblem([client], authorities, now), undefined);
   const expired = await load("expired-client");
   assert.equal(
-    clientCertificateProblem([expired], authorities, now),
-    `client certificate CN=expired expired on ${expired.validTo}`,
+    await clientCertificateProblem([expired], authorities, now),
+    `client certificate CN=expired expired on ${expired.notAfter.toISOString().slice(0, 19)}Z`,
   );
   assert.equal(
-    clientCertificateProblem([await load("stranger-client")], authorities, now),
+    await clientCertificateProblem([await load("stranger-client")], authorities, now),
     "client certificate CN=stranger (issuer CN=someone else's CA) is not issued by a " +
       "TLS_CLIENT_CA certificate",
   );
-  const early = new Date(Date.parse(client.validFrom) - 60_000);
-  assert.match(
-    clientCertificateProblem([client], authorities, early)!,
-    /^client certificate CN=client,O=test is not valid before /,
+  const early = new Date(client.notBefore.getTime() - 60_000);
+  assert.equal(
+    await clientCertificateProblem([client], authorities, early),
+    `client certificate CN=client,O=test is not valid before ${
+      client.notBefore.toISOString().slice(0, 19)
+    }Z`,
   );
   // Through an intermediate: the chain the client sends leads to the CA.
   const chained = await load("chained-client-alone");
   const intermediate = await load("intermediate");
-  assert.equal(clientCertificateProblem([chained, intermediate], authorities, now), undefined);
   assert.equal(
-    clientCertificateProblem([chained, intermediate, authorities[0]], authorities, now),
+    await clientCertificateProblem([chained, intermediate], authorities, now),
+    undefined,
+  );
+  assert.equal(
+    await clientCertificateProblem([chained, intermediate, authorities[0]], authorities, now),
     undefined,
     "the CA itself sent along",
   );
   assert.equal(
-    clientCertificateProblem([chained], authorities, now),
+    await clientCertificateProblem([chained], authorities, now),
     "client certificate CN=chained,O=test (issuer CN=tcp-echo test intermediate) is not issued " +
       "by a TLS_CLIENT_CA certificate",
     "without the intermediate",
   );
   assert.equal(
-    clientCertificateProblem([chained, intermediate], [intermediate], now),
+    await clientCertificateProblem([chained, intermediate], [intermediate], now),
     undefined,
     "the intermediate as the CA",
   );
   // A wrong certificate in the middle breaks the path.
   assert.equal(
-    clientCertificateProblem([chained, client], authorities, now),
+    await clientCertificateProblem([chained, client], authorities, now),
     "client certificate CN=chained,O=test (issuer CN=tcp-echo test intermediate) is not issued " +
       "by a TLS_CLIENT_CA certificate",
   );
+  // Names node:crypto cannot read (BMPString) all along the path: checked all the same.
+  const bmpIntermediate = await load("bmp-intermediate");
+  const bmpChained = await load("bmp-chained-client-alone");
+  assert.equal(bmpChained.names.issuer, "CN=név intermediate");
+  assert.equal(
+    await clientCertificateProblem([bmpChained, bmpIntermediate], authorities, now),
+    undefined,
+  );
+  assert.equal(
+    await clientCertificateProblem([bmpChained, intermediate], authorities, now),
+    "client certificate CN=bmp-chained (issuer CN=név intermediate) is not issued by a " +
+      "TLS_CLIENT_CA certificate",
+  );
+  // An intermediate that is no CA does not issue: a client certificate signed "through" another.
+  const leafAsIssuer = await load("leaf-signed-client-alone");
+  assert.equal(
+    await clientCertificateProblem([leafAsIssuer, client], authorities, now),
+    "intermediate certificate CN=client,O=test is not a CA certificate",
+  );
+});
+
+Deno.test("a client certificate that cannot be read is refused without the error's words", async () => {
+  await using pki = await makeTestPki();
+  const settings = loadConfig({ TLS_PORT: "8443", TLS_CLIENT_CA: pki.path("ca.pem") }).tls;
+  const credentials = await TlsCredentials.load(settings, { pod: {} });
+  try {
+    const sockets: [string, unknown][] = [
+      ["getPeerCertificate throws", {
+        getPeerCertificate() {
+          throw new TypeError("Cannot read properties of undefined (reading 'split')");
+        },
+      }],
+      ["no certificate in the bytes", {
+        getPeerCertificate: () => ({ raw: encoder.encode("junk") }),
+      }],
+    ];
+    for (const [what, socket] of sockets) {
+      await assert.rejects(credentials.verifyClient(socket as nodeTls.TLSSocket), (error) => {
+        assert.ok(error instanceof TlsRefusal, what);
+        assert.equal(error.reason, "tls_client_certificate");
+        assert.equal(error.told, "client certificate could not be read");
+        assert.match(error.detail, /^client certificate could not be read: \S/);
+        return true;
+      });
+    }
+  } finally {
+    credentials.close();
+  }
 });
 
 // ---------------------------------------------------------------------------
@@ -282,7 +467,10 @@ Deno.test("client certificates: issued by the CA and in date, or the reason why 
 
 /** Reads the banner (up to and including its TLS line) from a TLS stream. */
 async function readBanner(stream: TlsStream, expected: string): Promise<void> {
-  assert.equal(decoder.decode(await readExactly(stream, expected.length)), expected);
+  assert.equal(
+    decoder.decode(await readExactly(stream, encoder.encode(expected).length)),
+    expected,
+  );
 }
 
 const TLS_LINE = (serverName: string, alpn = "echo") =>
@@ -388,7 +576,7 @@ Deno.test("TLS port: no SNI, unknown SNI (default certificate), no ALPN, ALPN of
     await s.logs.waitFor(
       (r) =>
         r.properties.detail ===
-          "no common ALPN protocol: the client offered none of TLS_ALPN=echo",
+          "no common ALPN protocol: the client offered h2, none of TLS_ALPN=echo",
       "the refusal record",
     );
     assert.equal(rejected.tls_handshake_failed, before + 1);
@@ -458,11 +646,16 @@ Deno.test("TLS bad input: each is refused with a reason and counted; the server 
   await t.step("plain text to the TLS port", async () => {
     using conn = await rawTls();
     await writeAll(conn, encoder.encode("hello\n"));
-    assert.equal((await readToEnd(conn)).length, 0, "nothing is echoed");
+    // One line a person reads (nc, telnet), nothing echoed, then the close.
+    assert.equal(
+      decoder.decode(await readToEnd(conn)),
+      `tcp-echo: port ${s.tlsPort} speaks TLS: connect with a TLS client (e.g. openssl s_client ` +
+        `-connect HOST:${s.tlsPort}), or without TLS to a plain port\n`,
+    );
     const record = await refusal(s, "tls_plaintext");
     assert.equal(
       record.properties.detail,
-      'not TLS: the client sent plain text "hello\\n"; connect with TLS, or to a TCP_PORT',
+      'not TLS: the client sent plain text "hello\n"; connect with TLS, or to a TCP_PORT',
     );
     assert.equal(rejected.tls_plaintext, 1);
   });
@@ -650,6 +843,265 @@ Deno.test("client certificates: shown when verified; missing, expired or untrust
   }
 });
 
+/** What the banner and the open record say of a client certificate. */
+interface NamedClient {
+  /** The certificate's file in the test PKI (`NAME.pem`, `NAME.key`). */
+  readonly file: string;
+  /** The banner's `Client certificate {}.` value. */
+  readonly banner: string;
+  /** The record's `client_cert`: the banner's name, control characters as they are. */
+  readonly name: string;
+  /** The record's `client_cert_subject`. */
+  readonly subject: string;
+}
+
+const SLEEP_SPIFFE_ID = "spiffe://cluster.local/ns/default/sa/sleep";
+
+/** Client certificates as they are issued in the wild, and what the server calls them. */
+const NAMED_CLIENTS: readonly NamedClient[] = [
+  {
+    file: "client",
+    banner: "CN=client,O=test",
+    name: "CN=client,O=test",
+    subject: "CN=client,O=test",
+  },
+  {
+    file: "spiffe-client",
+    banner: SLEEP_SPIFFE_ID,
+    name: SLEEP_SPIFFE_ID,
+    subject: "O=tcp-echo test",
+  },
+  {
+    file: "san-only-client",
+    banner: "DNS:sleep.default.svc",
+    name: "DNS:sleep.default.svc",
+    subject: "",
+  },
+  { file: "bmp-client", banner: "CN=bmp-név", name: "CN=bmp-név", subject: "CN=bmp-név" },
+  {
+    file: "utf8-client",
+    banner: "CN=név,O=Ünïcødé ✓",
+    name: "CN=név,O=Ünïcødé ✓",
+    subject: "CN=név,O=Ünïcødé ✓",
+  },
+  {
+    file: "printable-client",
+    banner: "CN=printable,C=NL",
+    name: "CN=printable,C=NL",
+    subject: "CN=printable,C=NL",
+  },
+  { file: "t61-client", banner: "CN=t61-café", name: "CN=t61-café", subject: "CN=t61-café" },
+  {
+    file: "multi-client",
+    banner: "CN=a+UID=b,O=test",
+    name: "CN=a+UID=b,O=test",
+    subject: "CN=a+UID=b,O=test",
+  },
+  // Hostile CNs: one attribute each, whatever is inside; the banner is one line.
+  {
+    file: "comma-client",
+    banner: "CN=a\\,O=forged",
+    name: "CN=a\\,O=forged",
+    subject: "CN=a\\,O=forged",
+  },
+  {
+    file: "newline-client",
+    banner: "CN=a\\0AO=forged",
+    name: "CN=a\nO=forged",
+    subject: "CN=a\nO=forged",
+  },
+  { file: "cr-client", banner: "CN=a\\0D", name: "CN=a\r", subject: "CN=a\r" },
+  {
+    file: "esc-client",
+    banner: "CN=\\1B[31mred\\1B[0m",
+    name: "CN=\u001b[31mred\u001b[0m",
+    subject: "CN=\u001b[31mred\u001b[0m",
+  },
+];
+
+/** Connects with `client`'s certificate; checks the banner, the echo and the open record. */
+async function assertNamed(s: TestServer, pki: TestPki, client: NamedClient): Promise<void> {
+  const pem = await pki.read(`${client.file}.pem`);
+  const stream = await s.connectTls({
+    cert: pem,
+    key: await pki.read(`${client.file}.key`),
+    ca: pki.caPem,
+  });
+  let port: number;
+  try {
+    port = stream.localAddr.port;
+    await readBanner(stream, TLS_LINE("none", "none") + `Client certificate ${client.banner}.\n`);
+    assert.equal(decoder.decode(await roundTrip(stream, encoder.encode("me"))), "me");
+  } finally {
+    stream.close();
+  }
+  const open = await s.logs.waitFor(
+    (r) => isOpen(r) && r.properties.client === `127.0.0.1:${port}`,
+    `the open record of ${client.file}`,
+  );
+  assert.deepEqual({ ...open.properties, id: "-" }, {
+    id: "-",
+    client: `127.0.0.1:${port}`,
+    port: s.tlsPort,
+    tls: "TLSv1.3",
+    cipher: "TLS_AES_256_GCM_SHA384",
+    sni: "",
+    alpn: "",
+    client_cert: client.name,
+    client_cert_subject: client.subject,
+    client_cert_issuer: "CN=tcp-echo test CA",
+    client_cert_sha256: new X509Certificate(pem).fingerprint256,
+  }, client.file);
+}
+
+Deno.test("client certificates as issued in the wild: verified, named by SPIFFE ID or RFC 4514 subject", async (t) => {
+  await using pki = await makeTestPki();
+  await using s = await startTestServer({
+    TLS_PORT: "any",
+    ...pki.serverFiles,
+    TLS_CLIENT_CA: pki.path("ca.pem"),
+    TLS_CLIENT_AUTH: "require",
+  });
+  for (const client of NAMED_CLIENTS) {
+    await t.step(client.file, () => assertNamed(s, pki, client));
+  }
+  const rejected = s.server.stats.forPort(s.tlsPort).rejected;
+  assert.equal(rejected.tls_client_certificate, 0);
+  assert.equal(rejected.tls_handshake_failed, 0);
+});
+
+Deno.test({
+  name:
+    "an Istio workload's certificate made by openssl (empty subject, SPIFFE ID) is verified and named",
+  ignore: await ignoreWithout("openssl", "the openssl-made client certificate test"),
+  async fn() {
+    await using pki = await makeTestPki({ openssl: true });
+    const verify = await new Deno.Command("openssl", {
+      args: ["verify", "-CAfile", pki.path("ca.pem"), pki.path("istio-client.pem")],
+    }).output();
+    assert.equal(decoder.decode(verify.stdout), `${pki.path("istio-client.pem")}: OK\n`);
+    await using s = await startTestServer({
+      TLS_PORT: "any",
+      ...pki.serverFiles,
+      TLS_CLIENT_CA: pki.path("ca.pem"),
+    });
+    await assertNamed(s, pki, {
+      file: "istio-client",
+      banner: SLEEP_SPIFFE_ID,
+      name: SLEEP_SPIFFE_ID,
+      subject: "",
+    });
+  },
+});
+
+Deno.test("a SAN-only server certificate (empty subject, as cert-manager issues it) is served and reloaded", async (t) => {
+  await using pki = await makeTestPki();
+  const serveSanOnly = async (s: TestServer) => {
+    const stream = await s.connectTls({ ca: pki.caPem, serverName: "v1.example.com" });
+    try {
+      assert.equal(stream.peerCertificate?.subject, "");
+      assert.equal(
+        stream.peerCertificate?.fingerprint,
+        new X509Certificate(await pki.read("san-only-server.pem")).fingerprint256,
+      );
+      await readBanner(stream, TLS_LINE("v1.example.com", "none"));
+    } finally {
+      stream.close();
+    }
+  };
+  await t.step("from the start", async () => {
+    await using s = await startTestServer({
+      TLS_PORT: "any",
+      TLS_CERT_FILE: pki.path("san-only-server.pem"),
+      TLS_KEY_FILE: pki.path("san-only-server.key"),
+    });
+    const start = await s.logs.waitFor((r) => r.rawMessage === "TLS certificate {subject}", "cert");
+    assert.equal(start.properties.subject, "");
+    assert.equal(
+      start.properties.names,
+      "DNS:localhost, DNS:v1.example.com, DNS:v2.example.com, IP Address:127.0.0.1",
+    );
+    await serveSanOnly(s);
+  });
+  await t.step("rotated to", async () => {
+    const dir = await Deno.makeTempDir({ prefix: "tcp-echo-live-" });
+    try {
+      const cert = `${dir}/tls.crt`;
+      const key = `${dir}/tls.key`;
+      await Deno.copyFile(pki.path("server.pem"), cert);
+      await Deno.copyFile(pki.path("server.key"), key);
+      await using s = await startTestServer(
+        { TLS_PORT: "any", TLS_CERT_FILE: cert, TLS_KEY_FILE: key },
+        {},
+        50,
+      );
+      await Deno.copyFile(pki.path("san-only-server.key"), key);
+      await Deno.copyFile(pki.path("san-only-server.pem"), cert);
+      const reloaded = await s.logs.waitFor(
+        (r) => r.rawMessage === "TLS certificate reloaded: {subject}",
+        "the reload record",
+      );
+      assert.equal(reloaded.properties.subject, "");
+      await serveSanOnly(s);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+});
+
+/** Runs `openssl s_client` against the TLS port with `args`; resolves with what it printed. */
+async function opensslClient(s: TestServer, args: readonly string[]): Promise<string> {
+  const output = await within(
+    5_000,
+    "openssl s_client",
+    new Deno.Command("openssl", {
+      args: ["s_client", "-connect", `127.0.0.1:${s.tlsPort}`, ...args],
+      stdin: "null",
+    }).output(),
+  );
+  return decoder.decode(output.stdout) + decoder.decode(output.stderr);
+}
+
+Deno.test({
+  name: "a client refused for its ALPN or its TLS version reads the fatal alert (openssl s_client)",
+  ignore: await ignoreWithout("openssl", "the openssl s_client alert test"),
+  async fn(t) {
+    await using s = await startTestServer({ TLS_PORT: "any" });
+    const rejected = s.server.stats.forPort(s.tlsPort).rejected;
+    const cases: [string, string[], RegExp, string][] = [
+      [
+        "ALPN h2 only, TLS 1.3: no_application_protocol (RFC 7301 §3.2)",
+        ["-alpn", "h2"],
+        /:tlsv1 alert no application protocol:.*SSL alert number 120/,
+        "no common ALPN protocol: the client offered h2, none of TLS_ALPN=echo",
+      ],
+      [
+        "ALPN h2 and http/1.1, TLS 1.2",
+        ["-alpn", "h2,http/1.1", "-tls1_2"],
+        /:tlsv1 alert no application protocol:.*SSL alert number 120/,
+        "no common ALPN protocol: the client offered h2,http/1.1, none of TLS_ALPN=echo",
+      ],
+      [
+        "TLS 1.1 only: protocol_version (RFC 8446 §6.2)",
+        ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+        /:tlsv1 alert protocol version:.*SSL alert number 70/,
+        "the client offered TLS 1.1 at most; allowed: TLS 1.2, TLS 1.3",
+      ],
+    ];
+    for (const [name, args, alert, detail] of cases) {
+      await t.step(name, async () => {
+        const before = rejected.tls_handshake_failed;
+        assert.match(await opensslClient(s, args), alert);
+        await s.logs.waitFor(
+          (r) => r.properties.reason === "tls_handshake_failed" && r.properties.detail === detail,
+          "the refusal record",
+        );
+        assert.equal(rejected.tls_handshake_failed, before + 1);
+      });
+    }
+  },
+});
+
 Deno.test("certificate files are reloaded when they change; open connections keep going", async () => {
   await using pki = await makeTestPki();
   const dir = await Deno.makeTempDir({ prefix: "tcp-echo-live-" });
@@ -762,6 +1214,30 @@ Deno.test("PROXY v2 before the TLS handshake names the client", async () => {
   const open = await s.logs.waitFor(isOpen, "open");
   assert.equal(open.properties.client, "203.0.113.7:40000");
   assert.equal(open.properties.tls, "TLSv1.3");
+});
+
+Deno.test("a PROXY header and a broken ClientHello in one packet are refused, and the server lives on", async () => {
+  // The ClientHello arrives with the header, before the TLS engine starts: Deno 2.9.6's node:tls
+  // threw from its start (uncaught, ending the process) when such bytes failed the handshake.
+  await using s = await startTestServer({ TLS_PORT: "any", PROXY_PROTOCOL: "v1" });
+  const hello = new Uint8Array(5 + 300);
+  hello.set([0x16, 0x03, 0x01, 0x01, 0x2c, 0x01, 0x00, 0x01, 0x28, 0x03, 0x03]);
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port: s.tlsPort });
+  await writeAll(
+    conn,
+    concatBytes([encoder.encode("PROXY TCP4 203.0.113.7 192.0.2.1 40000 8443\r\n"), hello]),
+  );
+  assert.equal((await readToEnd(conn)).length, 0);
+  await refusal(s, "tls_handshake_failed");
+  const stream = await s.connectTls({
+    insecure: true,
+    preamble: encoder.encode("PROXY UNKNOWN\r\n"),
+  });
+  try {
+    await readBanner(stream, TLS_LINE("none", "none"));
+  } finally {
+    stream.close();
+  }
 });
 
 /** The client task's command line from deno.json, minus the leading `deno`. */
@@ -959,7 +1435,44 @@ Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 
       stream.close();
     }
   });
+  await t.step({
+    name: "a SAN-only certificate made by openssl (empty subject, as cert-manager issues it)",
+    ignore: await ignoreWithout("openssl", "the openssl-made server certificate step"),
+    async fn() {
+      await using made = await makeTestPki({ openssl: true });
+      const tlsPort = freePort();
+      await using server = await spawnServer({
+        TLS_PORT: String(tlsPort),
+        TLS_CERT_FILE: made.path("cert-manager-server.pem"),
+        TLS_KEY_FILE: made.path("cert-manager-server.key"),
+      });
+      const start = await server.stdout.waitFor(
+        (line) => line.includes("TLS certificate"),
+        "the certificate record",
+      );
+      assert.match(
+        start,
+        / names="DNS:localhost, DNS:v1\.example\.com, IP Address:127\.0\.0\.1" not_after=/,
+      );
+      await server.stdout.waitFor((line) => line.includes("Listening on TLS port"), "listening");
+      const stream = await connectTls("127.0.0.1", tlsPort, {
+        ca: made.caPem,
+        serverName: "v1.example.com",
+      });
+      try {
+        assert.equal(stream.peerCertificate?.subject, "");
+        await readBanner(stream, TLS_LINE("v1.example.com", "none"));
+      } finally {
+        stream.close();
+      }
+    },
+  });
   const args = await startTaskArgs();
+  const garbage = pki.path("garbage.pem");
+  await Deno.writeTextFile(
+    garbage,
+    "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n",
+  );
   const cases: [string, Record<string, string>, RegExp][] = [
     [
       "a missing certificate file",
@@ -970,6 +1483,16 @@ Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 
       "a key of another certificate",
       { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server2.key") },
       /^tcp-echo: invalid TLS_KEY_FILE=.+\/server2\.key: the key does not belong to TLS_CERT_FILE; allowed: the private key of TLS_CERT_FILE's certificate\n$/,
+    ],
+    [
+      "a certificate file whose certificate cannot be read",
+      { TLS_CERT_FILE: garbage, TLS_KEY_FILE: pki.path("server.key") },
+      /^tcp-echo: invalid TLS_CERT_FILE=.+\/garbage\.pem: [^\n]+; allowed: a PEM certificate file, the server's certificate first\n$/,
+    ],
+    [
+      "a CA file whose certificate cannot be read",
+      { TLS_CLIENT_CA: garbage },
+      /^tcp-echo: invalid TLS_CLIENT_CA=.+\/garbage\.pem: certificate 1: [^\n]+; allowed: a PEM file of CA certificates\n$/,
     ],
     [
       "a CA file with no certificate",

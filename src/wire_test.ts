@@ -22,6 +22,11 @@ Deno.test("banner: exact bytes for all, none and some fields", () => {
     banner({ NODE_NAME: "EchoNode", POD_IP: "10.0.0.1", POD_NAMESPACE: "" }),
     "Welcome, you are connected to node EchoNode.\nWith IP address 10.0.0.1.\n",
   );
+  // As go-echo prints them: a value of spaces, or with spaces around it, is kept as it is.
+  assert.equal(
+    banner({ POD_IP: "   ", NODE_NAME: " EchoNode " }),
+    "Welcome, you are connected to node  EchoNode .\nWith IP address    .\n",
+  );
 });
 
 Deno.test("banner field table: the server renders what the client parses, field by field", () => {

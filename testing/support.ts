@@ -160,7 +160,7 @@ export async function startTestServer(
       tlsPorts: wantsTls ? [0] : [],
       adminPort: wantsAdmin ? 0 : undefined,
       ...hooks,
-    }, tls);
+    }, { tls });
   } catch (error) {
     tls?.close();
     await detach();
@@ -201,29 +201,112 @@ export interface TestPki extends AsyncDisposable {
   read(file: string): Promise<string>;
 }
 
+/** What {@linkcode makeTestPki} makes besides its usual certificates. */
+export interface TestPkiOptions {
+  /**
+   * Also certificates made by `openssl req` and `openssl x509`, as other
+   * tools issue them (the test must need openssl: {@linkcode ignoreWithout}).
+   */
+  readonly openssl?: boolean;
+}
+
 const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
 const DAY_MS = 86_400_000;
+const UID = "0.9.2342.19200300.100.1.1";
 
 /** One certificate to issue: its subject, SANs, validity, and whether the test CA signs it. */
 interface Issue {
   readonly file: string;
-  readonly subject: string;
+  /**
+   * Text as @peculiar/x509 reads it (RDNs in DER order: most significant
+   * first), a JSON name with typed values, or a Name's DER.
+   */
+  readonly subject: string | x509.JsonNameParams | Uint8Array;
   readonly dns?: readonly string[];
   readonly ips?: readonly string[];
+  readonly uris?: readonly string[];
   readonly notAfterDays?: number;
-  readonly signedBy?: "ca" | "other-ca" | "intermediate";
+  /** The test CA by default; `other-ca`, or the file of a certificate issued before. */
+  readonly signedBy?: string;
   readonly usage: "server" | "client" | "ca";
 }
 
+/** A one-attribute Name's DER with a TeletexString (T61) value, which @peculiar/x509 cannot write. */
+function teletexName(type: string, latin1: string): Uint8Array {
+  const tlv = (tag: number, body: number[]) => [tag, body.length, ...body];
+  const oid = new x509.Name([{ [type]: ["x"] }]).toArrayBuffer(); // borrow the type's encoding
+  const typeTlv = Array.from(new Uint8Array(oid).subarray(6, 6 + 2 + new Uint8Array(oid)[7]));
+  const value = tlv(0x14, Array.from(latin1, (char) => char.charCodeAt(0)));
+  return Uint8Array.from(tlv(0x30, tlv(0x31, tlv(0x30, [...typeTlv, ...value]))));
+}
+
+/** The certificates every PKI has, in issue order (an issuer before what it signs). */
+function testPkiSpecs(): Issue[] {
+  const servers = { dns: ["localhost", "v1.example.com", "v2.example.com"], ips: ["127.0.0.1"] };
+  const client = (file: string, subject: Issue["subject"], more: Partial<Issue> = {}): Issue => ({
+    file,
+    subject,
+    usage: "client",
+    ...more,
+  });
+  return [
+    { file: "server", subject: "CN=tcp-echo test server", ...servers, usage: "server" },
+    { file: "server2", subject: "CN=tcp-echo rotated server", ...servers, usage: "server" },
+    { file: "san-only-server", subject: [], ...servers, usage: "server" },
+    client("client", "O=test, CN=client"),
+    client("expired-client", "CN=expired", { notAfterDays: -1 }),
+    client("stranger-client", "CN=stranger", { signedBy: "other-ca" }),
+    { file: "intermediate", subject: "CN=tcp-echo test intermediate", usage: "ca" },
+    client("chained-client", "O=test, CN=chained", { signedBy: "intermediate" }),
+    {
+      file: "bmp-intermediate",
+      subject: [{ CN: [{ bmpString: "név intermediate" }] }],
+      usage: "ca",
+    },
+    client("bmp-chained-client", "CN=bmp-chained", { signedBy: "bmp-intermediate" }),
+    client("leaf-signed-client", "CN=leaf-signed", { signedBy: "client" }),
+    client("spiffe-client", "O=tcp-echo test", {
+      uris: ["https://example.com/not-an-id", "spiffe://cluster.local/ns/default/sa/sleep"],
+    }),
+    client("san-only-client", [], { dns: ["sleep.default.svc"] }),
+    client("bmp-client", [{ CN: [{ bmpString: "bmp-név" }] }]),
+    client("utf8-client", [{ O: [{ utf8String: "Ünïcødé ✓" }] }, { CN: [{ utf8String: "név" }] }]),
+    client("printable-client", [{ C: [{ printableString: "NL" }] }, {
+      CN: [{ printableString: "printable" }],
+    }]),
+    client("t61-client", teletexName("CN", "t61-caf\u00e9")),
+    client("multi-client", [{ O: ["test"] }, { CN: ["a"], [UID]: ["b"] }]),
+    client("comma-client", [{ CN: ["a,O=forged"] }]),
+    client("newline-client", [{ CN: ["a\nO=forged"] }]),
+    client("cr-client", [{ CN: ["a\r"] }]),
+    client("esc-client", [{ CN: ["\u001b[31mred\u001b[0m"] }]),
+  ];
+}
+
 /**
- * Makes a CA (`ca`), and certificates it signs: `server` (localhost,
- * 127.0.0.1, v1/v2.example.com), `server2` (the same names, a new key: a
- * rotation), `client` (CN=client,O=test), `expired-client`, `intermediate`
+ * Makes a CA (`ca`, its key in `ca.key`), and certificates it signs:
+ * `server` (localhost, 127.0.0.1, v1/v2.example.com), `server2` (the same
+ * names, a new key: a rotation), `san-only-server` (the same names, an empty
+ * subject), `client` (CN=client,O=test), `expired-client`, `intermediate`
  * (a CA under the CA) and `chained-client` (signed by `intermediate`; its
  * `.pem` holds both, as a client sends them; `chained-client-alone.pem` only
- * its own); and `stranger-client`, signed by another CA.
+ * its own), `bmp-chained-client` the same through `bmp-intermediate` (a
+ * BMPString name), `leaf-signed-client` (signed by `client`, which is no
+ * CA); and `stranger-client`, signed by another CA. Client certificates
+ * of every shape issued in the wild: `spiffe-client` (a SPIFFE ID among its
+ * URI SANs), `san-only-client` (empty subject, a DNS SAN), `bmp-client`,
+ * `utf8-client`, `printable-client`, `t61-client` (each string type),
+ * `multi-client` (`CN=a+UID=b`), and hostile CNs: `comma-client`
+ * (`a,O=forged`), `newline-client` (`a\nO=forged`), `cr-client` (`a\r`) and
+ * `esc-client` (ANSI colour escapes).
+ *
+ * With `openssl: true`, also `cert-manager-server` (made as cert-manager
+ * issues one without a commonName: empty subject, critical SANs) and
+ * `istio-client` (an Istio workload's: empty subject, the URI SAN
+ * `spiffe://cluster.local/ns/default/sa/sleep`, 24 h, EC P-256), both by
+ * `openssl req` and `openssl x509`, signed by the CA.
  */
-export async function makeTestPki(): Promise<TestPki> {
+export async function makeTestPki(options: TestPkiOptions = {}): Promise<TestPki> {
   const dir = await Deno.makeTempDir({ prefix: "tcp-echo-pki-" });
   const now = Date.now();
   const newKeys = () => crypto.subtle.generateKey(ALGORITHM, true, ["sign", "verify"]);
@@ -248,20 +331,23 @@ export async function makeTestPki(): Promise<TestPki> {
   const issued = new Map<string, Awaited<ReturnType<typeof authority>>>();
   const issue = async (spec: Issue, serial: number) => {
     const keys = await newKeys();
-    const issuer = spec.signedBy === "other-ca"
+    const issuer = spec.signedBy === undefined || spec.signedBy === "ca"
+      ? ca
+      : spec.signedBy === "other-ca"
       ? otherCa
-      : spec.signedBy === "intermediate"
-      ? issued.get("intermediate")!
-      : ca;
+      : issued.get(spec.signedBy)!;
     const names = [
       ...(spec.dns ?? []).map((value) => ({ type: "dns" as const, value })),
       ...(spec.ips ?? []).map((value) => ({ type: "ip" as const, value })),
+      ...(spec.uris ?? []).map((value) => ({ type: "url" as const, value })),
     ];
     const notAfterDays = spec.notAfterDays ?? 30;
+    const subject = new x509.Name(spec.subject as x509.JsonNameParams);
     const certificate = await x509.X509CertificateGenerator.create({
       serialNumber: (serial + 2).toString(16).padStart(2, "0"),
-      subject: spec.subject,
-      issuer: issuer.certificate.subject,
+      subject,
+      // The issuer's subject as its DER has it (a string would be encoded anew, maybe otherwise).
+      issuer: issuer.certificate.subjectName,
       notBefore: new Date(now + Math.min(0, notAfterDays - 2) * DAY_MS),
       notAfter: new Date(now + notAfterDays * DAY_MS),
       publicKey: keys.publicKey,
@@ -273,7 +359,10 @@ export async function makeTestPki(): Promise<TestPki> {
           new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
         ]
         : [
-          ...(names.length > 0 ? [new x509.SubjectAlternativeNameExtension(names)] : []),
+          // RFC 5280 §4.2.1.6: with an empty subject, the SANs are critical.
+          ...(names.length > 0
+            ? [new x509.SubjectAlternativeNameExtension(names, subject.toString() === "")]
+            : []),
           new x509.ExtendedKeyUsageExtension([
             spec.usage === "server"
               ? x509.ExtendedKeyUsage.serverAuth
@@ -283,31 +372,31 @@ export async function makeTestPki(): Promise<TestPki> {
     });
     issued.set(spec.file, { keys, certificate });
     const pem = certificate.toString("pem") + "\n";
-    const chain = spec.signedBy === "intermediate"
-      ? pem + issued.get("intermediate")!.certificate.toString("pem") + "\n"
+    const chain = issued.has(spec.signedBy ?? "")
+      ? pem + issued.get(spec.signedBy!)!.certificate.toString("pem") + "\n"
       : pem;
     await Deno.writeTextFile(`${dir}/${spec.file}.pem`, chain);
     if (chain !== pem) await Deno.writeTextFile(`${dir}/${spec.file}-alone.pem`, pem);
     await Deno.writeTextFile(`${dir}/${spec.file}.key`, await privateKeyPem(keys.privateKey));
   };
-  const servers = { dns: ["localhost", "v1.example.com", "v2.example.com"], ips: ["127.0.0.1"] };
-  const specs: Issue[] = [
-    { file: "server", subject: "CN=tcp-echo test server", ...servers, usage: "server" },
-    { file: "server2", subject: "CN=tcp-echo rotated server", ...servers, usage: "server" },
-    { file: "client", subject: "CN=client, O=test", usage: "client" },
-    { file: "expired-client", subject: "CN=expired", notAfterDays: -1, usage: "client" },
-    { file: "stranger-client", subject: "CN=stranger", signedBy: "other-ca", usage: "client" },
-    { file: "intermediate", subject: "CN=tcp-echo test intermediate", usage: "ca" },
-    {
-      file: "chained-client",
-      subject: "CN=chained, O=test",
-      signedBy: "intermediate",
-      usage: "client",
-    },
-  ];
-  for (const [i, spec] of specs.entries()) await issue(spec, i);
+  for (const [i, spec] of testPkiSpecs().entries()) await issue(spec, i);
   const caPem = ca.certificate.toString("pem") + "\n";
   await Deno.writeTextFile(`${dir}/ca.pem`, caPem);
+  await Deno.writeTextFile(`${dir}/ca.key`, await privateKeyPem(ca.keys.privateKey));
+  if (options.openssl) {
+    await opensslIssue(dir, "cert-manager-server", [
+      "subjectAltName=critical,DNS:localhost,DNS:v1.example.com,IP:127.0.0.1",
+      "keyUsage=critical,digitalSignature,keyEncipherment",
+      "extendedKeyUsage=serverAuth",
+      "basicConstraints=critical,CA:FALSE",
+    ]);
+    await opensslIssue(dir, "istio-client", [
+      "subjectAltName=critical,URI:spiffe://cluster.local/ns/default/sa/sleep",
+      "keyUsage=critical,digitalSignature,keyEncipherment",
+      "extendedKeyUsage=serverAuth,clientAuth",
+      "basicConstraints=critical,CA:FALSE",
+    ]);
+  }
   return {
     dir,
     caPem,
@@ -316,6 +405,57 @@ export async function makeTestPki(): Promise<TestPki> {
     read: (file) => Deno.readTextFile(`${dir}/${file}`),
     [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
   };
+}
+
+/**
+ * Issues `NAME.pem` and `NAME.key` in `dir` with openssl, signed by the CA
+ * there: an EC P-256 key and a request with an empty subject (`openssl req`),
+ * then a certificate for 24 h with `extensions` (`openssl x509 -req`).
+ */
+async function opensslIssue(dir: string, name: string, extensions: readonly string[]) {
+  const run = async (args: string[]) => {
+    const output = await new Deno.Command("openssl", { args, cwd: dir, stdin: "null" }).output();
+    if (!output.success) {
+      throw new Error(`openssl ${args.join(" ")}: ${new TextDecoder().decode(output.stderr)}`);
+    }
+  };
+  await Deno.writeTextFile(`${dir}/${name}.ext`, extensions.join("\n") + "\n");
+  await run([
+    "req",
+    "-new",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-subj",
+    "/",
+    "-keyout",
+    `${name}.key`,
+    "-out",
+    `${name}.csr`,
+  ]);
+  await run([
+    "x509",
+    "-req",
+    "-in",
+    `${name}.csr`,
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-set_serial",
+    `0x${
+      Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
+        .join("")
+    }`,
+    "-days",
+    "1",
+    "-extfile",
+    `${name}.ext`,
+    "-out",
+    `${name}.pem`,
+  ]);
 }
 
 /** What the socket helpers read from: a `Deno.Conn` or a `TlsStream`. */
@@ -357,6 +497,19 @@ export function readToEnd(conn: Readable, ms = 5_000): Promise<Uint8Array> {
       return concatBytes(chunks);
     })(),
   );
+}
+
+/** The first record a real TLS client sends (its ClientHello): connectTls against a listener that only reads. */
+export async function captureClientHello(serverName?: string): Promise<Uint8Array> {
+  using listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const connecting = connectTls("127.0.0.1", listener.addr.port, { insecure: true, serverName });
+  using conn = await listener.accept();
+  const head = await readExactly(conn, 5);
+  const length = 5 + ((head[3] << 8) | head[4]);
+  const hello = concatBytes([head, await readExactly(conn, length - 5)]);
+  conn.close();
+  await connecting.then(() => assert.fail("a handshake with a listener that only reads"), () => {});
+  return hello;
 }
 
 /** `length` random bytes. */
