@@ -273,7 +273,7 @@ async function shippedSettings(
 ): Promise<{ env: Record<string, string>; limitBytes: number }> {
   const read = async (path: string) =>
     parseAllDocuments(await Deno.readTextFile(`${repoDir}${path}`)).map((d) => d.toJS());
-  const base = (await read("k8s/deployment.yml")).find((m) => m.kind === "Deployment");
+  const base = (await read("k8s/base/deployment.yml")).find((m) => m.kind === "Deployment");
   const layers = [base.spec.template.spec.containers[0]];
   if (component) {
     const [patch] = await read(`k8s/components/${component}/deployment-tls.yaml`);
