@@ -34,7 +34,8 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { freePort, isInstalled, makeTestPki, waitForPort } from "../testing/support.ts";
+import { freePort, isInstalled, makeTestPki, waitForPort, writeAll } from "../testing/support.ts";
+import { connectTls } from "../src/tls_stream.ts";
 
 const repoDir = new URL("..", import.meta.url).pathname;
 const sharedBench = `${repoDir}../shared/bench/`;
@@ -105,6 +106,8 @@ interface BenchOptions {
   readonly maxRounds: number;
   readonly seconds: number;
   readonly idleConnections: number;
+  /** TLS connections the TLS memory rows open. */
+  readonly tlsConnections: number;
   readonly json: boolean;
 }
 
@@ -116,6 +119,7 @@ function parseOptions(args: readonly string[]): BenchOptions {
       "max-rounds": { type: "string" },
       seconds: { type: "string" },
       idle: { type: "string" },
+      "tls-idle": { type: "string" },
       json: { type: "boolean" },
     },
   });
@@ -125,6 +129,7 @@ function parseOptions(args: readonly string[]): BenchOptions {
     maxRounds: Math.max(minRounds, Number(values["max-rounds"] ?? 7)),
     seconds: Number(values.seconds ?? 2),
     idleConnections: Number(values.idle ?? 5_000),
+    tlsConnections: Number(values["tls-idle"] ?? 1_000),
     json: values.json ?? false,
   };
 }
@@ -288,43 +293,73 @@ async function rssBytes(pid: number): Promise<number> {
   return kib * 1024;
 }
 
+/** What a server's memory grows by per connection: idle, and after each echoed 64 KiB once. */
+interface MemoryFigures {
+  readonly idleKiB: number;
+  readonly afterEchoKiB: number;
+}
+
+/** The bytes each connection echoes once for {@linkcode MemoryFigures.afterEchoKiB}. */
+const MEMORY_ECHO_BYTES = 65_536;
+
 /**
- * Opens `count` connections to `server`, each echoing one byte so the server
- * has really taken it up, and returns the growth of the server's RSS per
- * connection.
+ * Opens `count` connections to `server` (TLS ones to its TLS port), each
+ * echoing one byte so the server has really taken it up, and reads the
+ * growth of the server's RSS per connection; then each echoes 64 KiB once,
+ * 100 at a time, and the growth is read again, the connections still open.
  */
-async function memoryPerConnection(server: BenchServer, count: number): Promise<number> {
+async function memoryPerConnection(
+  server: BenchServer,
+  count: number,
+  tls: boolean,
+): Promise<MemoryFigures> {
   const pid = await server.pid();
   const before = await rssBytes(pid);
-  const conns: Deno.TcpConn[] = [];
+  const conns: BenchConn[] = [];
+  const perConnectionKiB = async () => (await rssBytes(pid) - before) / count / 1024;
   try {
     for (let batch = 0; batch < count; batch += 250) {
       const opened = await Promise.all(
-        Array.from(
-          { length: Math.min(250, count - batch) },
-          () => Deno.connect({ hostname: "127.0.0.1", port: server.port }),
-        ),
+        Array.from({ length: Math.min(250, count - batch) }, () => openBenchConn(server, tls)),
       );
       conns.push(...opened);
-      await Promise.all(opened.map((conn) => echoOneByte(conn, server.bannerBytes)));
+      await Promise.all(opened.map((conn) => echoBytes(conn, 1, server.bannerBytes)));
     }
     // Let the server settle (its log flushes within milliseconds) before reading RSS.
     await new Promise((resolve) => setTimeout(resolve, 500));
-    return (await rssBytes(pid) - before) / count;
+    const idleKiB = await perConnectionKiB();
+    for (let batch = 0; batch < conns.length; batch += 100) {
+      await Promise.all(
+        conns.slice(batch, batch + 100).map((conn) => echoBytes(conn, MEMORY_ECHO_BYTES, 0)),
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    return { idleKiB, afterEchoKiB: await perConnectionKiB() };
   } finally {
     for (const conn of conns) conn.close();
   }
 }
 
-async function echoOneByte(conn: Deno.TcpConn, bannerBytes: number): Promise<void> {
-  await conn.write(Uint8Array.of(0x2a));
-  const buffer = new Uint8Array(bannerBytes + 1);
+/** A client connection of the memory measurement: TCP, or TLS without checking the certificate. */
+type BenchConn = Pick<Deno.Conn, "read" | "write" | "close">;
+
+function openBenchConn(server: BenchServer, tls: boolean): Promise<BenchConn> {
+  return tls
+    ? connectTls("127.0.0.1", server.tlsPort!, { insecure: true, alpn: ["echo"] })
+    : Deno.connect({ hostname: "127.0.0.1", port: server.port });
+}
+
+/** Sends `size` bytes and reads them back, after `skip` bytes of banner. */
+async function echoBytes(conn: BenchConn, size: number, skip: number): Promise<void> {
+  const writing = writeAll(conn, new Uint8Array(size).fill(0x2a));
+  const buffer = new Uint8Array(Math.min(65_536, skip + size));
   let got = 0;
-  while (got < buffer.length) {
-    const n = await conn.read(buffer.subarray(got));
-    if (n === null) throw new Error("closed while opening idle connections");
+  while (got < skip + size) {
+    const n = await conn.read(buffer.subarray(0, Math.min(buffer.length, skip + size - got)));
+    if (n === null) throw new Error("closed while measuring memory");
     got += n;
   }
+  await writing;
 }
 
 /** tcp-echo's own client with `args`, against a server on loopback. */
@@ -470,6 +505,12 @@ interface Row {
   readonly ratios: Record<string, number | string>;
 }
 
+/** The memory rows of the tables: the figure each shows. */
+const MEMORY_ROWS: readonly [scenario: string, pick: (m: MemoryFigures) => number][] = [
+  ["memory per connection, idle", (m) => m.idleKiB],
+  ["memory per connection, after a 64 KiB echo", (m) => m.afterEchoKiB],
+];
+
 /** The comparisons the table makes: tcp-echo's variant against its reference. */
 const RATIOS: readonly [label: string, ours: string, reference: string][] = [
   ["data off / go io.Copy", "tcp-echo, data off", "go io.Copy"],
@@ -481,7 +522,7 @@ function tableRows(
   servers: readonly BenchServer[],
   all: readonly Scenario[],
   results: Results,
-  memory: Record<string, number>,
+  memory: Record<string, MemoryFigures>,
 ): Row[] {
   const rows: Row[] = [];
   for (const scenario of all) {
@@ -498,12 +539,10 @@ function tableRows(
       });
     }
   }
-  rows.push({
-    scenario: "idle memory, per connection",
-    figure: "KiB",
-    medians: memory,
-    ratios: ratiosOf(memory, false),
-  });
+  for (const [scenario, pick] of MEMORY_ROWS) {
+    const medians = Object.fromEntries(Object.entries(memory).map(([n, m]) => [n, pick(m)]));
+    rows.push({ scenario, figure: "KiB", medians, ratios: ratiosOf(medians, false) });
+  }
   return rows;
 }
 
@@ -642,7 +681,11 @@ function tlsScenarios(seconds: number, load: string): Scenario[] {
 }
 
 /** The TLS rows: medians of both servers, the ratio, and the client's CPU share beside them. */
-function renderTlsTable(all: readonly Scenario[], results: Results): string {
+function renderTlsTable(
+  all: readonly Scenario[],
+  results: Results,
+  memory: ReadonlyMap<string, MemoryFigures>,
+): string {
   const at = (scenario: string, figure: string, server: string) =>
     median(results.get(`${scenario}|${figure}|${server}`)!);
   const lines = [
@@ -660,6 +703,12 @@ function renderTlsTable(all: readonly Scenario[], results: Results): string {
       }× | ${cpu.join(", ")} |`,
     );
   }
+  for (const [scenario, pick] of MEMORY_ROWS) {
+    const [go, ours] = [TLS_REFERENCE, TLS_OURS].map((name) => pick(memory.get(name)!));
+    lines.push(
+      `| ${scenario} | KiB | ${format(go)} | ${format(ours)} | ${(go / ours).toFixed(2)}× | |`,
+    );
+  }
   return lines.join("\n");
 }
 
@@ -675,9 +724,13 @@ async function runTls(built: Map<string, string>, options: BenchOptions): Promis
     for (const kind of await tlsKinds(built, pki.serverFiles)) {
       servers.push(await startServer(kind));
     }
+    const memory = new Map<string, MemoryFigures>();
+    for (const server of servers) {
+      memory.set(server.name, await memoryPerConnection(server, options.tlsConnections, true));
+    }
     const { results, rounds } = await runRounds(servers, all, options);
     return `TLS (${rounds} rounds; a client CPU near 1.00 means the client was the limit):\n\n` +
-      renderTlsTable(all, results);
+      renderTlsTable(all, results, memory);
   } finally {
     await stopAll(servers);
   }
@@ -705,9 +758,9 @@ async function main(): Promise<void> {
   const servers: BenchServer[] = [];
   try {
     for (const kind of kinds) servers.push(await startServer(kind));
-    const memory: Record<string, number> = {};
+    const memory: Record<string, MemoryFigures> = {};
     for (const server of servers) {
-      memory[server.name] = await memoryPerConnection(server, options.idleConnections) / 1024;
+      memory[server.name] = await memoryPerConnection(server, options.idleConnections, false);
     }
     const { results, rounds } = await runRounds(servers, all, options);
     const rows = tableRows(servers, all, results, memory);

@@ -11,6 +11,7 @@ import ipaddr from "ipaddr.js";
 import { type Cidr, parseCidr } from "./proxy_protocol.ts";
 import {
   BANNER_FIELDS,
+  type BannerField,
   type BannerKey,
   type BannerValues,
   DURATION_FORMS,
@@ -59,6 +60,9 @@ export interface TlsSettings {
   /** With a client CA: whether a client certificate is required. */
   readonly clientAuth: ClientAuthMode;
 }
+
+/** How often certificate files are read again to see whether they changed. */
+export const TLS_RELOAD_INTERVAL_MS = 5_000;
 
 /** Largest accepted `LOG_DATA_BYTES`: one full read buffer. */
 export const MAX_LOG_DATA_BYTES = 65_536;
@@ -132,8 +136,10 @@ export class ConfigError extends Error {
 export interface ConfigVariable<T = unknown> {
   /** The variable's name. */
   readonly name: string;
-  /** The default as written in `--help` and the README: a value, or what its absence means. */
+  /** The default as written in `--help` and docs/configuration.md: a value, or what its absence means. */
   readonly defaultText: string;
+  /** Whether {@linkcode ConfigVariable.defaultText} is a value one could set (else it says what unset means). */
+  readonly defaultIsValue: boolean;
   /** One line for `--help` and the README. */
   readonly meaning: string;
   /** The value `env` gives it, or its default. Throws {@linkcode ConfigError}. */
@@ -168,6 +174,7 @@ function variable<T>(row: {
   return {
     name,
     defaultText: defaultValue ?? row.unsetText ?? "unset",
+    defaultIsValue: defaultValue !== undefined,
     meaning: row.meaning,
     read(env: Environment): T {
       const raw = env[name];
@@ -227,10 +234,12 @@ const duration = (name: string, defaultValue: string, meaning: string) =>
 const PORTS_ALLOWED = "an integer from 1 to 65535, or a comma list of different ones";
 
 /** One row per banner variable, from the banner's field table. */
-const bannerVariable = (key: BannerKey, name: string) =>
+const bannerVariable = (field: BannerField) =>
   variable({
-    name,
-    meaning: `banner: ${BANNER_MEANINGS[key]}`,
+    name: field.variable!,
+    meaning: `${BANNER_MEANINGS[field.key]}: the banner line "${
+      field.template.replace("{}", "VALUE")
+    }", as written; empty: no line`,
     parse: anyText,
     allowed: "any text",
     untrimmed: true,
@@ -256,23 +265,24 @@ const TCP_PORT = variable({
 const HOST = variable({
   name: "HOST",
   unsetText: "all interfaces",
-  meaning: "listen address (an IP address or localhost); default dual-stack [::], else 0.0.0.0",
+  meaning:
+    "listen address: an IP address, or localhost (127.0.0.1); unset: dual-stack :: where the host has IPv6, else 0.0.0.0",
   parse: parseHost,
   allowed: "an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1), or localhost",
 });
 const BANNER_VARIABLES = BANNER_FIELDS.filter((field) => field.variable !== undefined)
-  .map((field) => [field.key, bannerVariable(field.key, field.variable!)] as const);
+  .map((field) => [field.key, bannerVariable(field)] as const);
 const LOG_LEVEL = variable({
   name: "LOG_LEVEL",
   defaultValue: "info",
-  meaning: "debug, info, warn or error",
+  meaning: "the lowest level logged: debug, info, warn or error",
   parse: choice(LOG_LEVELS),
   allowed: LOG_LEVELS.join(", "),
 });
 const LOG_FORMAT = variable({
   name: "LOG_FORMAT",
   defaultValue: "text",
-  meaning: "text or json",
+  meaning: "record format: text (Go log style, as the original) or json (one object a line)",
   parse: choice(LOG_FORMATS),
   allowed: LOG_FORMATS.join(", "),
 });
@@ -292,7 +302,7 @@ const SHUTDOWN_GRACE = duration(
 const ADMIN_PORT = variable({
   name: "ADMIN_PORT",
   defaultValue: "8080",
-  meaning: "HTTP port for /healthz, /readyz, /metrics, 1-65535; off disables it",
+  meaning: "HTTP port for /healthz, /readyz and /metrics, 1-65535; off: no admin server",
   parse: parsePortOrOff,
   allowed: "an integer from 1 to 65535, or off",
 });
@@ -354,7 +364,8 @@ const IDLE_TIMEOUT = duration(
 const SHOW_CLIENT_ADDRESS = variable({
   name: "SHOW_CLIENT_ADDRESS",
   defaultValue: "false",
-  meaning: "true adds the banner line: Your address is IP:PORT.",
+  meaning:
+    "true adds the banner line Your address is IP:PORT. (the original client's behind a PROXY header)",
   parse: parseBoolean,
   allowed: "true, false",
 });
@@ -368,14 +379,15 @@ const BANNER_MODE = variable({
 const PROXY_PROTOCOL = variable({
   name: "PROXY_PROTOCOL",
   defaultValue: "off",
-  meaning: "off, v1, v2, any (a header is required) or optional",
+  meaning:
+    "PROXY header on every connection: off, v1, v2, any (either version, required) or optional",
   parse: choice(PROXY_MODES),
   allowed: PROXY_MODES.join(", "),
 });
 const PROXY_PROTOCOL_TRUSTED = variable({
   name: "PROXY_PROTOCOL_TRUSTED",
   unsetText: "any peer",
-  meaning: "comma list of CIDRs allowed to send a PROXY header",
+  meaning: "comma list of addresses or CIDR ranges allowed to send a PROXY header",
   parse: parseRanges,
   allowed: "a comma list of IP addresses or CIDR ranges, e.g. 10.0.0.0/8,::1",
 });
@@ -426,7 +438,9 @@ const TLS_PORT = variable({
 const TLS_CERT_FILE = variable({
   name: "TLS_CERT_FILE",
   unsetText: "generated",
-  meaning: "PEM certificate (chain) for TLS ports, reloaded when it changes; unset: self-signed",
+  meaning: `PEM certificate (chain, server's first) of the TLS ports, read again every ${
+    TLS_RELOAD_INTERVAL_MS / 1_000
+  } s; unset: a self-signed one is generated`,
   parse: anyText,
   allowed: "a file path",
 });
@@ -441,7 +455,7 @@ const TLS_SERVER_NAMES = variable({
   name: "TLS_SERVER_NAMES",
   unsetText: "none",
   meaning:
-    "comma list of names for the generated certificate, besides localhost, POD_NAME and POD_IP",
+    "comma list of names for the generated certificate, besides localhost, 127.0.0.1, ::1, POD_NAME and POD_IP",
   parse: parseNames,
   allowed: "a comma list of DNS names (*.example.com allowed) or IP addresses",
 });
@@ -455,7 +469,8 @@ const TLS_ALPN = variable({
 const TLS_CLIENT_CA = variable({
   name: "TLS_CLIENT_CA",
   unsetText: "off",
-  meaning: "PEM CA certificates: TLS ports ask for client certificates issued by one of them",
+  meaning:
+    "PEM CA certificates: TLS ports ask for a client certificate, which must be issued by one of them and in date",
   parse: anyText,
   allowed: "a file path",
 });
@@ -630,6 +645,20 @@ export function applyArguments(args: readonly string[], env: Environment): Envir
  * twice: Ctrl-C signals the whole process group and `deno task` forwards it too.
  */
 export const REPEATED_SIGNAL_WINDOW_MS = 500;
+
+/**
+ * The configuration reference of docs/configuration.md: every variable with
+ * its default and meaning, as a Markdown table, in the words of `--help`.
+ */
+export function renderConfigurationTable(): string {
+  const cell = (text: string) => text.replaceAll("|", "\\|");
+  const rows = CONFIG_VARIABLES.map((v) =>
+    `| \`${v.name}\` | ${v.defaultIsValue ? `\`${v.defaultText}\`` : cell(v.defaultText)} | ${
+      cell(v.meaning)
+    } |`
+  );
+  return ["| Variable | Default | Meaning |", "| --- | --- | --- |", ...rows].join("\n") + "\n";
+}
 
 /** Renders the `--help` text: usage and the table of variables. */
 export function renderHelp(): string {

@@ -5,6 +5,7 @@ import {
   ConfigError,
   type Environment,
   loadConfig,
+  renderConfigurationTable,
   renderHelp,
 } from "./config.ts";
 import {
@@ -18,6 +19,7 @@ import {
   within,
   writeAll,
 } from "../testing/support.ts";
+import { generatedPart, tableCells } from "../docs/generated.ts";
 
 const PORTS_ALLOWED = "allowed: an integer from 1 to 65535, or a comma list of different ones";
 const HOST_ALLOWED = "allowed: an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1), or localhost";
@@ -218,31 +220,24 @@ Deno.test("program: deno.json grants exactly the variables the program reads", a
   ]);
 });
 
-/** The README's configuration table: each variable named in a row, with that row's default. */
-function readmeDefaults(readme: string): Map<string, string> {
-  const start = readme.indexOf("| variable ");
-  const table = readme.slice(start, readme.indexOf("\n\n", start)).split("\n").slice(2);
-  const defaults = new Map<string, string>();
-  for (const row of table) {
-    const [, names, defaultText] = row.split("|").map((cell) => cell.trim());
-    for (const [, name] of names.matchAll(/`(\w+)`/g)) {
-      defaults.set(name, defaultText.replaceAll("`", ""));
-    }
-  }
-  return defaults;
-}
-
-Deno.test("README: its configuration table has every variable with the default in code, and the two commands", async () => {
-  const readme = await Deno.readTextFile(`${repoDir}README.md`);
-  const documented = readmeDefaults(readme);
+Deno.test("docs/configuration.md: its table is the variables' table, as --help prints it", async () => {
+  const page = await Deno.readTextFile(`${repoDir}docs/configuration.md`);
+  const part = generatedPart(page);
+  assert.ok(part !== undefined, "the page has its generated part");
+  assert.deepEqual(tableCells(part), tableCells(renderConfigurationTable()), "run deno task docs");
+  const documented = tableCells(part).slice(1).map(([name, defaultText, meaning]) => ({
+    name: name.replaceAll("`", ""),
+    defaultText: defaultText.replaceAll("`", ""),
+    meaning: meaning.replaceAll("\\|", "|"),
+  }));
   assert.deepEqual(
-    [...documented.keys()].sort(),
-    CONFIG_VARIABLES.map((v) => v.name).sort(),
-    "the same variables",
+    documented,
+    CONFIG_VARIABLES.map(({ name, defaultText, meaning }) => ({ name, defaultText, meaning })),
   );
-  for (const { name, defaultText } of CONFIG_VARIABLES) {
-    assert.equal(documented.get(name), defaultText, `${name}: README default`);
-  }
+});
+
+Deno.test("README: its first lines give the two commands, and .ci/run runs the test one", async () => {
+  const readme = await Deno.readTextFile(`${repoDir}README.md`);
   const firstBlock = readme.slice(0, readme.indexOf("## "));
   assert.ok(firstBlock.includes("deno task start"));
   assert.ok(firstBlock.includes("deno task test"));

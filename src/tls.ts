@@ -24,7 +24,7 @@ import { nextTick } from "node:process";
 import nodeTls from "node:tls";
 import { log } from "./log_output.ts";
 import type { RejectReason } from "./admin.ts";
-import type { TlsSettings } from "./config.ts";
+import { TLS_RELOAD_INTERVAL_MS, type TlsSettings } from "./config.ts";
 import {
   certificateName,
   type CertificateNames,
@@ -47,8 +47,6 @@ import { closeQuietly, concatBytes, renderTlsBannerText, writeAll } from "./wire
 
 /** How long a TLS handshake may take after the PROXY header (if any). */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
-/** How often certificate files are read again to see whether they changed. */
-export const TLS_RELOAD_INTERVAL_MS = 5_000;
 
 /** A certificate and key, as PEM text, and what the logs say of them. */
 interface ServerIdentity {
