@@ -15,7 +15,8 @@ RUN deno install --frozen
 COPY main.ts ./
 COPY src/ src/
 COPY client/ client/
-# The one definition of the compile flags and permissions: deno.json's "compile" task.
+COPY build/ build/
+# The compile flags and permissions are the start task's (deno.json), read by build/compile.ts.
 RUN deno task compile
 
 # The compiled binary links glibc and libgcc, so `static` and alpine bases cannot run it.

@@ -34,7 +34,14 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { freePort, isInstalled, makeTestPki, waitForPort, writeAll } from "../testing/support.ts";
+import {
+  freePort,
+  isInstalled,
+  makeTestPki,
+  taskArgs,
+  waitForPort,
+  writeAll,
+} from "../testing/support.ts";
 import { connectTls } from "../src/tls_stream.ts";
 
 const repoDir = new URL("..", import.meta.url).pathname;
@@ -163,8 +170,7 @@ async function buildReferences(
 
 /** tcp-echo exactly as `deno task start` runs it. */
 async function tcpEchoCommand(): Promise<string[]> {
-  const start = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).tasks.start;
-  return [Deno.execPath(), ...String(start).split(/\s+/).slice(1)];
+  return [Deno.execPath(), ...await taskArgs("start")];
 }
 
 /** The servers to measure, in table order, from what could be built. */

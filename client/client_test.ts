@@ -27,16 +27,15 @@ import {
   repoDir,
   startHaproxy,
   startTestServer,
+  taskArgs,
 } from "../testing/support.ts";
 
 /** Runs `tcp-echo client ARGS` as `deno task client` does; returns exit code and output. */
 async function runClientProcess(
   args: string[],
 ): Promise<{ code: number; stdout: string; stderr: string }> {
-  const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
-  const taskArgs = String(denoJson.tasks.client).split(/\s+/).slice(1);
   const output = await new Deno.Command(Deno.execPath(), {
-    args: [...taskArgs, ...args],
+    args: [...await taskArgs("client"), ...args],
     cwd: repoDir,
     env: { NO_COLOR: "1" },
     stdin: "null",

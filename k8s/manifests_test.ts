@@ -22,6 +22,7 @@ import {
   TLSRoute,
 } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
 import { applyArguments, CONFIG_VARIABLES, loadConfig, parseMemorySize } from "../src/config.ts";
+import { compileArgs } from "../build/compile.ts";
 import {
   type ConnectionCost,
   connectionsAdmitted,
@@ -620,35 +621,42 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
   await t.step(
     "compile grants and tunes exactly as start does, writes ./tcp-echo, no code cache",
     () => {
-      const { start, compile } = denoJson.tasks;
+      const start: string = denoJson.tasks.start.command;
+      const compile = compileArgs(start, "tcp-echo").join(" ");
       assert.deepEqual(runtimeFlags(compile), runtimeFlags(start));
-      assert.match(compile, /^deno compile .*--no-code-cache .*--output tcp-echo main\.ts$/);
-      assert.match(start, /^deno run .* main\.ts$/);
+      assert.ok(runtimeFlags(start).includes("--allow-net"));
+      assert.match(compile, /^compile .*--no-code-cache --output tcp-echo main\.ts$/);
+      assert.match(denoJson.tasks.compile.command, /^deno run .* build\/compile\.ts$/);
     },
   );
 
-  await t.step("the image gets every local module main.ts loads, and no test", async () => {
-    const info = JSON.parse(await run(Deno.execPath(), ["info", "--json", "main.ts"]));
-    const local: string[] = info.modules
-      .map((m: Manifest) => m.specifier as string)
-      .filter((s: string) => s.startsWith("file://"))
-      .map((s: string) => s.slice(`file://${repoDir}`.length));
-    const needed = [...new Set([...local, "deno.json", "deno.lock"])].sort();
-    const copied = instructions.filter((i) => i.startsWith("COPY ") && !i.includes("--from"))
-      .flatMap((i) => i.split(/\s+/).slice(1, -1));
-    const ignore = dockerIgnore(await Deno.readTextFile(`${repoDir}.dockerignore`));
-    for (const file of needed) {
-      assert.ok(copied.some((c) => file === c || (c.endsWith("/") && file.startsWith(c))), file);
-      assert.ok(!ignore(file), `${file} is in the build context`);
-    }
-    for (const folder of copied.filter((c) => c.endsWith("/"))) {
-      for await (const entry of Deno.readDir(`${repoDir}${folder}`)) {
-        if (entry.name.endsWith("_test.ts")) {
-          assert.ok(ignore(`${folder}${entry.name}`), `${folder}${entry.name} is kept out`);
+  await t.step(
+    "the image gets every local module main.ts and the compile step load, and no test",
+    async () => {
+      const modules = async (entry: string) =>
+        JSON.parse(await run(Deno.execPath(), ["info", "--json", entry])).modules;
+      const info = { modules: [...await modules("main.ts"), ...await modules("build/compile.ts")] };
+      const local: string[] = info.modules
+        .map((m: Manifest) => m.specifier as string)
+        .filter((s: string) => s.startsWith("file://"))
+        .map((s: string) => s.slice(`file://${repoDir}`.length));
+      const needed = [...new Set([...local, "deno.json", "deno.lock"])].sort();
+      const copied = instructions.filter((i) => i.startsWith("COPY ") && !i.includes("--from"))
+        .flatMap((i) => i.split(/\s+/).slice(1, -1));
+      const ignore = dockerIgnore(await Deno.readTextFile(`${repoDir}.dockerignore`));
+      for (const file of needed) {
+        assert.ok(copied.some((c) => file === c || (c.endsWith("/") && file.startsWith(c))), file);
+        assert.ok(!ignore(file), `${file} is in the build context`);
+      }
+      for (const folder of copied.filter((c) => c.endsWith("/"))) {
+        for await (const entry of Deno.readDir(`${repoDir}${folder}`)) {
+          if (entry.name.endsWith("_test.ts")) {
+            assert.ok(ignore(`${folder}${entry.name}`), `${folder}${entry.name} is kept out`);
+          }
         }
       }
-    }
-  });
+    },
+  );
 
   await t.step("the pod's uid is the image's user", async () => {
     const deployments = await readManifests("k8s/base/deployment.yml");

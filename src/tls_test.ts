@@ -46,6 +46,7 @@ import {
   startHaproxy,
   startTaskArgs,
   startTestServer,
+  taskArgs,
   type TestPki,
   type TestServer,
   within,
@@ -1240,12 +1241,6 @@ Deno.test("a PROXY header and a broken ClientHello in one packet are refused, an
   }
 });
 
-/** The client task's command line from deno.json, minus the leading `deno`. */
-async function clientTaskArgs(): Promise<string[]> {
-  const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
-  return String(denoJson.tasks.client).split(/\s+/).slice(1);
-}
-
 Deno.test({
   name: "SNI routing through a real HAProxy (mode tcp, req.ssl_sni), also with send-proxy-v2",
   ignore: await ignoreWithout("haproxy", "the HAProxy SNI routing test"),
@@ -1320,7 +1315,7 @@ Deno.test({
         for (const version of ["v1", "v2"]) {
           const output = await new Deno.Command(Deno.execPath(), {
             args: [
-              ...(await clientTaskArgs()),
+              ...(await taskArgs("client")),
               `127.0.0.1:${haproxy.port}`,
               "--tls",
               "--sni",

@@ -533,12 +533,18 @@ export async function roundTrip(
   return echoed;
 }
 
-/** The start task's command line from deno.json, minus the leading `deno`. */
-export async function startTaskArgs(): Promise<string[]> {
+/** A deno.json task's command line, minus the leading `deno`: what to run with `Deno.execPath()`. */
+export async function taskArgs(name: string): Promise<string[]> {
   const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
-  const words = String(denoJson.tasks.start).split(/\s+/);
+  const task = denoJson.tasks[name];
+  const words = String(typeof task === "string" ? task : task.command).split(/\s+/);
   assert.equal(words[0], "deno");
   return words.slice(1);
+}
+
+/** The start task's command line from deno.json, minus the leading `deno`. */
+export function startTaskArgs(): Promise<string[]> {
+  return taskArgs("start");
 }
 
 /** A port that was free a moment ago, for subprocesses that cannot take port 0. */
