@@ -9,13 +9,14 @@ ARG DENO_VERSION=2.9.6
 
 FROM denoland/deno:${DENO_VERSION} AS build
 WORKDIR /src
-COPY deno.json deno.lock ./
-RUN deno install --frozen
-# The program: main.ts and the folders it loads (the .dockerignore keeps tests out).
+COPY deno.json ./
+# The program: main.ts and the folders it loads (the .dockerignore keeps tests out), and
+# build/: the compile step and server.lock, the packages of the server and the client only.
 COPY main.ts ./
 COPY src/ src/
 COPY client/ client/
 COPY build/ build/
+RUN deno install --lock=build/server.lock --frozen --entrypoint main.ts client/client.ts
 # The compile flags and permissions are the start task's (deno.json), read by build/compile.ts.
 RUN deno task compile
 

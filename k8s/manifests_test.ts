@@ -598,7 +598,9 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
     assert.ok(instructions.includes(`ARG DENO_VERSION=${ciDeno}`));
     assert.equal(instructions.filter((i) => i.startsWith("FROM ")).length, 2);
     assert.ok(instructions.includes("FROM denoland/deno:${DENO_VERSION} AS build"));
-    assert.ok(instructions.includes("RUN deno install --frozen"));
+    assert.ok(instructions.includes(
+      "RUN deno install --lock=build/server.lock --frozen --entrypoint main.ts client/client.ts",
+    ));
     assert.ok(instructions.includes("RUN deno task compile"));
   });
 
@@ -640,7 +642,7 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
         .map((m: Manifest) => m.specifier as string)
         .filter((s: string) => s.startsWith("file://"))
         .map((s: string) => s.slice(`file://${repoDir}`.length));
-      const needed = [...new Set([...local, "deno.json", "deno.lock"])].sort();
+      const needed = [...new Set([...local, "deno.json", "build/server.lock"])].sort();
       const copied = instructions.filter((i) => i.startsWith("COPY ") && !i.includes("--from"))
         .flatMap((i) => i.split(/\s+/).slice(1, -1));
       const ignore = dockerIgnore(await Deno.readTextFile(`${repoDir}.dockerignore`));
