@@ -176,9 +176,18 @@ export interface ShutdownOptions {
 export class ListenError extends Error {
   /** Names the error in a stack trace. */
   override name = "ListenError";
-  /** `where` names the address (`TCP port 0.0.0.0:3333`); `cause` is the error from listen. */
-  constructor(where: string, cause: unknown) {
-    super(`cannot listen on ${where}: ${(cause as Error).message}`, { cause });
+  /**
+   * `where` names the address (`TCP port 0.0.0.0:3333`), `variable` the
+   * setting that chose it; `cause` is the error from listen.
+   */
+  constructor(where: string, variable: string, cause: unknown) {
+    const alternative = variable === "ADMIN_PORT" ? ", or off" : "";
+    super(
+      `cannot listen on ${where}: ${
+        (cause as Error).message
+      }; set ${variable} to a free port${alternative}`,
+      { cause },
+    );
   }
 }
 
@@ -291,6 +300,12 @@ class EchoConnection {
   ) {
     this.conn = tcp;
     this.reads = new ReadBuffer(burstBuffers);
+  }
+
+  /** Counts `count` bytes received, for the connection and its port. */
+  received(count: number): void {
+    this.bytesIn += count;
+    this.stats.bytesReceived += count;
   }
 
   /** Writes to the socket, counting what it took (as {@linkcode writeAll} asks of a target). */
@@ -630,8 +645,7 @@ async function echoChunk(
   context: ConnectionContext,
   chunk: Uint8Array,
 ): Promise<void> {
-  connection.bytesIn += chunk.length;
-  connection.stats.bytesReceived += chunk.length;
+  connection.received(chunk.length);
   const writing = connection.write(chunk);
   if (context.logData) logReceived(connection.id, chunk, context.config.logDataBytes);
   const written = await writing;
@@ -705,8 +719,7 @@ async function refuseClientHello(
   firstBytes: Uint8Array,
 ): Promise<never> {
   const hello = await readUpTo(connection, firstBytes, clientHelloRecordLength(firstBytes)!);
-  connection.bytesIn += hello.length;
-  connection.stats.bytesReceived += hello.length;
+  connection.received(hello.length);
   const facts: Record<string, unknown> = {
     id: connection.id,
     client: connection.client,
@@ -757,8 +770,7 @@ async function onChunk(
   chunk: Uint8Array,
 ): Promise<void> {
   const { config } = context;
-  connection.bytesIn += chunk.length;
-  connection.stats.bytesReceived += chunk.length;
+  connection.received(chunk.length);
   if (connection.idleTimer !== undefined) connection.lastActiveAt = performance.now();
   if (context.logData) logReceived(connection.id, chunk, config.logDataBytes);
   if (connection.bannerDue) await sendBanner(connection, context);
@@ -907,21 +919,24 @@ function chooseHostname(config: Config): string {
  */
 function listenAll(
   hostname: string,
-  ports: readonly number[],
+  ports: { readonly tcp: readonly number[]; readonly tls: readonly number[] },
   adminPort: number | undefined,
 ): { echo: Deno.TcpListener[]; admin: Deno.TcpListener | undefined } {
   const opened: Deno.TcpListener[] = [];
-  const open = (port: number, what: string) => {
+  const open = (port: number, what: string, variable: string) => {
     try {
       opened.push(Deno.listen({ hostname, port }));
       return opened[opened.length - 1];
     } catch (error) {
       for (const listener of opened) listener.close();
-      throw new ListenError(`${what} ${formatHostPort(hostname, port)}`, error);
+      throw new ListenError(`${what} ${formatHostPort(hostname, port)}`, variable, error);
     }
   };
-  const echo = ports.map((port) => open(port, "TCP port"));
-  const admin = adminPort === undefined ? undefined : open(adminPort, "admin port");
+  const echo = [
+    ...ports.tcp.map((port) => open(port, "TCP port", "TCP_PORT")),
+    ...ports.tls.map((port) => open(port, "TLS port", "TLS_PORT")),
+  ];
+  const admin = adminPort === undefined ? undefined : open(adminPort, "admin port", "ADMIN_PORT");
   return { echo, admin };
 }
 
@@ -1013,7 +1028,7 @@ export class EchoServer {
     }
     const listeners = listenAll(
       hostname,
-      [...plainPorts, ...tlsPorts],
+      { tcp: plainPorts, tls: tlsPorts },
       testHooks.adminPort ?? config.adminPort,
     );
     this.#config = config;

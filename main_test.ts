@@ -48,15 +48,27 @@ Deno.test("program: a port already in use exits 1 with one line naming it, nothi
   const args = await startTaskArgs();
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const busy = String(taken.addr.port);
-  const cases: [string, Record<string, string>, string][] = [
-    ["TCP port", { TCP_PORT: busy, ADMIN_PORT: "off" }, `TCP port 127.0.0.1:${busy}`],
+  const cases: [string, Record<string, string>, string, string][] = [
+    [
+      "TCP port",
+      { TCP_PORT: busy, ADMIN_PORT: "off" },
+      `TCP port 127.0.0.1:${busy}`,
+      "set TCP_PORT to a free port",
+    ],
+    [
+      "TLS port",
+      { TCP_PORT: String(freePort()), TLS_PORT: busy, ADMIN_PORT: "off" },
+      `TLS port 127.0.0.1:${busy}`,
+      "set TLS_PORT to a free port",
+    ],
     [
       "admin port",
       { TCP_PORT: String(freePort()), ADMIN_PORT: busy },
       `admin port 127.0.0.1:${busy}`,
+      "set ADMIN_PORT to a free port, or off",
     ],
   ];
-  for (const [name, env, where] of cases) {
+  for (const [name, env, where, hint] of cases) {
     await t.step(name, async () => {
       const output = await new Deno.Command(Deno.execPath(), {
         args,
@@ -67,7 +79,7 @@ Deno.test("program: a port already in use exits 1 with one line naming it, nothi
       assert.equal(output.code, 1);
       assert.match(
         decoder.decode(output.stderr),
-        new RegExp(`^tcp-echo: cannot listen on ${where.replaceAll(".", "\\.")}: .+\n$`),
+        new RegExp(`^tcp-echo: cannot listen on ${where.replaceAll(".", "\\.")}: .+; ${hint}\n$`),
       );
     });
   }

@@ -43,8 +43,11 @@ import {
   writeAll,
 } from "../testing/support.ts";
 import { connectTls } from "../src/tls_stream.ts";
+import { DATA_MESSAGES } from "../src/log_output.ts";
 
 const repoDir = new URL("..", import.meta.url).pathname;
+/** Where a raw data record's bytes begin in a text record. */
+const RAW_RECORD = ` - ${DATA_MESSAGES.raw}: [`;
 const sharedBench = `${repoDir}../shared/bench/`;
 const decoder = new TextDecoder();
 
@@ -118,25 +121,66 @@ interface BenchOptions {
   readonly json: boolean;
 }
 
-function parseOptions(args: readonly string[]): BenchOptions {
-  const { values } = parseArgs({
-    args: [...args],
-    options: {
-      rounds: { type: "string" },
-      "max-rounds": { type: "string" },
-      seconds: { type: "string" },
-      idle: { type: "string" },
-      "tls-idle": { type: "string" },
-      json: { type: "boolean" },
-    },
-  });
-  const minRounds = Number(values.rounds ?? 3);
+/** What `deno task bench --help` prints. */
+export const BENCH_USAGE =
+  `Usage: deno task bench [--rounds N] [--max-rounds N] [--seconds S] [--idle N]
+                       [--tls-idle N] [--json]
+
+Measures tcp-echo against C (epoll), Go and Node echo servers on this machine's
+loopback, servers on core 0 and clients on core 1, round after round until the
+medians settle; then TLS against Go crypto/tls. Takes 5 to 10 minutes with the
+defaults; --rounds 1 --max-rounds 1 --seconds 1 is a quick look. Needs gcc,
+taskset (util-linux) and node; Go (golang-go) for the Go references.
+
+  --rounds N       rounds at least (default 3)
+  --max-rounds N   rounds at most, while the medians move (default 7)
+  --seconds S      seconds per measurement (default 2)
+  --idle N         connections opened for the memory rows (default 5000)
+  --tls-idle N     TLS connections opened for the TLS memory rows (default 1000)
+  --json           one JSON object instead of the tables
+`;
+
+/** A bench command line that cannot be used; the message says why. */
+class BenchUsageError extends Error {}
+
+/** Reads the command line (pure); `undefined` for --help. Throws {@linkcode BenchUsageError}. */
+export function parseOptions(args: readonly string[]): BenchOptions | undefined {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      options: {
+        rounds: { type: "string" },
+        "max-rounds": { type: "string" },
+        seconds: { type: "string" },
+        idle: { type: "string" },
+        "tls-idle": { type: "string" },
+        json: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    }));
+  } catch (error) {
+    const option = /option '([^']+)'/.exec((error as Error).message)?.[1];
+    throw new BenchUsageError(
+      option ? `unknown option ${option}` : (error as Error).message.split("\n")[0],
+    );
+  }
+  if (values.help) return undefined;
+  const count = (name: string, fallback: number) => {
+    const text = values[name as keyof typeof values] as string | undefined;
+    const value = text === undefined ? fallback : Number(text);
+    if (!Number.isInteger(value) || value < 1) {
+      throw new BenchUsageError(`--${name} takes a whole number of at least 1, not ${text}`);
+    }
+    return value;
+  };
+  const minRounds = count("rounds", 3);
   return {
     minRounds,
-    maxRounds: Math.max(minRounds, Number(values["max-rounds"] ?? 7)),
-    seconds: Number(values.seconds ?? 2),
-    idleConnections: Number(values.idle ?? 5_000),
-    tlsConnections: Number(values["tls-idle"] ?? 1_000),
+    maxRounds: Math.max(minRounds, count("max-rounds", 7)),
+    seconds: count("seconds", 2),
+    idleConnections: count("idle", 5_000),
+    tlsConnections: count("tls-idle", 1_000),
     json: values.json ?? false,
   };
 }
@@ -622,9 +666,9 @@ async function checkRecords(server: BenchServer): Promise<string> {
       if (line.includes(" - TCP connection open.")) opened++;
       else if (line.includes(" - TCP connection closed.")) closed++;
       else if (line.includes("records dropped")) dropped++;
-      const at = line.indexOf(" - Received Raw Data: [");
+      const at = line.indexOf(RAW_RECORD);
       if (at < 0) continue;
-      const inside = line.slice(at + 23, line.indexOf("]", at));
+      const inside = line.slice(at + RAW_RECORD.length, line.indexOf("]", at));
       rawBytes += inside === "" ? 0 : inside.split(" ").length;
       const omitted = /omitted_bytes=(\d+)/.exec(line);
       if (omitted) rawBytes += Number(omitted[1]);
@@ -751,7 +795,18 @@ async function stopAll(servers: readonly BenchServer[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const options = parseOptions(Deno.args);
+  let options: BenchOptions | undefined;
+  try {
+    options = parseOptions(Deno.args);
+  } catch (error) {
+    if (!(error instanceof BenchUsageError)) throw error;
+    console.error(`bench: ${error.message}; see deno task bench --help`);
+    Deno.exit(2);
+  }
+  if (options === undefined) {
+    console.log(BENCH_USAGE);
+    return;
+  }
   const dir = await Deno.makeTempDir({ prefix: "tcp-echo-bench-" });
   const { built, missing } = await buildReferences(dir);
   if (!built.has("cload") || !await isInstalled("taskset") || !await isInstalled("node")) {

@@ -619,6 +619,15 @@ export function logConnectionRecord(message: string, properties: Record<string, 
 }
 
 /**
+ * The messages of the two data records of each received chunk, as the
+ * original server wrote them: its bytes, then the same bytes as text.
+ */
+export const DATA_MESSAGES = {
+  raw: "Received Raw Data",
+  text: "Received Data (converted to string)",
+} as const;
+
+/**
  * Logs the two data records of a received chunk, as the original server
  * wrote them: its bytes as Go prints a `[]byte`, then as escaped text, each
  * capped at `limit` bytes (`omitted_bytes` says how many were left out).
@@ -630,8 +639,8 @@ export function logReceived(id: string, chunk: Uint8Array, limit: number): void 
   const shown = chunk.slice(0, limit);
   const omitted = chunk.length - shown.length;
   const facts = omitted > 0 ? { omitted_bytes: omitted } : {};
-  log.info("Received Raw Data: {raw}", { id, raw: new RawBytes(shown), ...facts });
-  log.info("Received Data (converted to string): {data}", {
+  log.info(`${DATA_MESSAGES.raw}: {raw}`, { id, raw: new RawBytes(shown), ...facts });
+  log.info(`${DATA_MESSAGES.text}: {data}`, {
     id,
     data: new DataText(shown),
     ...facts,
@@ -695,12 +704,12 @@ const TEXT_DATA_FORMAT: DataRecordFormat = {
   timestamp: (ms) => formatGoTimestamp(ms),
   raw: {
     beforeId: ascii(" "),
-    beforeBody: ascii(" - Received Raw Data: ["),
+    beforeBody: ascii(` - ${DATA_MESSAGES.raw}: [`),
     afterBody: ascii("]"),
   },
   data: {
     beforeId: ascii(" "),
-    beforeBody: ascii(" - Received Data (converted to string): "),
+    beforeBody: ascii(` - ${DATA_MESSAGES.text}: `),
     afterBody: new Uint8Array(0),
   },
   separator: 0x20,
@@ -713,12 +722,12 @@ const JSON_DATA_FORMAT: DataRecordFormat = {
   beforeTimestamp: ascii('{"ts":"'),
   timestamp: (ms) => isoTimestamp(ms),
   raw: {
-    beforeId: JSON_MESSAGE("Received Raw Data"),
+    beforeId: JSON_MESSAGE(DATA_MESSAGES.raw),
     beforeBody: ascii('","raw":['),
     afterBody: ascii("]"),
   },
   data: {
-    beforeId: JSON_MESSAGE("Received Data (converted to string)"),
+    beforeId: JSON_MESSAGE(DATA_MESSAGES.text),
     beforeBody: ascii('","data":"'),
     afterBody: ascii('"'),
   },

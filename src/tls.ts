@@ -43,13 +43,13 @@ import {
   TlsStream,
 } from "./tls_stream.ts";
 import type { BufferPool } from "./read_buffers.ts";
-import { closeQuietly, concatBytes, renderTlsBannerText, writeAll } from "./wire.ts";
+import { closeQuietly, concatBytes, renderTlsBannerText, TLS_NONE, writeAll } from "./wire.ts";
 
 /** How long a TLS handshake may take after the PROXY header (if any). */
 export const TLS_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /** A certificate and key, as PEM text, and what the logs say of them. */
-interface ServerIdentity {
+interface ServedCertificate {
   readonly certPem: string;
   readonly keyPem: string;
   readonly context: nodeTls.SecureContext;
@@ -134,8 +134,9 @@ export function tlsRecordFields(facts: TlsFacts): Record<string, string> {
   const fields: Record<string, string> = {
     tls: facts.protocol,
     cipher: facts.cipher,
-    sni: facts.serverName ?? "",
-    alpn: facts.alpn ?? "",
+    // As the banner says it: a name that was not sent is `none`, not an empty value.
+    sni: facts.serverName ?? TLS_NONE,
+    alpn: facts.alpn ?? TLS_NONE,
   };
   const certificate = facts.clientCertificate;
   if (certificate) {
@@ -522,9 +523,9 @@ function identityFromPem(
   certPem: string,
   keyPem: string,
   paths: { cert: string; key: string },
-): ServerIdentity {
+): ServedCertificate {
   const certError = (message: string) =>
-    new TlsFileError(`TLS_CERT_FILE=${paths.cert}: ${message}; ${CERT_ALLOWED}`);
+    new TlsFileError(`TLS_CERT_FILE=${JSON.stringify(paths.cert)}: ${message}; ${CERT_ALLOWED}`);
   const leafPem = pemCertificates(certPem)[0];
   if (leafPem === undefined) throw certError("no PEM certificate in it");
   let leaf: X509Certificate;
@@ -540,14 +541,16 @@ function identityFromPem(
     matches = leaf.checkPrivateKey(createPrivateKey(keyPem));
   } catch (error) {
     throw new TlsFileError(
-      `TLS_KEY_FILE=${paths.key}: not a PEM private key (${
+      `TLS_KEY_FILE=${JSON.stringify(paths.key)}: not a PEM private key (${
         (error as Error).message
       }); ${KEY_ALLOWED}`,
     );
   }
   if (!matches) {
     throw new TlsFileError(
-      `TLS_KEY_FILE=${paths.key}: the key does not belong to TLS_CERT_FILE; ${KEY_ALLOWED}`,
+      `TLS_KEY_FILE=${
+        JSON.stringify(paths.key)
+      }: the key does not belong to TLS_CERT_FILE; ${KEY_ALLOWED}`,
     );
   }
   let context: nodeTls.SecureContext;
@@ -555,7 +558,9 @@ function identityFromPem(
     context = nodeTls.createSecureContext({ cert: certPem, key: keyPem });
   } catch (error) {
     throw certError(
-      `the TLS library refuses it with TLS_KEY_FILE=${paths.key}: ${(error as Error).message}`,
+      `the TLS library refuses it with TLS_KEY_FILE=${JSON.stringify(paths.key)}: ${
+        (error as Error).message
+      }`,
     );
   }
   return {
@@ -570,7 +575,7 @@ function identityFromPem(
 }
 
 /** Generates a self-signed ECDSA P-256 certificate for `names`, valid for a year. */
-async function generateIdentity(names: readonly string[]): Promise<ServerIdentity> {
+async function generateIdentity(names: readonly string[]): Promise<ServedCertificate> {
   const x509 = await loadX509();
   const algorithm = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
   const keys = await crypto.subtle.generateKey(algorithm, true, ["sign", "verify"]);
@@ -633,7 +638,7 @@ const DER_AS_TEXT = new TextDecoder("windows-1252");
  * the old pair stays.
  */
 export class TlsCredentials {
-  #identity: ServerIdentity;
+  #identity: ServedCertificate;
   readonly #settings: TlsSettings;
   readonly #clientAuthorities: readonly ChainCertificate[];
   /** Client certificates read lately, by their DER (as text), oldest first. */
@@ -643,7 +648,7 @@ export class TlsCredentials {
   #problem = "";
 
   private constructor(
-    identity: ServerIdentity,
+    identity: ServedCertificate,
     settings: TlsSettings,
     clientAuthorities: readonly ChainCertificate[],
   ) {
@@ -657,7 +662,7 @@ export class TlsCredentials {
    * files. Throws {@linkcode TlsFileError} when they cannot be used.
    */
   static async load(settings: TlsSettings, options: LoadOptions): Promise<TlsCredentials> {
-    let identity: ServerIdentity;
+    let identity: ServedCertificate;
     if (settings.certFile !== undefined && settings.keyFile !== undefined) {
       const [certPem, keyPem] = await readPair(settings);
       identity = identityFromPem(certPem, keyPem, filePaths(settings));
@@ -819,7 +824,9 @@ async function readPair(settings: TlsSettings): Promise<[string, string]> {
       return await Deno.readTextFile(path);
     } catch (error) {
       throw new TlsFileError(
-        `${name}=${path}: ${(error as Error).message}; allowed: a readable PEM file`,
+        `${name}=${JSON.stringify(path)}: ${
+          (error as Error).message
+        }; allowed: a readable PEM file`,
       );
     }
   };
@@ -835,13 +842,17 @@ async function readAuthorities(path: string): Promise<ChainCertificate[]> {
     text = await Deno.readTextFile(path);
   } catch (error) {
     throw new TlsFileError(
-      `TLS_CLIENT_CA=${path}: ${(error as Error).message}; allowed: a readable PEM file`,
+      `TLS_CLIENT_CA=${JSON.stringify(path)}: ${
+        (error as Error).message
+      }; allowed: a readable PEM file`,
     );
   }
   const allowed = "allowed: a PEM file of CA certificates";
   const blocks = pemCertificates(text);
   if (blocks.length === 0) {
-    throw new TlsFileError(`TLS_CLIENT_CA=${path}: no PEM certificate in it; ${allowed}`);
+    throw new TlsFileError(
+      `TLS_CLIENT_CA=${JSON.stringify(path)}: no PEM certificate in it; ${allowed}`,
+    );
   }
   const authorities: ChainCertificate[] = [];
   for (const [i, block] of blocks.entries()) {
@@ -849,7 +860,9 @@ async function readAuthorities(path: string): Promise<ChainCertificate[]> {
       authorities.push(await ChainCertificate.read(derFromPem(block)));
     } catch (error) {
       throw new TlsFileError(
-        `TLS_CLIENT_CA=${path}: certificate ${i + 1}: ${(error as Error).message}; ${allowed}`,
+        `TLS_CLIENT_CA=${JSON.stringify(path)}: certificate ${i + 1}: ${
+          (error as Error).message
+        }; ${allowed}`,
       );
     }
   }

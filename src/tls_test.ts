@@ -100,8 +100,8 @@ Deno.test("TLS banner lines and record fields say what the handshake carried", (
   assert.deepEqual(tlsRecordFields(named), {
     tls: "TLSv1.3",
     cipher: "TLS_AES_256_GCM_SHA384",
-    sni: "",
-    alpn: "",
+    sni: "none",
+    alpn: "none",
     client_cert: "CN=client,O=test",
     client_cert_subject: "CN=client,O=test",
     client_cert_issuer: "CN=ca",
@@ -121,8 +121,8 @@ Deno.test("TLS banner lines and record fields say what the handshake carried", (
   assert.deepEqual(tlsRecordFields(workload), {
     tls: "TLSv1.3",
     cipher: "TLS_AES_256_GCM_SHA384",
-    sni: "",
-    alpn: "",
+    sni: "none",
+    alpn: "none",
     client_cert: "spiffe://cluster.local/ns/default/sa/sleep",
     client_cert_subject: "",
     client_cert_issuer: "O=cluster.local",
@@ -946,8 +946,8 @@ async function assertNamed(s: TestServer, pki: TestPki, client: NamedClient): Pr
     port: s.tlsPort,
     tls: "TLSv1.3",
     cipher: "TLS_AES_256_GCM_SHA384",
-    sni: "",
-    alpn: "",
+    sni: "none",
+    alpn: "none",
     client_cert: client.name,
     client_cert_subject: client.subject,
     client_cert_issuer: "CN=tcp-echo test CA",
@@ -1129,7 +1129,9 @@ Deno.test("certificate files are reloaded when they change; open connections kee
       );
       assert.equal(
         refused.properties.detail,
-        `TLS_KEY_FILE=${key}: the key does not belong to TLS_CERT_FILE; allowed: the private ` +
+        `TLS_KEY_FILE=${
+          JSON.stringify(key)
+        }: the key does not belong to TLS_CERT_FILE; allowed: the private ` +
           "key of TLS_CERT_FILE's certificate",
       );
       const during = await s.connectTls({ ca: pki.caPem, serverName: "localhost" });
@@ -1140,7 +1142,9 @@ Deno.test("certificate files are reloaded when they change; open connections kee
       await Deno.rename(key, `${key}.away`);
       await s.logs.waitFor(
         (r) =>
-          String(r.properties.detail).startsWith(`unreadable: TLS_KEY_FILE=${key}: No such file`),
+          String(r.properties.detail).startsWith(
+            `unreadable: TLS_KEY_FILE=${JSON.stringify(key)}: No such file`,
+          ),
         "the unreadable warning",
       );
       const warnings = () =>
@@ -1472,27 +1476,27 @@ Deno.test("program: TLS as `deno task start` runs it, and unusable files exit 2 
     [
       "a missing certificate file",
       { TLS_CERT_FILE: `${pki.dir}/missing.pem`, TLS_KEY_FILE: pki.path("server.key") },
-      /^tcp-echo: invalid TLS_CERT_FILE=.+\/missing\.pem: No such file or directory .+; allowed: a readable PEM file\n$/,
+      /^tcp-echo: invalid TLS_CERT_FILE=".+\/missing\.pem": No such file or directory .+; allowed: a readable PEM file\n$/,
     ],
     [
       "a key of another certificate",
       { TLS_CERT_FILE: pki.path("server.pem"), TLS_KEY_FILE: pki.path("server2.key") },
-      /^tcp-echo: invalid TLS_KEY_FILE=.+\/server2\.key: the key does not belong to TLS_CERT_FILE; allowed: the private key of TLS_CERT_FILE's certificate\n$/,
+      /^tcp-echo: invalid TLS_KEY_FILE=".+\/server2\.key": the key does not belong to TLS_CERT_FILE; allowed: the private key of TLS_CERT_FILE's certificate\n$/,
     ],
     [
       "a certificate file whose certificate cannot be read",
       { TLS_CERT_FILE: garbage, TLS_KEY_FILE: pki.path("server.key") },
-      /^tcp-echo: invalid TLS_CERT_FILE=.+\/garbage\.pem: [^\n]+; allowed: a PEM certificate file, the server's certificate first\n$/,
+      /^tcp-echo: invalid TLS_CERT_FILE=".+\/garbage\.pem": [^\n]+; allowed: a PEM certificate file, the server's certificate first\n$/,
     ],
     [
       "a CA file whose certificate cannot be read",
       { TLS_CLIENT_CA: garbage },
-      /^tcp-echo: invalid TLS_CLIENT_CA=.+\/garbage\.pem: certificate 1: [^\n]+; allowed: a PEM file of CA certificates\n$/,
+      /^tcp-echo: invalid TLS_CLIENT_CA=".+\/garbage\.pem": certificate 1: [^\n]+; allowed: a PEM file of CA certificates\n$/,
     ],
     [
       "a CA file with no certificate",
       { TLS_CLIENT_CA: pki.path("client.key") },
-      /^tcp-echo: invalid TLS_CLIENT_CA=.+\/client\.key: no PEM certificate in it; allowed: a PEM file of CA certificates\n$/,
+      /^tcp-echo: invalid TLS_CLIENT_CA=".+\/client\.key": no PEM certificate in it; allowed: a PEM file of CA certificates\n$/,
     ],
   ];
   for (const [name, env, stderr] of cases) {
