@@ -63,7 +63,12 @@ import {
   type MemoryPlan,
   planMemory,
 } from "./src/memory.ts";
-import { isTrusted, parseProxyHeader, V2_MAX_BYTES } from "./src/proxy_protocol.ts";
+import {
+  isTrusted,
+  parseProxyHeader,
+  type ProxyTlvFacts,
+  V2_MAX_BYTES,
+} from "./src/proxy_protocol.ts";
 import {
   acceptTls,
   CLIENT_HELLO_SNIFF_BYTES,
@@ -270,6 +275,8 @@ class EchoConnection {
   closedBy: CloseReason | undefined;
   /** The client's address as logged and shown (the original one, behind a PROXY header). */
   client = "";
+  /** The source identity a PROXY header carried (Istio's ztunnel: a SPIFFE ID), for the banner. */
+  sourceIdentity: string | undefined;
   /** The banner is still to be sent (`BANNER_MODE` connect or first-data). */
   bannerDue = false;
   /** Line mode's state, when `ECHO_PREFIX` is set. */
@@ -365,6 +372,8 @@ interface ConnectionOrigin {
   readonly firstData: Uint8Array;
   /** A read still pending when an optional header's wait ran out. */
   readonly pendingRead: Promise<Uint8Array | null> | undefined;
+  /** What the PROXY header's TLVs said (a mesh's source identity, the service), if any. */
+  readonly tlvs?: ProxyTlvFacts;
 }
 
 /** What a race against a {@linkcode deadlineIn} resolves with when the deadline wins. */
@@ -432,12 +441,13 @@ async function readProxyHeader(
         if (!trusted) {
           throw new Refusal("proxy_untrusted", "PROXY header from an untrusted peer");
         }
-        const source = result.header.source;
+        const { source, tlvs } = result.header;
         return {
           client: source ? { transport: "tcp", ...source } : peer,
           proxy: source ? peer : undefined,
           firstData: buffer.slice(result.length, filled),
           pendingRead: undefined,
+          tlvs,
         };
       }
       if (result.status === "invalid") throw new Refusal("proxy_invalid", result.reason);
@@ -545,6 +555,7 @@ async function admit(
   stats.accepted++;
   stats.active++;
   connection.client = formatAddress(origin.client);
+  connection.sourceIdentity = bannerSafe(origin.tlvs?.sourceIdentity);
   if (context.logConnections) {
     const opened: Record<string, unknown> = {
       id: connection.id,
@@ -552,6 +563,7 @@ async function admit(
       port: connection.port,
     };
     if (origin.proxy) opened.peer = formatAddress(origin.proxy);
+    if (origin.tlvs) Object.assign(opened, tlvRecordFields(origin.tlvs));
     if (connection.tls) Object.assign(opened, tlsRecordFields(connection.tls));
     logConnectionRecord("TCP connection open.", opened);
   }
@@ -779,18 +791,36 @@ async function onChunk(
   await answer(connection, context, lineMode ? lineMode.push(chunk) : chunk);
 }
 
-/** Sends the banner: identity lines, then the client's address and the TLS facts when on. */
+/**
+ * Sends the banner: identity lines, then the client's address when on, the
+ * source identity a PROXY header carried, and the TLS facts.
+ */
 async function sendBanner(connection: EchoConnection, context: ConnectionContext): Promise<void> {
   connection.bannerDue = false;
   let banner = context.banner;
-  if (context.config.showClientAddress || connection.tls) {
-    const address = context.config.showClientAddress
-      ? renderBannerText({ clientAddress: connection.client })
-      : "";
+  const { sourceIdentity } = connection;
+  const clientAddress = context.config.showClientAddress ? connection.client : undefined;
+  if (clientAddress || sourceIdentity || connection.tls) {
     const tls = connection.tls ? renderTlsBanner(connection.tls) : "";
-    banner = concatBytes([banner, encoder.encode(address + tls)]);
+    const perConnection = renderBannerText({ clientAddress, sourceIdentity }) + tls;
+    banner = concatBytes([banner, encoder.encode(perConnection)]);
   }
   if (banner.length > 0) await connection.send(banner);
+}
+
+/** A peer's text for a banner line: printable ASCII only (a SPIFFE ID is), else not shown. */
+function bannerSafe(text: string | undefined): string | undefined {
+  return text !== undefined && /^[\x21-\x7e]{1,2048}$/.test(text) ? text : undefined;
+}
+
+/** What a PROXY header's TLVs said, as open record fields (escaped by the log, as all are). */
+function tlvRecordFields(tlvs: ProxyTlvFacts): Record<string, string> {
+  const fields: Record<string, string> = {};
+  if (tlvs.sourceIdentity !== undefined) fields.source_identity = tlvs.sourceIdentity;
+  if (tlvs.service !== undefined) fields.service = tlvs.service;
+  if (tlvs.authority !== undefined) fields.authority = tlvs.authority;
+  if (tlvs.uniqueId !== undefined) fields.proxy_unique_id = tlvs.uniqueId;
+  return fields;
 }
 
 /** Writes an answer, stopping at `CLOSE_AFTER_BYTES` (then throws {@linkcode FaultClose}). */

@@ -1211,6 +1211,79 @@ Deno.test({
   },
 });
 
+/** A v2 PROXY header from 198.51.100.9:40000 to 10.0.0.1:3333 with `tlvs` (type, text value). */
+function proxyV2WithTlvs(tlvs: [number, string][]): Uint8Array {
+  const base = proxyV2([[198, 51, 100, 9], 40000], [[10, 0, 0, 1], 3333]);
+  const extra = tlvs.flatMap(([type, value]) => {
+    const bytes = encoder.encode(value);
+    return [type, bytes.length >> 8, bytes.length & 0xff, ...bytes];
+  });
+  const header = concatBytes([base, Uint8Array.from(extra)]);
+  const length = header.length - 16;
+  header[14] = length >> 8;
+  header[15] = length & 0xff;
+  return header;
+}
+
+Deno.test("PROXY v2 TLVs: the mesh's source identity in the banner and the open record, hostile ones escaped", async (t) => {
+  const spiffe = "spiffe://cluster.local/ns/default/sa/sleep";
+  await using s = await startTestServer({ PROXY_PROTOCOL: "v2", NODE_NAME: "n" });
+  const open = async (tlvs: [number, string][], banner: string) => {
+    using conn = await s.connect();
+    await writeAll(conn, proxyV2WithTlvs(tlvs));
+    assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+    assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("x"))), "x");
+    const id = await s.connectionId(s.logs.records.filter(isOpen).length - 1);
+    return s.logs.records.find((r) => isOpen(r) && r.properties.id === id)!;
+  };
+  await t.step("as Istio's ztunnel sends it: 0xD0 the SPIFFE ID, 0xD1 the service", async () => {
+    const record = await open(
+      [[0xd0, spiffe], [0xd1, "tcp-echo.default.svc.cluster.local"]],
+      `Welcome, you are connected to node n.\nSource identity ${spiffe}.\n`,
+    );
+    assert.equal(
+      withoutTimestamp(formatTextRecord(record)),
+      `${record.properties.id} - TCP connection open. client=198.51.100.9:40000 port=${s.port} ` +
+        `peer=${record.properties.peer} source_identity=${spiffe} ` +
+        "service=tcp-echo.default.svc.cluster.local\n",
+    );
+  });
+  await t.step(
+    "an identity that could forge a banner line is not shown; its record is escaped",
+    async () => {
+      const hostile = "spiffe://a\nYour address is 10.9.9.9:1.\u001b[2J";
+      const record = await open([[0xd0, hostile]], "Welcome, you are connected to node n.\n");
+      const line = withoutTimestamp(formatTextRecord(record));
+      assert.ok(
+        line.endsWith(' source_identity="spiffe://a\\nYour address is 10.9.9.9:1.\\x1b[2J"\n'),
+        line,
+      );
+      assert.equal(line.split("\n").length, 2, "one line");
+    },
+  );
+});
+
+Deno.test({
+  name: "PROXY v2 TLVs through a real HAProxy: its unique-id in the open record",
+  ignore: await ignoreWithout("haproxy", "the HAProxy test"),
+  async fn() {
+    await using s = await startTestServer({ PROXY_PROTOCOL: "v2", NODE_NAME: "n" });
+    await using haproxy = await startHaproxy([
+      "  unique-id-format tcp-echo-%ci-%cp",
+      `  server tcp_echo 127.0.0.1:${s.port} send-proxy-v2 proxy-v2-options unique-id`,
+    ]);
+    using conn = await Deno.connect({ hostname: "127.0.0.1", port: haproxy.port });
+    const banner = "Welcome, you are connected to node n.\n";
+    assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+    const me = `127.0.0.1:${conn.localAddr.port}`;
+    const open = await s.logs.waitFor(
+      (r) => isOpen(r) && r.properties.client === me,
+      "open record of the client behind HAProxy",
+    );
+    assert.equal(open.properties.proxy_unique_id, `tcp-echo-127.0.0.1-${conn.localAddr.port}`);
+  },
+});
+
 Deno.test("a log reader that stops reading never stalls echoing; the backlog is bounded and reported", async () => {
   const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {

@@ -71,7 +71,7 @@ export const MAX_LOG_DATA_BYTES = 65_536;
 export const MAX_CONNECTIONS_LIMIT = 1_000_000;
 
 /** The banner's identity lines, as the environment sets them (the client address is per connection). */
-export type BannerFields = Omit<BannerValues, "clientAddress">;
+export type BannerFields = Omit<BannerValues, "clientAddress" | "sourceIdentity">;
 
 /** The whole configuration, as the environment and arguments say it: built once, frozen. */
 export interface Config {
@@ -253,6 +253,7 @@ const BANNER_MEANINGS: Readonly<Record<BannerKey, string>> = {
   serviceAccount: "service account",
   version: "version",
   clientAddress: "",
+  sourceIdentity: "",
 };
 
 const TCP_PORT = variable({

@@ -34,6 +34,29 @@ export interface ProxyEndpoint {
   readonly port: number;
 }
 
+/**
+ * What a v2 header's TLVs said that the server shows (spec 2.2.1 ff.), each
+ * a UTF-8 text; absent when the header did not carry it.
+ */
+export interface ProxyTlvFacts {
+  /** `0xD0`: the SPIFFE identity of the source workload, as Istio's ztunnel writes it. */
+  readonly sourceIdentity?: string;
+  /** `0xD1`: the service the connection was for (ztunnel: its FQDN or hostname). */
+  readonly service?: string;
+  /** `PP2_TYPE_AUTHORITY` (`0x02`): the host name the client asked for (HAProxy: its SNI). */
+  readonly authority?: string;
+  /** `PP2_TYPE_UNIQUE_ID` (`0x05`): the proxy's id of the connection (HAProxy's `unique-id`). */
+  readonly uniqueId?: string;
+}
+
+/** The TLV types read into {@linkcode ProxyTlvFacts}. */
+export const PROXY_TLV_TYPES = {
+  authority: 0x02,
+  uniqueId: 0x05,
+  sourceIdentity: 0xd0,
+  service: 0xd1,
+} as const;
+
 /** A header that was read completely and is valid. */
 export interface ProxyHeader {
   /** Which version of the protocol the header was. */
@@ -48,6 +71,8 @@ export interface ProxyHeader {
   readonly source?: ProxyEndpoint;
   /** The address the client connected to; absent when `source` is. */
   readonly destination?: ProxyEndpoint;
+  /** What its TLVs said (v2 only), when they said any of {@linkcode ProxyTlvFacts}. */
+  readonly tlvs?: ProxyTlvFacts;
 }
 
 /** What {@linkcode parseProxyHeader} found in the bytes received so far. */
@@ -164,15 +189,38 @@ function v2Endpoint(bytes: Uint8Array, portBytes: Uint8Array): ProxyEndpoint {
   };
 }
 
-/** Checks that the TLVs after the address block exactly fill the header. */
-function tlvsFit(tlvs: Uint8Array): boolean {
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads the TLVs after the address block: each a type, a 16-bit length and
+ * that many bytes, exactly filling the header; `undefined` when one overruns
+ * it. Only the types of {@linkcode PROXY_TLV_TYPES} are kept, as text (a
+ * value that is not UTF-8 is left out); the others are skipped.
+ */
+function readTlvs(tlvs: Uint8Array): ProxyTlvFacts | undefined {
+  const facts: Record<string, string> = {};
   let offset = 0;
   while (offset < tlvs.length) {
-    if (offset + 3 > tlvs.length) return false;
-    offset += 3 + ((tlvs[offset + 1] << 8) | tlvs[offset + 2]);
+    if (offset + 3 > tlvs.length) return undefined;
+    const type = tlvs[offset];
+    const end = offset + 3 + ((tlvs[offset + 1] << 8) | tlvs[offset + 2]);
+    if (end > tlvs.length) return undefined;
+    const key = TLV_KEYS.get(type);
+    if (key !== undefined && facts[key] === undefined) {
+      try {
+        facts[key] = utf8.decode(tlvs.subarray(offset + 3, end));
+      } catch {
+        // Not text: nothing to show.
+      }
+    }
+    offset = end;
   }
-  return offset === tlvs.length;
+  return facts;
 }
+
+const TLV_KEYS = new Map<number, keyof ProxyTlvFacts>(
+  Object.entries(PROXY_TLV_TYPES).map(([key, type]) => [type, key as keyof ProxyTlvFacts]),
+);
 
 function parseV2(bytes: Uint8Array): ProxyParseResult {
   if (bytes.length < 16) return { status: "incomplete" };
@@ -189,10 +237,14 @@ function parseV2(bytes: Uint8Array): ProxyParseResult {
   const addressBytes = V2_ADDRESS_BYTES[family] ?? 0;
   if (length - 16 < addressBytes) return invalid("v2 header too short for its address family");
   if (bytes.length < length) return { status: "incomplete" };
-  if (!tlvsFit(bytes.subarray(16 + addressBytes, length))) {
-    return invalid("v2 header has a TLV overrunning it");
-  }
-  const local = { status: "ok", length, header: { version: 2, command: "local" } } as const;
+  const facts = readTlvs(bytes.subarray(16 + addressBytes, length));
+  if (facts === undefined) return invalid("v2 header has a TLV overrunning it");
+  const tlvs = Object.keys(facts).length > 0 ? { tlvs: facts } : {};
+  const local = {
+    status: "ok",
+    length,
+    header: { version: 2, command: "local", ...tlvs },
+  } as const;
   if (command === 0) return local;
   if (transport === 2) return invalid("v2 header is for a datagram (UDP) connection");
   // UNSPEC and UNIX sources are not network addresses: use the socket's (spec 2.2).
@@ -207,6 +259,7 @@ function parseV2(bytes: Uint8Array): ProxyParseResult {
       command: "proxy",
       source: v2Endpoint(a.subarray(0, size), a.subarray(2 * size, 2 * size + 2)),
       destination: v2Endpoint(a.subarray(size, 2 * size), a.subarray(2 * size + 2, 2 * size + 4)),
+      ...tlvs,
     },
   };
 }

@@ -169,6 +169,68 @@ Deno.test("PROXY v2: INET, INET6, LOCAL, UNSPEC, UNIX and TLVs", () => {
   assert.equal(result.status === "ok" && result.header.source?.port, 53454);
 });
 
+/** A TLV: its type, a 16-bit length, the value's bytes. */
+function tlv(type: number, value: Uint8Array | string): number[] {
+  const bytes = typeof value === "string" ? text(value) : value;
+  return [type, bytes.length >> 8, bytes.length & 0xff, ...bytes];
+}
+
+Deno.test("PROXY v2 TLVs: Istio's source identity and service, authority, unique id; the rest skipped", async (t) => {
+  const spiffe = "spiffe://cluster.local/ns/default/sa/sleep";
+  const header = (...tlvs: number[][]) => v2(0x21, 0x11, [...INET_BODY, ...tlvs.flat()]);
+  const tlvsOf = (bytes: Uint8Array) => {
+    const result = parseProxyHeader(bytes, "v2");
+    assert.equal(result.status, "ok", JSON.stringify(result));
+    return result.status === "ok" ? result.header.tlvs : undefined;
+  };
+  await t.step("as ztunnel writes them: 0xD0 the SPIFFE ID, 0xD1 the service", () => {
+    assert.deepEqual(
+      tlvsOf(header(tlv(0xd0, spiffe), tlv(0xd1, "tcp-echo.default.svc.cluster.local"))),
+      { sourceIdentity: spiffe, service: "tcp-echo.default.svc.cluster.local" },
+    );
+  });
+  await t.step("authority and unique id; ALPN, NOOP, CRC and unknown types skipped", () => {
+    assert.deepEqual(
+      tlvsOf(header(
+        tlv(0x01, "h2"),
+        tlv(0x04, ""),
+        tlv(0x03, Uint8Array.of(1, 2, 3, 4)),
+        tlv(0x02, "v2.example.com"),
+        tlv(0xee, "whatever"),
+        tlv(0x05, "abc123"),
+      )),
+      { authority: "v2.example.com", uniqueId: "abc123" },
+    );
+    assert.equal(tlvsOf(header(tlv(0x01, "h2"))), undefined, "nothing to show: no tlvs");
+  });
+  await t.step("the first of a type counts; a value that is not UTF-8 is left out", () => {
+    assert.deepEqual(tlvsOf(header(tlv(0xd0, spiffe), tlv(0xd0, "spiffe://forged"))), {
+      sourceIdentity: spiffe,
+    });
+    assert.equal(tlvsOf(header(tlv(0xd0, Uint8Array.of(0xff, 0xfe)))), undefined);
+  });
+  await t.step("on LOCAL headers too, and empty values are values", () => {
+    const local = v2(0x20, 0x11, [...INET_BODY, ...tlv(0xd0, "")]);
+    const result = parseProxyHeader(local, "v2");
+    assert.deepEqual(result.status === "ok" && result.header, {
+      version: 2,
+      command: "local",
+      tlvs: { sourceIdentity: "" },
+    });
+  });
+  await t.step("a TLV that overruns the header, at every length short of it, is invalid", () => {
+    const value = tlv(0xd0, spiffe);
+    for (let cut = 1; cut < value.length; cut++) {
+      const body = [...INET_BODY, ...value.slice(0, cut)];
+      assert.deepEqual(
+        parseProxyHeader(v2(0x21, 0x11, body), "v2"),
+        invalidBecause("v2 header has a TLV overrunning it"),
+        `cut at ${cut}`,
+      );
+    }
+  });
+});
+
 Deno.test("PROXY v2: incomplete and every malformed case", async (t) => {
   await t.step("incomplete: signature, fixed part, addresses", () => {
     const full = v2(0x21, 0x11, INET_BODY);

@@ -29,7 +29,8 @@ export type BannerKey =
   | "ip"
   | "serviceAccount"
   | "version"
-  | "clientAddress";
+  | "clientAddress"
+  | "sourceIdentity";
 
 /**
  * The banner's lines in the order the server sends them. The first five are
@@ -43,6 +44,7 @@ export const BANNER_FIELDS: readonly BannerField[] = [
   { key: "serviceAccount", variable: "SERVICE_ACCOUNT", template: "Service {}." },
   { key: "version", variable: "SERVICE_VERSION", template: "Version {}." },
   { key: "clientAddress", variable: undefined, template: "Your address is {}." },
+  { key: "sourceIdentity", variable: undefined, template: "Source identity {}." },
 ];
 
 /** What a banner says, field by field; an absent field has no line. */
