@@ -38,6 +38,7 @@ Deno.test("banner field table: the server renders what the client parses, field 
     serviceAccount: "sa",
     version: "v2",
     clientAddress: "[::1]:5",
+    sourceIdentity: "spiffe://cluster.local/ns/default/sa/sleep",
   };
   const text = renderBannerText(values);
   assert.equal(text.split("\n").length, BANNER_FIELDS.length + 1);
