@@ -851,9 +851,11 @@ Deno.test({
       "v1.example.com -> tcp-echo-v1",
       "v2.example.com -> tcp-echo-v2",
     ]);
-    // The names a client sends are names the certificate must carry (README's openssl command).
-    const readme = await Deno.readTextFile(`${repoDir}README.md`);
-    for (const host of server.hosts) assert.ok(readme.includes(`DNS:${host}`), `README: ${host}`);
+    // The names a client sends are names the certificate must carry (the walkthrough's openssl command).
+    const page = await Deno.readTextFile(`${repoDir}docs/walkthroughs.md`);
+    for (const host of server.hosts) {
+      assert.ok(page.includes(`DNS:${host}`), `docs/walkthroughs.md: ${host}`);
+    }
   },
 });
 
@@ -890,5 +892,40 @@ Deno.test({
       return `${route.spec.hostnames.join(",")} -> ${selected[0].metadata.name}`;
     });
     assert.deepEqual(paths, ["v1.example.com -> tcp-echo-v1", "v2.example.com -> tcp-echo-v2"]);
+  },
+});
+
+/** Every kit a user applies with `kubectl apply -k`. */
+const KITS = [
+  "k8s",
+  "k8s/istio",
+  "k8s/gateway-api",
+  "k8s/gateway-api-tls",
+  "k8s/istio-tls-passthrough",
+  "k8s/istio-tcp-traffic-shifting",
+  "k8s/istio-tcp-authorization",
+];
+
+Deno.test({
+  name:
+    "server-first, declared: every Service port of every kit names its protocol (appProtocol, and a name it prefixes)",
+  ignore: await ignoreWithout((await kustomizeCommand())[0], "kustomize rendering"),
+  async fn(t) {
+    for (const dir of KITS) {
+      await t.step(dir, async () => {
+        const services = (await kustomize(dir)).filter((m) => m.kind === "Service");
+        assert.ok(services.length > 0);
+        for (const service of services) {
+          for (const port of service.spec.ports) {
+            const where = `${dir}: Service ${service.metadata.name} port ${port.port}`;
+            // The banner makes tcp-echo speak first: a sidecar that sniffed for a protocol
+            // would wait for the client. TLS ports are client-first, and say tls.
+            const expected = port.targetPort === "tls" ? "tls" : "tcp";
+            assert.equal(port.appProtocol, expected, `${where}: appProtocol`);
+            assert.match(port.name, new RegExp(`^${expected}(-|$)`), `${where}: name`);
+          }
+        }
+      });
+    }
   },
 });
