@@ -9,20 +9,23 @@ import { parse } from "yaml";
 import { ignoreWithout, repoDir } from "../testing/support.ts";
 
 const decoder = new TextDecoder();
-const WORKFLOWS = [".github/workflows/ci.yml", ".github/workflows/e2e.yml"];
+const WORKFLOWS = [
+  ".github/workflows/ci.yml",
+  ".github/workflows/e2e.yml",
+  ".github/workflows/release.yml",
+];
+
+/** A step's `uses:` line: an action pinned to a full commit, its version in the comment. */
+const PINNED_USES = /^\s*(?:- )?uses: ([\w.-]+\/[\w.-]+)@([0-9a-f]{40}) {2}# (v\d+\.\d+\.\d+)$/;
 
 Deno.test("workflows: valid against the GitHub Actions schema, every action pinned to a version", async (t) => {
   for (const file of WORKFLOWS) {
     await t.step(file, async () => {
       const text = await Deno.readTextFile(`${repoDir}${file}`);
       assert.deepEqual(validateWorkflow(text).errors, [], file);
-      const workflow = parse(text);
-      for (const [name, job] of Object.entries<{ steps: { uses?: string }[] }>(workflow.jobs)) {
-        for (const { uses } of job.steps) {
-          if (uses === undefined) continue;
-          assert.match(uses, /^[\w.-]+\/[\w.-]+@v\d+\.\d+\.\d+$/, `${file} ${name}: ${uses}`);
-        }
-      }
+      const uses = text.split("\n").filter((line) => /^\s*(- )?uses: /.test(line));
+      assert.ok(uses.length > 0);
+      for (const line of uses) assert.match(line, PINNED_USES, `${file}: ${line.trim()}`);
     });
   }
   await t.step("a broken workflow is caught", () => {
@@ -53,6 +56,38 @@ Deno.test("workflows: ci runs .ci/run with CI=true; e2e runs deno task e2e and a
   const ciRunScript = await Deno.readTextFile(`${repoDir}.ci/run`);
   const pinned = /^DENO_VERSION=(\S+)$/m.exec(ciRunScript)![1];
   assert.deepEqual(denoVersions, [`v${pinned}`, `v${pinned}`], "the Deno version CI uses");
+});
+
+Deno.test("workflows: each action at one version in every workflow", async () => {
+  const versions = new Map<string, Set<string>>();
+  for (const file of WORKFLOWS) {
+    for (const line of (await Deno.readTextFile(`${repoDir}${file}`)).split("\n")) {
+      const match = PINNED_USES.exec(line);
+      if (!match) continue;
+      const [, action, commit, version] = match;
+      versions.set(action, (versions.get(action) ?? new Set()).add(`${version} ${commit}`));
+    }
+  }
+  for (const [action, pins] of versions) assert.equal(pins.size, 1, `${action}: ${[...pins]}`);
+});
+
+Deno.test("release: a version tag pushes both platforms to the image the manifests name, with provenance and an SBOM", async () => {
+  const release = parse(await Deno.readTextFile(`${repoDir}.github/workflows/release.yml`));
+  assert.deepEqual(release.on, { push: { tags: ["v*.*.*"] } });
+  const job = release.jobs.image;
+  assert.equal(job.permissions.packages, "write");
+  assert.equal(release.permissions.contents, "read");
+  const build = job.steps.find((s: { uses?: string }) =>
+    s.uses?.startsWith("docker/build-push-action@")
+  );
+  assert.equal(build.with.platforms, "linux/amd64,linux/arm64");
+  assert.equal(build.with.push, true);
+  assert.equal(build.with.provenance, "mode=max");
+  assert.equal(build.with.sbom, true);
+  const [base] = parse(await Deno.readTextFile(`${repoDir}k8s/base/kustomization.yaml`)).images;
+  assert.equal(base.newName, release.env.IMAGE, "the manifests' image is the one published");
+  const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
+  assert.equal(base.newTag, denoJson.version, "the manifests name this version's image");
 });
 
 Deno.test({

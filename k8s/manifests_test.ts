@@ -184,6 +184,11 @@ function dockerIgnore(text: string): (path: string) => boolean {
     rules.reduce((ignored, rule) => rule.pattern.test(path) ? !rule.allow : ignored, false);
 }
 
+/** The published image (the release workflow pushes it): what every kit names by default. */
+const IMAGE: string = parseAllDocuments(
+  await Deno.readTextFile(`${repoDir}.github/workflows/release.yml`),
+)[0].toJS().env.IMAGE;
+
 const denoJson = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`));
 const VERSION: string = denoJson.version;
 const DEFAULT_PORT = loadConfig({}).ports[0];
@@ -560,7 +565,7 @@ Deno.test("consistency: image name and tag agree with deno.json's version", asyn
     const [kustomization] = await readManifests(`${dir}/kustomization.yaml`);
     const images = kits.includes(dir)
       ? undefined
-      : [{ name: "tcp-echo", newName: "tcp-echo", newTag: VERSION }];
+      : [{ name: IMAGE, newName: IMAGE, newTag: VERSION }];
     assert.deepEqual(kustomization.images, images, dir);
   }
   const deployments = [
@@ -569,7 +574,7 @@ Deno.test("consistency: image name and tag agree with deno.json's version", asyn
   ];
   for (const d of deployments.filter((m) => m.kind === "Deployment")) {
     const images = d.spec.template.spec.containers.map((c: Manifest) => c.image);
-    assert.deepEqual(images, [`tcp-echo:${VERSION}`]);
+    assert.deepEqual(images, [`${IMAGE}:${VERSION}`]);
   }
 });
 
