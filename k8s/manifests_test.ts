@@ -17,10 +17,7 @@ import {
 import { AuthorizationPolicy } from "@kubernetes-models/istio/security.istio.io/v1";
 import { IstioOperator } from "@kubernetes-models/istio/install.istio.io/v1alpha1";
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
-import {
-  TCPRoute,
-  TLSRoute,
-} from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1alpha2";
+import { CrdSchemas } from "./schemas/crd_schemas.ts";
 import { applyArguments, CONFIG_VARIABLES, loadConfig, parseMemorySize } from "../src/config.ts";
 import { compileArgs } from "../build/compile.ts";
 import {
@@ -41,7 +38,23 @@ type Manifest = Record<string, any>;
 const schemaOf = (model: new (data: never) => { validate(): void }) => (manifest: Manifest) =>
   new model(manifest as never).validate();
 
-/** Every kind the manifests may use, by `apiVersion/kind`, with its schema. */
+/**
+ * The CRDs of the Gateway API and Istio releases e2e/versions.json pins, as
+ * they ship them (k8s/schemas/: each file says where it came from).
+ */
+const CRD_SCHEMAS = new CrdSchemas(
+  await Promise.all(
+    ["gateway-api-v1.6.1-standard", "istio-1.31"].map(async (name) =>
+      JSON.parse(await Deno.readTextFile(`${repoDir}k8s/schemas/${name}.json`))
+    ),
+  ),
+);
+
+/**
+ * The kinds the manifests may use, by `apiVersion/kind`, with the schema of
+ * the kubernetes-models package (built-in kinds, and a cross-check of CRDs
+ * where its version agrees with the release's).
+ */
 const SCHEMAS: Record<string, (manifest: Manifest) => void> = {
   "v1/ServiceAccount": schemaOf(ServiceAccount),
   "v1/Service": schemaOf(Service),
@@ -52,16 +65,22 @@ const SCHEMAS: Record<string, (manifest: Manifest) => void> = {
   "security.istio.io/v1/AuthorizationPolicy": schemaOf(AuthorizationPolicy),
   "install.istio.io/v1alpha1/IstioOperator": schemaOf(IstioOperator),
   "gateway.networking.k8s.io/v1/Gateway": schemaOf(Gateway),
-  "gateway.networking.k8s.io/v1alpha2/TCPRoute": schemaOf(TCPRoute),
-  "gateway.networking.k8s.io/v1alpha2/TLSRoute": schemaOf(TLSRoute),
 };
 
-/** Validates every manifest against the schema of its kind. */
+/**
+ * Validates every manifest: a custom resource against its CRD in the pinned
+ * releases (served version, fields, values), and against kubernetes-models'
+ * schema where it has one; a built-in kind against kubernetes-models.
+ */
 function validateAll(manifests: Manifest[], source: string): void {
   for (const manifest of manifests) {
+    const what = `${source}: ${manifest.apiVersion} ${manifest.kind} ${manifest.metadata?.name}`;
+    const group = String(manifest.apiVersion).split("/").at(-2) ?? "";
+    const custom = CRD_SCHEMAS.covers(group);
+    if (custom) assert.deepEqual(CRD_SCHEMAS.problems(manifest as never), [], what);
     const validate = SCHEMAS[`${manifest.apiVersion}/${manifest.kind}`];
-    assert.ok(validate, `${source}: unexpected ${manifest.apiVersion} ${manifest.kind}`);
-    validate(manifest);
+    assert.ok(validate || custom, `${what}: an unexpected kind`);
+    validate?.(manifest);
   }
 }
 
@@ -248,6 +267,26 @@ Deno.test("manifests: every document validates against its schema", async (t) =>
     const broken = { apiVersion: "apps/v1", kind: "Deployment", metadata: { name: "x" }, spec: 1 };
     assert.throws(() => validateAll([broken], "broken"));
   });
+
+  await t.step("a route the pinned releases do not serve, or do not know, fails", async () => {
+    const [route] = await readManifests("k8s/gateway-api/tcp-routes.yaml");
+    const problems = (changes: Manifest) => CRD_SCHEMAS.problems({ ...route, ...changes } as never);
+    assert.deepEqual(problems({ apiVersion: "gateway.networking.k8s.io/v1alpha2" }), [
+      "gateway.networking.k8s.io/v1alpha2 TCPRoute is not served by Gateway API v1.6.1, standard channel",
+    ]);
+    assert.deepEqual(problems({ spec: { ...route.spec, hostnames: ["a.example.com"] } }), [
+      "/spec: must NOT have additional properties (hostnames)",
+    ]);
+    assert.deepEqual(problems({ kind: "UDPRoutes" }), [
+      "UDPRoutes is not a kind of gateway.networking.k8s.io in the pinned releases",
+    ]);
+    const [rule] = await readManifests("k8s/components/istio-subsets/destination-rule-all.yaml");
+    const typo = {
+      ...rule,
+      spec: { ...rule.spec, trafficPolicy: { tls: { mode: "MUTUAL_TLS" } } },
+    };
+    assert.match(CRD_SCHEMAS.problems(typo as never).join("\n"), /mode: must be equal to one of/);
+  });
 });
 
 Deno.test("manifests: every YAML file in k8s/ is listed, so none escapes the tests", async () => {
@@ -290,8 +329,8 @@ Deno.test({
         "apps/v1 Deployment tcp-echo-v1",
         "apps/v1 Deployment tcp-echo-v2",
         "gateway.networking.k8s.io/v1 Gateway tcp-echo-gateway",
-        "gateway.networking.k8s.io/v1alpha2 TCPRoute tcp-echo-v1",
-        "gateway.networking.k8s.io/v1alpha2 TCPRoute tcp-echo-v2",
+        "gateway.networking.k8s.io/v1 TCPRoute tcp-echo-v1",
+        "gateway.networking.k8s.io/v1 TCPRoute tcp-echo-v2",
         "v1 Service tcp-echo",
         "v1 Service tcp-echo-v1",
         "v1 Service tcp-echo-v2",
@@ -322,8 +361,8 @@ Deno.test({
         "apps/v1 Deployment tcp-echo-v1",
         "apps/v1 Deployment tcp-echo-v2",
         "gateway.networking.k8s.io/v1 Gateway tcp-echo-tls-gateway",
-        "gateway.networking.k8s.io/v1alpha2 TLSRoute tcp-echo-v1",
-        "gateway.networking.k8s.io/v1alpha2 TLSRoute tcp-echo-v2",
+        "gateway.networking.k8s.io/v1 TLSRoute tcp-echo-v1",
+        "gateway.networking.k8s.io/v1 TLSRoute tcp-echo-v2",
         "v1 Service tcp-echo",
         "v1 Service tcp-echo-v1",
         "v1 Service tcp-echo-v2",
