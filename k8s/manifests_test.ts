@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { parseAllDocuments } from "yaml";
-import { Service, ServiceAccount } from "kubernetes-models/v1";
+import { Namespace, Service, ServiceAccount } from "kubernetes-models/v1";
 import { Deployment } from "kubernetes-models/apps/v1";
 import {
   DestinationRule,
@@ -56,6 +56,7 @@ const CRD_SCHEMAS = new CrdSchemas(
  * where its version agrees with the release's).
  */
 const SCHEMAS: Record<string, (manifest: Manifest) => void> = {
+  "v1/Namespace": schemaOf(Namespace),
   "v1/ServiceAccount": schemaOf(ServiceAccount),
   "v1/Service": schemaOf(Service),
   "apps/v1/Deployment": schemaOf(Deployment),
@@ -222,6 +223,16 @@ const AUTHORIZATION_FILES = [
   "k8s/istio-tcp-authorization/tcp-policy-deny-port.yaml",
 ];
 
+/** Istio's ambient mode kit: the workloads, then what the walkthrough applies step by step. */
+const AMBIENT_FILES = [
+  "k8s/istio-ambient/namespace.yaml",
+  "k8s/istio-ambient/clients.yaml",
+  "k8s/istio-ambient/policy-allow-client-3333.yaml",
+  "k8s/istio-ambient/policy-l7-without-waypoint.yaml",
+  "k8s/istio-ambient/waypoint.yaml",
+  "k8s/istio-ambient/tcp-route-80-20.yaml",
+];
+
 const MANIFEST_FILES = [
   "k8s/base/deployment.yml",
   "k8s/base/service.yml",
@@ -240,6 +251,7 @@ const MANIFEST_FILES = [
   "k8s/istio-tls-passthrough/virtualservice.yaml",
   "k8s/gateway-api-tls/gateway.yaml",
   "k8s/gateway-api-tls/tls-routes.yaml",
+  ...AMBIENT_FILES,
 ];
 
 /**
@@ -249,6 +261,8 @@ const MANIFEST_FILES = [
 const PATCH_FILES = [
   "k8s/components/tls/deployment-tls.yaml",
   "k8s/components/tls/service-tls.yaml",
+  "k8s/istio-ambient/second-port.yaml",
+  "k8s/istio-ambient/second-port-service.yaml",
 ];
 
 // ---------------------------------------------------------------------------
@@ -356,6 +370,19 @@ Deno.test({
         "networking.istio.io/v1 VirtualService tcp-echo-tls",
         "v1 Service tcp-echo",
         "v1 ServiceAccount tcp-echo",
+      ],
+      "k8s/istio-ambient": [
+        "apps/v1 Deployment client",
+        "apps/v1 Deployment stranger",
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "v1 Namespace tcp-echo-ambient",
+        "v1 Service tcp-echo",
+        "v1 Service tcp-echo-v1",
+        "v1 Service tcp-echo-v2",
+        "v1 ServiceAccount stranger",
+        "v1 ServiceAccount tcp-echo",
+        "v1 ServiceAccount tcp-echo-client",
       ],
       "k8s/gateway-api-tls": [
         "apps/v1 Deployment tcp-echo-v1",
@@ -592,6 +619,7 @@ Deno.test("consistency: image name and tag agree with deno.json's version", asyn
     "k8s/gateway-api",
     "k8s/istio-tls-passthrough",
     "k8s/gateway-api-tls",
+    "k8s/istio-ambient",
   ];
   for (
     const dir of [
@@ -948,6 +976,7 @@ const KITS = [
   "k8s/istio-tls-passthrough",
   "k8s/istio-tcp-traffic-shifting",
   "k8s/istio-tcp-authorization",
+  "k8s/istio-ambient",
 ];
 
 Deno.test({
@@ -970,6 +999,61 @@ Deno.test({
           }
         }
       });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "consistency: the ambient kit's policy names its client, its ports are the server's, its route splits the Service",
+  ignore: await ignoreWithout((await kustomizeCommand())[0], "kustomize rendering"),
+  async fn() {
+    const rendered = await kustomize("k8s/istio-ambient");
+    const [namespace] = rendered.filter((m) => m.kind === "Namespace");
+    assert.equal(namespace.metadata.labels["istio.io/dataplane-mode"], "ambient");
+    const ns = namespace.metadata.name;
+    const deployment = (name: string) =>
+      rendered.find((m) => m.kind === "Deployment" && m.metadata.name === name)!;
+    const service = (name: string) =>
+      rendered.find((m) => m.kind === "Service" && m.metadata.name === name)!;
+    for (const name of ["client", "stranger"]) {
+      const pod = deployment(name).spec.template;
+      assert.notEqual(pod.metadata.labels.app, "tcp-echo", `${name} is not behind the Service`);
+      assert.deepEqual(pod.spec.containers.map((c: Manifest) => c.image), [`${IMAGE}:${VERSION}`]);
+    }
+    const clientAccount = deployment("client").spec.template.spec.serviceAccountName;
+    assert.notEqual(deployment("stranger").spec.template.spec.serviceAccountName, clientAccount);
+    const server = container(deployment("tcp-echo-v1"));
+    const ports = loadConfig({
+      TCP_PORT: server.env.find((e: Manifest) => e.name === "TCP_PORT").value,
+    }).ports;
+    assert.deepEqual(ports, [3333, 3334], "two ports, for a policy to tell apart");
+    assert.deepEqual(service("tcp-echo").spec.ports.map((p: Manifest) => p.port).sort(), ports);
+    const [policy] = await readManifests("k8s/istio-ambient/policy-allow-client-3333.yaml");
+    const [rule] = policy.spec.rules;
+    assert.deepEqual(rule.from[0].source.principals, [
+      `cluster.local/ns/${ns}/sa/${clientAccount}`,
+    ]);
+    assert.deepEqual(rule.to[0].operation.ports, ["3333"]);
+    assert.equal(policy.spec.selector.matchLabels.app, "tcp-echo");
+    const [trap] = await readManifests("k8s/istio-ambient/policy-l7-without-waypoint.yaml");
+    assert.equal(trap.metadata.name, policy.metadata.name, "the trap replaces the L4 policy");
+    assert.ok(trap.spec.rules[0].to[0].operation.methods, "an L7 field");
+    const [waypoint] = await readManifests("k8s/istio-ambient/waypoint.yaml");
+    assert.equal(waypoint.spec.gatewayClassName, "istio-waypoint");
+    const [route] = await readManifests("k8s/istio-ambient/tcp-route-80-20.yaml");
+    assert.deepEqual(route.spec.parentRefs, [{
+      group: "",
+      kind: "Service",
+      name: "tcp-echo",
+      port: 3333,
+    }]);
+    const backends = route.spec.rules[0].backendRefs;
+    assert.deepEqual(backends.map((b: Manifest) => b.weight), [80, 20]);
+    for (const backend of backends) {
+      const target = service(backend.name);
+      assert.ok(target.spec.ports.some((p: Manifest) => p.port === backend.port), backend.name);
+      assert.equal(target.spec.selector.version, backend.name.replace("tcp-echo-", ""));
     }
   },
 });
