@@ -88,6 +88,7 @@ import {
   closeQuietly,
   concatBytes,
   formatAddress,
+  formatDuration,
   formatHostPort,
   renderBannerText,
   writeAll,
@@ -339,6 +340,16 @@ class EchoConnection {
     if (this.stage !== undefined) this.stats.pending[this.stage]--;
     if (stage !== undefined) this.stats.pending[stage]++;
     this.stage = stage;
+  }
+
+  /**
+   * Writes `line` to the client, unless an echo is being written (it would
+   * cut into it), for {@linkcode DRAIN_NOTICE_WRITE_MS} at most. Never throws.
+   */
+  async tell(line: Uint8Array): Promise<void> {
+    if (this.writing || this.closedBy !== undefined) return;
+    const written = this.send(line).catch(() => {});
+    await Promise.race([written, pause(DRAIN_NOTICE_WRITE_MS)]);
   }
 
   /** Closes the socket from outside; the pending read or write then fails. */
@@ -793,16 +804,18 @@ async function onChunk(
 
 /**
  * Sends the banner: identity lines, then the client's address when on, the
- * source identity a PROXY header carried, and the TLS facts.
+ * source identity a PROXY header carried, the connection's id when on, and
+ * the TLS facts.
  */
 async function sendBanner(connection: EchoConnection, context: ConnectionContext): Promise<void> {
   connection.bannerDue = false;
   let banner = context.banner;
   const { sourceIdentity } = connection;
   const clientAddress = context.config.showClientAddress ? connection.client : undefined;
-  if (clientAddress || sourceIdentity || connection.tls) {
+  const connectionId = context.config.showConnectionId ? connection.id : undefined;
+  if (clientAddress || sourceIdentity || connectionId || connection.tls) {
     const tls = connection.tls ? renderTlsBanner(connection.tls) : "";
-    const perConnection = renderBannerText({ clientAddress, sourceIdentity }) + tls;
+    const perConnection = renderBannerText({ clientAddress, sourceIdentity, connectionId }) + tls;
     banner = concatBytes([banner, encoder.encode(perConnection)]);
   }
   if (banner.length > 0) await connection.send(banner);
@@ -1356,10 +1369,23 @@ export class EchoServer {
       log.info("Shutting down: grace period over, closing connections.", {
         open_connections: this.#connections.size,
       });
+      if (this.#config.drainNotice) {
+        const notice = encoder.encode(drainNotice(graceMs));
+        await Promise.all([...this.#connections].map((connection) => connection.tell(notice)));
+      }
       for (const connection of this.#connections) connection.closeFor("shutdown");
       await this.#allClosed.promise;
     }
   }
+}
+
+/** How long a connection is given to take the drain notice before it is closed anyway. */
+const DRAIN_NOTICE_WRITE_MS = 200;
+
+/** The line `DRAIN_NOTICE` sends a connection the shutdown closes. */
+export function drainNotice(graceMs: number): string {
+  return `tcp-echo: closing this connection: the server is shutting down and its grace of ` +
+    `${formatDuration(graceMs)} is over\n`;
 }
 
 /** Logs, at start, the faults `ECHO_DELAY` and `CLOSE_AFTER_BYTES` inject. */

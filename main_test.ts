@@ -28,7 +28,7 @@ import {
   writeAll,
 } from "./testing/support.ts";
 import { concatBytes, formatAddress } from "./src/wire.ts";
-import { type EchoServer, renderBanner, startServer } from "./main.ts";
+import { drainNotice, type EchoServer, renderBanner, startServer } from "./main.ts";
 import { type Environment, loadConfig } from "./src/config.ts";
 import {
   formatGoTimestamp,
@@ -651,6 +651,40 @@ Deno.test("pending connections: silent clients of a TLS port hold a share of the
   } finally {
     silent.forEach((conn) => conn.close());
   }
+});
+
+Deno.test("SHOW_CONNECTION_ID: the banner names the id of the connection's records", async () => {
+  await using s = await startTestServer({ NODE_NAME: "n", SHOW_CONNECTION_ID: "true" });
+  using conn = await s.connect();
+  const id = await s.connectionId(0);
+  const banner = `Welcome, you are connected to node n.\nConnection id ${id}.\n`;
+  assert.equal(decoder.decode(await readExactly(conn, banner.length)), banner);
+  assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("x"))), "x");
+});
+
+Deno.test("DRAIN_NOTICE: a connection the shutdown closes is told so in one line, then closed", async (t) => {
+  for (const [notice, expected] of [["true", drainNotice(300)], ["false", ""]]) {
+    await t.step(`DRAIN_NOTICE=${notice}`, async () => {
+      const s = await startTestServer({ DRAIN_NOTICE: notice, SHUTDOWN_GRACE: "300ms" });
+      try {
+        using conn = await s.connect();
+        const id = await s.connectionId(0);
+        assert.equal(decoder.decode(await roundTrip(conn, encoder.encode("held"))), "held");
+        const stopping = s.server.shutdown({ graceMs: 300 });
+        assert.equal(decoder.decode(await readToEnd(conn)), expected);
+        await stopping;
+        const closed = s.logs.records.find(isClosedRecord(id))!;
+        assert.equal(closed.properties.reason, "shutdown");
+        assert.equal(closed.properties.bytes_out, 4 + encoder.encode(expected).length);
+      } finally {
+        await s[Symbol.asyncDispose]();
+      }
+    });
+  }
+  assert.equal(
+    drainNotice(10_000),
+    "tcp-echo: closing this connection: the server is shutting down and its grace of 10s is over\n",
+  );
 });
 
 Deno.test("IDLE_TIMEOUT closes a silent connection with reason idle, not a talking one", async () => {

@@ -71,7 +71,7 @@ export const MAX_LOG_DATA_BYTES = 65_536;
 export const MAX_CONNECTIONS_LIMIT = 1_000_000;
 
 /** The banner's identity lines, as the environment sets them (the client address is per connection). */
-export type BannerFields = Omit<BannerValues, "clientAddress" | "sourceIdentity">;
+export type BannerFields = Omit<BannerValues, "clientAddress" | "sourceIdentity" | "connectionId">;
 
 /** The whole configuration, as the environment and arguments say it: built once, frozen. */
 export interface Config {
@@ -107,6 +107,10 @@ export interface Config {
   readonly idleTimeoutMs: number;
   /** Add `Your address is IP:PORT.` to the banner. */
   readonly showClientAddress: boolean;
+  /** Add `Connection id UUID.` to the banner. */
+  readonly showConnectionId: boolean;
+  /** Tell a connection that the shutdown closes it, in one line, before closing it. */
+  readonly drainNotice: boolean;
   /** When the banner is sent: on connect, just before the first echo, or never. */
   readonly bannerMode: BannerMode;
   /** Which PROXY protocol headers connections must or may start with. */
@@ -254,6 +258,7 @@ const BANNER_MEANINGS: Readonly<Record<BannerKey, string>> = {
   version: "version",
   clientAddress: "",
   sourceIdentity: "",
+  connectionId: "",
 };
 
 const TCP_PORT = variable({
@@ -367,6 +372,21 @@ const SHOW_CLIENT_ADDRESS = variable({
   defaultValue: "false",
   meaning:
     "true adds the banner line Your address is IP:PORT. (the original client's behind a PROXY header)",
+  parse: parseBoolean,
+  allowed: "true, false",
+});
+const SHOW_CONNECTION_ID = variable({
+  name: "SHOW_CONNECTION_ID",
+  defaultValue: "false",
+  meaning: "true adds the banner line Connection id UUID. (the id of the connection's log records)",
+  parse: parseBoolean,
+  allowed: "true, false",
+});
+const DRAIN_NOTICE = variable({
+  name: "DRAIN_NOTICE",
+  defaultValue: "false",
+  meaning:
+    "true: a connection still open when SHUTDOWN_GRACE ends is sent one line saying so, then closed",
   parse: parseBoolean,
   allowed: "true, false",
 });
@@ -555,6 +575,8 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   MEMORY_LIMIT,
   IDLE_TIMEOUT,
   SHOW_CLIENT_ADDRESS,
+  SHOW_CONNECTION_ID,
+  DRAIN_NOTICE,
   BANNER_MODE,
   PROXY_PROTOCOL,
   PROXY_PROTOCOL_TRUSTED,
@@ -598,6 +620,8 @@ export function loadConfig(env: Environment): Config {
     memoryLimit: MEMORY_LIMIT.read(env),
     idleTimeoutMs: IDLE_TIMEOUT.read(env),
     showClientAddress: SHOW_CLIENT_ADDRESS.read(env),
+    showConnectionId: SHOW_CONNECTION_ID.read(env),
+    drainNotice: DRAIN_NOTICE.read(env),
     bannerMode: BANNER_MODE.read(env),
     proxyProtocol: PROXY_PROTOCOL.read(env),
     proxyTrusted: PROXY_PROTOCOL_TRUSTED.read(env),

@@ -49,6 +49,8 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
       memoryLimit: "auto",
       idleTimeoutMs: 0,
       showClientAddress: false,
+      showConnectionId: false,
+      drainNotice: false,
       bannerMode: "connect",
       proxyProtocol: "off",
       proxyTrusted: undefined,

@@ -30,7 +30,8 @@ export type BannerKey =
   | "serviceAccount"
   | "version"
   | "clientAddress"
-  | "sourceIdentity";
+  | "sourceIdentity"
+  | "connectionId";
 
 /**
  * The banner's lines in the order the server sends them. The first five are
@@ -45,6 +46,7 @@ export const BANNER_FIELDS: readonly BannerField[] = [
   { key: "version", variable: "SERVICE_VERSION", template: "Version {}." },
   { key: "clientAddress", variable: undefined, template: "Your address is {}." },
   { key: "sourceIdentity", variable: undefined, template: "Source identity {}." },
+  { key: "connectionId", variable: undefined, template: "Connection id {}." },
 ];
 
 /** What a banner says, field by field; an absent field has no line. */
@@ -239,4 +241,12 @@ export function parseDuration(text: string): number | undefined {
   const match = /^(\d{1,9})(ms|s|m|h)$/.exec(text.trim());
   if (!match) return undefined;
   return Number(match[1]) * DURATION_UNIT_MS[match[2]];
+}
+
+/** A duration as {@linkcode parseDuration} reads it, in the largest unit that is whole: `10s`, `1500ms`. */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of Object.entries(DURATION_UNIT_MS).reverse()) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
 }

@@ -3,6 +3,7 @@ import {
   BANNER_FIELDS,
   concatBytes,
   formatAddress,
+  formatDuration,
   formatHostPort,
   parseBannerText,
   parseDuration,
@@ -39,6 +40,7 @@ Deno.test("banner field table: the server renders what the client parses, field 
     version: "v2",
     clientAddress: "[::1]:5",
     sourceIdentity: "spiffe://cluster.local/ns/default/sa/sleep",
+    connectionId: "6c7f4971-40f1-4f72-54c4-e1462a846189",
   };
   const text = renderBannerText(values);
   assert.equal(text.split("\n").length, BANNER_FIELDS.length + 1);
@@ -71,6 +73,10 @@ Deno.test("formatHostPort brackets IPv6 only", () => {
 });
 
 Deno.test("durations: one grammar for the server and the client", () => {
+  for (const text of ["0ms", "500ms", "1500ms", "10s", "90s", "2m", "1h"]) {
+    assert.equal(formatDuration(parseDuration(text)!), text === "0ms" ? "0ms" : text);
+  }
+  assert.equal(formatDuration(120_000), "2m");
   assert.equal(parseDuration("500ms"), 500);
   assert.equal(parseDuration("10s"), 10_000);
   assert.equal(parseDuration("2m"), 120_000);
