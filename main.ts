@@ -54,6 +54,7 @@ import {
 } from "./src/log_output.ts";
 import { LineAnswerer } from "./src/line_mode.ts";
 import { BufferPool, ReadBuffer } from "./src/read_buffers.ts";
+import { UdpEchoPort, type UdpTestHooks } from "./src/udp.ts";
 import { Admission, type AdmissionRefusal } from "./src/admission.ts";
 import {
   CONNECTION_COST_BYTES,
@@ -160,6 +161,10 @@ export interface TestHooks {
   readonly memoryLimitBytes?: number;
   /** The process's own memory, instead of its resident size at start (bytes). */
   readonly baseMemoryBytes?: number;
+  /** UDP ports to listen on instead of `config.udp.ports`; 0 picks a free one. */
+  readonly udpPorts?: readonly number[];
+  /** The UDP ports' random source and sweep interval. */
+  readonly udp?: UdpTestHooks;
 }
 
 /** What the server is given besides its configuration, each made once by `main`. */
@@ -1051,6 +1056,14 @@ export class EchoServer {
   readonly #backingOff = new Set<Deno.TcpListener>();
   readonly #accepting: Promise<unknown>;
   readonly #adminAccepting: Promise<unknown>;
+  /** The UDP ports, once bound (they bind asynchronously). */
+  readonly #udp: Promise<UdpEchoPort[]>;
+  /**
+   * Resolves when every port listens, UDP ones included; rejects with a
+   * {@linkcode ListenError} when a UDP port cannot be bound (the TCP ones
+   * are bound by then, and {@linkcode EchoServer.shutdown} closes them).
+   */
+  readonly listening: Promise<void>;
   #draining = false;
   #shutdown: Promise<void> | undefined;
   readonly #admission: Admission;
@@ -1143,6 +1156,14 @@ export class EchoServer {
     }
     logActiveFaults(config);
     logMemoryPlan(memory);
+    this.#udp = openUdpPorts(
+      hostname,
+      testHooks.udpPorts ?? config.udp.ports,
+      config,
+      this.stats,
+      testHooks.udp,
+    );
+    this.listening = this.#udp.then(() => {});
     this.#accepting = Promise.all(
       this.#listeners.map((listener) => this.#acceptLoop(this.#echoLoop(listener))),
     );
@@ -1339,6 +1360,8 @@ export class EchoServer {
     }
     this.#stopping.abort();
     for (const listener of this.#listeners) listener.close();
+    const udp = await this.#udp.catch(() => []);
+    await Promise.all(udp.map((port) => port.close()));
     await this.#accepting;
     this.#reportRefusals(false);
     log.info("Shutting down: stopped accepting.", {
@@ -1386,6 +1409,38 @@ const DRAIN_NOTICE_WRITE_MS = 200;
 export function drainNotice(graceMs: number): string {
   return `tcp-echo: closing this connection: the server is shutting down and its grace of ` +
     `${formatDuration(graceMs)} is over\n`;
+}
+
+/**
+ * Binds the UDP ports and says so; on a failure, closes those bound and
+ * rejects with a {@linkcode ListenError}.
+ */
+async function openUdpPorts(
+  hostname: string,
+  ports: readonly number[],
+  config: Config,
+  stats: ServerStats,
+  hooks: UdpTestHooks | undefined,
+): Promise<UdpEchoPort[]> {
+  const opened: UdpEchoPort[] = [];
+  for (const port of ports) {
+    try {
+      // Port 0 (tests) is known only once bound: its counters are kept by the bound port.
+      const udp = await UdpEchoPort.open(
+        hostname,
+        port,
+        config,
+        (bound) => stats.forUdpPort(bound),
+        hooks,
+      );
+      opened.push(udp);
+      log.info("Listening on UDP port {port}", { port: udp.port, address: udp.address });
+    } catch (error) {
+      await Promise.all(opened.map((udp) => udp.close()));
+      throw new ListenError(`UDP port ${formatHostPort(hostname, port)}`, "UDP_PORT", error);
+    }
+  }
+  return opened;
 }
 
 /** Logs, at start, the faults `ECHO_DELAY` and `CLOSE_AFTER_BYTES` inject. */
@@ -1492,7 +1547,9 @@ export async function main(args: readonly string[]): Promise<number> {
       });
     }
     server = startServer(config, {}, { tls, memoryLimitBytes });
+    await server.listening;
   } catch (error) {
+    await server?.shutdown({ drainDelayMs: 0, graceMs: 0 });
     tls?.close();
     await closeLog();
     if (error instanceof TlsFileError) {

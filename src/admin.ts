@@ -11,6 +11,7 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import denoConfig from "../deno.json" with { type: "json" };
 import { log } from "./log_output.ts";
+import { UDP_DROP_REASONS, UdpPortStats } from "./udp.ts";
 import { closeQuietly, concatBytes, writeAll } from "./wire.ts";
 
 /** This build's version (deno.json's `version`), as `tcp_echo_build_info` reports it. */
@@ -124,6 +125,19 @@ export class ServerStats {
   /** The memory figures `/metrics` shows, when the server has a budget. */
   memory: (() => MemoryFigures) | undefined;
 
+  /** The counters of each UDP port. */
+  readonly udpPorts: Map<number, UdpPortStats> = new Map();
+
+  /** The counters of UDP `port`, created on first use. */
+  forUdpPort(port: number): UdpPortStats {
+    let stats = this.udpPorts.get(port);
+    if (!stats) {
+      stats = new UdpPortStats();
+      this.udpPorts.set(port, stats);
+    }
+    return stats;
+  }
+
   /** Every port with its counters, in the order the ports were added. */
   entries(): IterableIterator<[number, PortStats]> {
     return this.#ports.entries();
@@ -227,6 +241,68 @@ const PORT_METRICS: readonly PortMetric<PortStats>[] = [
   },
 ];
 
+const byUdpPort = (stats: ServerStats) => stats.udpPorts.entries();
+
+/** The metrics of the UDP ports. */
+const UDP_METRICS: readonly PortMetric<UdpPortStats>[] = [
+  {
+    kind: "counter",
+    name: "tcp_echo_udp_datagrams_received_total",
+    help: "UDP datagrams received.",
+    labelNames: [],
+    source: byUdpPort,
+    samples: (p) => [[{}, p.datagramsReceived]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_udp_datagrams_sent_total",
+    help: "UDP datagrams sent: banners, echoes and duplicates.",
+    labelNames: [],
+    source: byUdpPort,
+    samples: (p) => [[{}, p.datagramsSent]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_udp_received_bytes_total",
+    help: "Bytes of UDP datagrams received.",
+    labelNames: [],
+    source: byUdpPort,
+    samples: (p) => [[{}, p.bytesReceived]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_udp_sent_bytes_total",
+    help: "Bytes of UDP datagrams sent.",
+    labelNames: [],
+    source: byUdpPort,
+    samples: (p) => [[{}, p.bytesSent]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_udp_flows_total",
+    help: "UDP flows begun: a peer's first datagram, or its first after it fell silent.",
+    labelNames: [],
+    source: byUdpPort,
+    samples: (p) => [[{}, p.flows]],
+  },
+  {
+    kind: "gauge",
+    name: "tcp_echo_udp_flows_active",
+    help: "UDP flows tracked now.",
+    labelNames: [],
+    source: byUdpPort,
+    samples: (p) => [[{}, p.activeFlows]],
+  },
+  {
+    kind: "counter",
+    name: "tcp_echo_udp_dropped_total",
+    help: "UDP datagrams not echoed, by reason: fault, flow_limit, send_failed.",
+    labelNames: ["reason"],
+    source: byUdpPort,
+    samples: (p) => UDP_DROP_REASONS.map((reason) => [{ reason }, p.dropped[reason]]),
+  },
+];
+
 const ACCEPT_ERRORS_METRIC: PortMetric<Record<AcceptErrorKind, number>> = {
   kind: "counter",
   name: "tcp_echo_accept_errors_total",
@@ -271,6 +347,7 @@ function register<T>(registry: Registry, stats: ServerStats, metric: PortMetric<
 export function createMetricsExporter(stats: ServerStats): MetricsExporter {
   const registry = new Registry();
   for (const metric of PORT_METRICS) register(registry, stats, metric);
+  for (const metric of UDP_METRICS) register(registry, stats, metric);
   register(registry, stats, ACCEPT_ERRORS_METRIC);
   register(registry, stats, PORT_INFO_METRIC);
   const duration = new Histogram({

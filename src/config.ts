@@ -43,6 +43,23 @@ export const CLIENT_AUTH_MODES = ["optional", "require"] as const;
 /** A `TLS_CLIENT_AUTH` value. */
 export type ClientAuthMode = typeof CLIENT_AUTH_MODES[number];
 
+/** The UDP part of the configuration. */
+export interface UdpSettings {
+  /** UDP echo ports; empty = none. */
+  readonly ports: readonly number[];
+  /** A peer silent this long has its flow closed. */
+  readonly flowTimeoutMs: number;
+  /** Flows tracked at most. */
+  readonly maxFlows: number;
+  /** The UDP faults: fractions from 0 to 1, and a delay. */
+  readonly faults: {
+    readonly dropFraction: number;
+    readonly duplicateFraction: number;
+    readonly reorderFraction: number;
+    readonly delayMs: number;
+  };
+}
+
 /** The TLS part of the configuration. */
 export interface TlsSettings {
   /** Ports whose listeners speak TLS, then behave as the plain ones; empty = none. */
@@ -125,6 +142,8 @@ export interface Config {
   readonly closeAfterBytes: number;
   /** TLS ports and their certificates. */
   readonly tls: TlsSettings;
+  /** UDP ports, their flows and faults. */
+  readonly udp: UdpSettings;
 }
 
 /** The environment as `loadConfig` sees it: variable name to value. */
@@ -503,6 +522,79 @@ const TLS_CLIENT_AUTH = variable({
   allowed: CLIENT_AUTH_MODES.join(", "),
 });
 
+/** A fraction as `0.1` or `10%`, from 0 to 1. */
+const parseFraction: Parser<number> = (text) => {
+  const match = /^(\d{1,3}(?:\.\d{1,6})?)(%?)$/.exec(text);
+  if (!match) return undefined;
+  const value = Number(match[1]) / (match[2] ? 100 : 1);
+  return value >= 0 && value <= 1 ? value : undefined;
+};
+
+const FRACTION_ALLOWED = "a fraction from 0 to 1, as 0.1 or 10%";
+
+const UDP_PORT = variable({
+  name: "UDP_PORT",
+  unsetText: "off",
+  meaning:
+    "UDP echo port, or a comma list: each datagram answered with its bytes, a new peer's banner first",
+  parse: parsePorts,
+  allowed: PORTS_ALLOWED,
+});
+const UDP_FLOW_TIMEOUT = duration(
+  "UDP_FLOW_TIMEOUT",
+  "30s",
+  "a UDP peer silent this long has its flow closed; its next datagram gets the banner again",
+);
+const UDP_MAX_FLOWS = variable({
+  name: "UDP_MAX_FLOWS",
+  defaultValue: "10000",
+  meaning:
+    `UDP flows (peers) tracked at most, 1-${MAX_CONNECTIONS_LIMIT}; new peers' datagrams are dropped past it`,
+  parse: integer(1, MAX_CONNECTIONS_LIMIT),
+  allowed: `an integer from 1 to ${MAX_CONNECTIONS_LIMIT}`,
+});
+const udpFault = (name: string, meaning: string) =>
+  variable({ name, defaultValue: "0", meaning, parse: parseFraction, allowed: FRACTION_ALLOWED });
+const UDP_DROP = udpFault("UDP_DROP", "fault: the share of UDP datagrams not echoed (0.1 or 10%)");
+const UDP_DUPLICATE = udpFault("UDP_DUPLICATE", "fault: the share of UDP echoes sent twice");
+const UDP_REORDER = udpFault(
+  "UDP_REORDER",
+  "fault: the share of UDP echoes held back and sent after the flow's next one",
+);
+const UDP_DELAY = duration("UDP_DELAY", "0s", "fault: wait this long before each UDP echo");
+
+/** The UDP variables that mean nothing without `UDP_PORT`. */
+const UDP_ONLY_VARIABLES = [
+  UDP_FLOW_TIMEOUT,
+  UDP_MAX_FLOWS,
+  UDP_DROP,
+  UDP_DUPLICATE,
+  UDP_REORDER,
+  UDP_DELAY,
+];
+
+/** The UDP variables, checked together: UDP_PORT is needed by the rest. */
+function readUdp(env: Environment): UdpSettings {
+  const ports = UDP_PORT.read(env) ?? [];
+  if (ports.length === 0) {
+    const stray = UDP_ONLY_VARIABLES.map((v) => v.name).find((name) => env[name]?.trim());
+    if (stray !== undefined) {
+      throw new ConfigError(`${stray} is set but UDP_PORT is not: allowed: set UDP_PORT too`);
+    }
+  }
+  return Object.freeze({
+    ports: Object.freeze(ports),
+    flowTimeoutMs: UDP_FLOW_TIMEOUT.read(env),
+    maxFlows: UDP_MAX_FLOWS.read(env),
+    faults: Object.freeze({
+      dropFraction: UDP_DROP.read(env),
+      duplicateFraction: UDP_DUPLICATE.read(env),
+      reorderFraction: UDP_REORDER.read(env),
+      delayMs: UDP_DELAY.read(env),
+    }),
+  });
+}
+
 /** The TLS variables, checked together: TLS_PORT is needed by the rest, and so on. */
 function readTls(env: Environment, plainPorts: readonly number[]): TlsSettings {
   const settings: TlsSettings = {
@@ -585,6 +677,8 @@ export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   CLOSE_AFTER_BYTES,
   TLS_PORT,
   ...TLS_ONLY_VARIABLES,
+  UDP_PORT,
+  ...UDP_ONLY_VARIABLES,
 ];
 
 /**
@@ -629,6 +723,7 @@ export function loadConfig(env: Environment): Config {
     echoDelayMs: ECHO_DELAY.read(env),
     closeAfterBytes: CLOSE_AFTER_BYTES.read(env),
     tls: readTls(env, ports),
+    udp: readUdp(env),
   });
 }
 

@@ -66,6 +66,12 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
         clientCaFile: undefined,
         clientAuth: "optional",
       },
+      udp: {
+        ports: [],
+        flowTimeoutMs: 30_000,
+        maxFlows: 10_000,
+        faults: { dropFraction: 0, duplicateFraction: 0, reorderFraction: 0, delayMs: 0 },
+      },
     });
     assert.ok(Object.isFrozen(config) && Object.isFrozen(config.banner));
     assert.ok(Object.isFrozen(config.tls) && Object.isFrozen(config.tls.alpn));

@@ -123,13 +123,15 @@ export interface TestServer extends AsyncDisposable {
   connectTls(options?: ConnectTlsOptions): Promise<TlsStream>;
   /** Id of the n-th (0-based) connection the server logged as open. */
   connectionId(n: number): Promise<string>;
+  /** Its UDP port on 127.0.0.1, when `UDP_PORT: "any"` asked for one. */
+  readonly udpPort: number;
 }
 
 /**
  * Starts a server on 127.0.0.1, port 0, with logs captured in memory.
  * `ADMIN_PORT: "any"` starts the admin server on a free port too, and
  * `TLS_PORT: "any"` a TLS port (its certificate files are read again every
- * `tlsReloadIntervalMs`).
+ * `tlsReloadIntervalMs`), and `UDP_PORT: "any"` a UDP port.
  */
 export async function startTestServer(
   env: Environment = {},
@@ -138,11 +140,13 @@ export async function startTestServer(
 ): Promise<TestServer> {
   const wantsAdmin = env.ADMIN_PORT === "any";
   const wantsTls = env.TLS_PORT === "any";
+  const wantsUdp = env.UDP_PORT === "any";
   const config = loadConfig({
     HOST: "127.0.0.1",
     ...env,
     ADMIN_PORT: "off",
     TLS_PORT: wantsTls ? "65535" : env.TLS_PORT,
+    UDP_PORT: wantsUdp ? "65535" : env.UDP_PORT,
   });
   const logs = new LogCapture();
   const detach = await setupLogging(config.logLevel, logs.sink);
@@ -158,9 +162,14 @@ export async function startTestServer(
     server = startServer(config, {
       ports: [0],
       tlsPorts: wantsTls ? [0] : [],
+      udpPorts: wantsUdp ? [0] : [],
       adminPort: wantsAdmin ? 0 : undefined,
       ...hooks,
     }, { tls });
+    await server.listening.catch(async (error) => {
+      await server.shutdown({ graceMs: 0, drainDelayMs: 0 });
+      throw error;
+    });
   } catch (error) {
     tls?.close();
     await detach();
@@ -168,10 +177,12 @@ export async function startTestServer(
   }
   const port = server.addresses[0].port;
   const tlsPort = wantsTls ? server.addresses[server.addresses.length - 1].port : 0;
+  const udpPort = wantsUdp ? server.stats.udpPorts.keys().next().value! : 0;
   return {
     server,
     port,
     tlsPort,
+    udpPort,
     logs,
     connect: () => Deno.connect({ hostname: "127.0.0.1", port }),
     connectTls: (options) => connectTls("127.0.0.1", tlsPort, options),

@@ -1,0 +1,309 @@
+/**
+ * UDP echo ports (`UDP_PORT`): every datagram is answered with the same
+ * bytes. A peer (address and port) not seen for `UDP_FLOW_TIMEOUT` first gets
+ * the banner as a datagram of its own, so `nc -u` shows who answered just as
+ * on TCP. Each flow (a peer, until it falls silent) has its own UUID, an open
+ * and a closed record with its counts, and data records as on TCP; the flow
+ * table is bounded (`UDP_MAX_FLOWS`: past it a new peer's datagrams are
+ * dropped, counted). Faults that mean something for datagrams: drop a
+ * fraction, delay, duplicate, reorder.
+ *
+ * The socket is `node:dgram`'s (Deno's own datagram API needs
+ * `--unstable-net`), bound dual-stack where the host has IPv6.
+ *
+ * @module
+ */
+import dgram from "node:dgram";
+import type { Config, UdpSettings } from "./config.ts";
+import { log, logConnectionRecord, logReceived } from "./log_output.ts";
+import { formatHostPort, renderBannerText, unmapIPv4 } from "./wire.ts";
+
+/** Why a datagram was not echoed, as `tcp_echo_udp_dropped_total{reason}` counts it. */
+export const UDP_DROP_REASONS = ["fault", "flow_limit", "send_failed"] as const;
+/** A {@linkcode UDP_DROP_REASONS} value. */
+export type UdpDropReason = typeof UDP_DROP_REASONS[number];
+
+/** One UDP port's counters, as plain numbers the metrics read. */
+export class UdpPortStats {
+  /** Datagrams received. */
+  datagramsReceived = 0;
+  /** Datagrams sent: banners, echoes and duplicates. */
+  datagramsSent = 0;
+  /** Bytes received. */
+  bytesReceived = 0;
+  /** Bytes sent. */
+  bytesSent = 0;
+  /** Flows begun. */
+  flows = 0;
+  /** Flows open now. */
+  activeFlows = 0;
+  /** Datagrams not echoed, by reason. */
+  readonly dropped: Record<UdpDropReason, number> = { fault: 0, flow_limit: 0, send_failed: 0 };
+}
+
+/** A peer's flow: the datagrams from one address and port until it falls silent. */
+interface Flow {
+  readonly id: string;
+  readonly client: string;
+  readonly startedAt: number;
+  lastSeenAt: number;
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** A reordered echo held back until this flow's next echo (or its timer). */
+  held?: { readonly bytes: Uint8Array; readonly timer: ReturnType<typeof setTimeout> };
+}
+
+/** Where a datagram came from, as node:dgram reports it. */
+interface Peer {
+  readonly address: string;
+  readonly port: number;
+}
+
+/** What happens to one datagram's echo, decided before it is sent (pure, given the random draws). */
+export interface EchoPlan {
+  /** Not echoed (the drop fault). */
+  readonly drop: boolean;
+  /** Echoed twice (the duplicate fault). */
+  readonly duplicate: boolean;
+  /** Held back and sent after the flow's next echo (the reorder fault). */
+  readonly reorder: boolean;
+}
+
+/** Decides a datagram's faults from `random` (one draw per fault that is on). */
+export function planEcho(faults: UdpSettings["faults"], random: () => number): EchoPlan {
+  const draw = (fraction: number) => fraction > 0 && random() < fraction;
+  const drop = draw(faults.dropFraction);
+  return {
+    drop,
+    duplicate: !drop && draw(faults.duplicateFraction),
+    reorder: !drop && draw(faults.reorderFraction),
+  };
+}
+
+/** How long a reordered echo waits for the flow's next datagram before it goes anyway. */
+const REORDER_HOLD_MS = 100;
+/** How often the flow table is swept for silent peers. */
+const SWEEP_INTERVAL_MS = 1_000;
+
+/** Hooks for tests only: the random source of the faults, and the sweep interval. */
+export interface UdpTestHooks {
+  /** Draws for the faults; default Math.random. */
+  readonly random?: () => number;
+  /** How often silent flows are looked for; default {@linkcode SWEEP_INTERVAL_MS}. */
+  readonly sweepIntervalMs?: number;
+}
+
+/**
+ * One UDP echo port: its socket, its flows, its counters. {@linkcode UdpEchoPort.open}
+ * binds it; {@linkcode UdpEchoPort.close} closes the flows (reason `shutdown`) and the socket.
+ */
+export class UdpEchoPort {
+  readonly #socket: dgram.Socket;
+  readonly #flows = new Map<string, Flow>();
+  readonly #config: Config;
+  readonly #banner: Uint8Array | undefined;
+  readonly #random: () => number;
+  readonly #sweep: ReturnType<typeof setInterval>;
+  readonly #logConnections = log.isEnabledFor("info");
+  readonly #logData: boolean;
+  #flowLimitReported = false;
+
+  private constructor(
+    socket: dgram.Socket,
+    readonly port: number,
+    readonly stats: UdpPortStats,
+    config: Config,
+    hooks: UdpTestHooks,
+  ) {
+    this.#socket = socket;
+    this.#config = config;
+    const banner = renderBannerText(config.banner);
+    this.#banner = config.bannerMode === "off" ? undefined : new TextEncoder().encode(banner);
+    this.#random = hooks.random ?? Math.random;
+    this.#logData = config.logDataBytes > 0 && this.#logConnections;
+    socket.on("message", (message: Uint8Array, peer: Peer) => this.#onDatagram(message, peer));
+    socket.on("error", (error: Error) => log.warn("UDP socket error.", { port, error }));
+    this.#sweep = setInterval(
+      () => this.#closeSilent(),
+      hooks.sweepIntervalMs ?? SWEEP_INTERVAL_MS,
+    );
+  }
+
+  /** Binds a UDP port on `hostname` (`::` binds both families); rejects when it cannot. */
+  static open(
+    hostname: string,
+    port: number,
+    config: Config,
+    statsOf: (boundPort: number) => UdpPortStats,
+    hooks: UdpTestHooks = {},
+  ): Promise<UdpEchoPort> {
+    const ipv6 = hostname.includes(":");
+    const socket = dgram.createSocket({ type: ipv6 ? "udp6" : "udp4", ipv6Only: false });
+    return new Promise((resolve, reject) => {
+      socket.once("error", reject);
+      socket.bind(port, hostname, () => {
+        socket.off("error", reject);
+        const bound = (socket.address() as { port: number }).port;
+        resolve(new UdpEchoPort(socket, bound, statsOf(bound), config, hooks));
+      });
+    });
+  }
+
+  /** Where it listens, as text. */
+  get address(): string {
+    const { address, port } = this.#socket.address() as { address: string; port: number };
+    return formatHostPort(address, port);
+  }
+
+  /** Closes every flow (reason `shutdown`) and the socket. */
+  async close(): Promise<void> {
+    clearInterval(this.#sweep);
+    for (const [key, flow] of this.#flows) this.#closeFlow(key, flow, "shutdown");
+    await new Promise<void>((resolve) => this.#socket.close(() => resolve()));
+  }
+
+  #onDatagram(message: Uint8Array, peer: Peer): void {
+    const { stats } = this;
+    stats.datagramsReceived++;
+    stats.bytesReceived += message.length;
+    const key = `${peer.address}|${peer.port}`;
+    let flow = this.#flows.get(key);
+    const now = performance.now();
+    if (flow === undefined) {
+      flow = this.#openFlow(key, peer, now);
+      if (flow === undefined) return;
+    }
+    flow.lastSeenAt = now;
+    flow.datagramsIn++;
+    flow.bytesIn += message.length;
+    if (this.#logData) logReceived(flow.id, message, this.#config.logDataBytes);
+    const plan = planEcho(this.#config.udp.faults, this.#random);
+    if (plan.drop) {
+      stats.dropped.fault++;
+      return;
+    }
+    const delayMs = this.#config.udp.faults.delayMs;
+    // node:dgram reuses nothing of `message`: it may be sent later as it is.
+    const echo = () => this.#echo(flow, peer, message, plan);
+    if (delayMs > 0) setTimeout(echo, delayMs);
+    else echo();
+  }
+
+  /** A new peer's flow, with its banner sent; `undefined` when the table is full. */
+  #openFlow(key: string, peer: Peer, now: number): Flow | undefined {
+    if (this.#flows.size >= this.#config.udp.maxFlows) {
+      this.stats.dropped.flow_limit++;
+      if (!this.#flowLimitReported) {
+        this.#flowLimitReported = true;
+        log.warn("UDP flow table full: datagrams of new peers are dropped.", {
+          port: this.port,
+          limit: this.#config.udp.maxFlows,
+        });
+      }
+      return undefined;
+    }
+    const client = formatHostPort(unmapIPv4(peer.address), peer.port);
+    const flow: Flow = {
+      id: crypto.randomUUID(),
+      client,
+      startedAt: now,
+      lastSeenAt: now,
+      datagramsIn: 0,
+      datagramsOut: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+    this.#flows.set(key, flow);
+    this.stats.flows++;
+    this.stats.activeFlows++;
+    if (this.#logConnections) {
+      logConnectionRecord("UDP flow open.", { id: flow.id, client, port: this.port });
+    }
+    const banner = this.#bannerFor(flow);
+    if (banner !== undefined) this.#send(flow, peer, banner);
+    return flow;
+  }
+
+  /** The banner datagram of a new flow: identity lines, the client's address and the flow's id when on. */
+  #bannerFor(flow: Flow): Uint8Array | undefined {
+    if (this.#banner === undefined) return undefined;
+    const { showClientAddress, showConnectionId } = this.#config;
+    const extra = renderBannerText({
+      clientAddress: showClientAddress ? flow.client : undefined,
+      connectionId: showConnectionId ? flow.id : undefined,
+    });
+    if (extra === "") return this.#banner.length > 0 ? this.#banner : undefined;
+    const encoded = new TextEncoder().encode(extra);
+    const banner = new Uint8Array(this.#banner.length + encoded.length);
+    banner.set(this.#banner);
+    banner.set(encoded, this.#banner.length);
+    return banner;
+  }
+
+  #echo(flow: Flow, peer: Peer, message: Uint8Array, plan: EchoPlan): void {
+    const held = flow.held;
+    if (plan.reorder && held === undefined) {
+      const timer = setTimeout(() => this.#releaseHeld(flow, peer), REORDER_HOLD_MS);
+      flow.held = { bytes: message, timer };
+      return;
+    }
+    this.#send(flow, peer, message);
+    if (plan.duplicate) this.#send(flow, peer, message);
+    if (held !== undefined) this.#releaseHeld(flow, peer);
+  }
+
+  #releaseHeld(flow: Flow, peer: Peer): void {
+    const held = flow.held;
+    if (held === undefined) return;
+    clearTimeout(held.timer);
+    flow.held = undefined;
+    this.#send(flow, peer, held.bytes);
+  }
+
+  #send(flow: Flow, peer: Peer, bytes: Uint8Array): void {
+    const { stats } = this;
+    this.#socket.send(bytes, peer.port, peer.address, (error) => {
+      if (error) {
+        stats.dropped.send_failed++;
+        log.info("A UDP echo could not be sent: {detail}", {
+          id: flow.id,
+          detail: error.message,
+          bytes: bytes.length,
+        });
+        return;
+      }
+      stats.datagramsSent++;
+      stats.bytesSent += bytes.length;
+      flow.datagramsOut++;
+      flow.bytesOut += bytes.length;
+    });
+  }
+
+  /** Closes the flows silent for `UDP_FLOW_TIMEOUT` (reason `idle`). */
+  #closeSilent(): void {
+    const cutoff = performance.now() - this.#config.udp.flowTimeoutMs;
+    for (const [key, flow] of this.#flows) {
+      if (flow.lastSeenAt <= cutoff && flow.held === undefined) this.#closeFlow(key, flow, "idle");
+    }
+  }
+
+  #closeFlow(key: string, flow: Flow, reason: "idle" | "shutdown"): void {
+    if (flow.held) clearTimeout(flow.held.timer);
+    this.#flows.delete(key);
+    this.stats.activeFlows--;
+    if (this.#flows.size < this.#config.udp.maxFlows) this.#flowLimitReported = false;
+    if (!this.#logConnections) return;
+    logConnectionRecord("UDP flow closed.", {
+      id: flow.id,
+      reason,
+      datagrams_in: flow.datagramsIn,
+      datagrams_out: flow.datagramsOut,
+      bytes_in: flow.bytesIn,
+      bytes_out: flow.bytesOut,
+      duration_ms: Math.round(performance.now() - flow.startedAt),
+      port: this.port,
+    });
+  }
+}
