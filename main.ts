@@ -91,6 +91,7 @@ import {
   formatAddress,
   formatDuration,
   formatHostPort,
+  ipFamily,
   renderBannerText,
   writeAll,
 } from "./src/wire.ts";
@@ -577,6 +578,7 @@ async function admit(
       id: connection.id,
       client: connection.client,
       port: connection.port,
+      family: ipFamily(origin.client.hostname),
     };
     if (origin.proxy) opened.peer = formatAddress(origin.proxy);
     if (origin.tlvs) Object.assign(opened, tlvRecordFields(origin.tlvs));
@@ -950,6 +952,13 @@ function formatMiB(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(bytes % 2 ** 20 === 0 ? 0 : 1)}MiB`;
 }
 
+/** Which families a listener on `hostname` takes: `::` both (Linux's dual-stack default). */
+function listenFamilies(hostname: string): string {
+  return hostname === "::"
+    ? "IPv4,IPv6"
+    : ipFamily(hostname === "localhost" ? "127.0.0.1" : hostname);
+}
+
 /** The listen address: `HOST`, else dual-stack `::` where the host has IPv6, else `0.0.0.0`. */
 function chooseHostname(config: Config): string {
   if (config.host !== undefined) return config.host;
@@ -1152,6 +1161,7 @@ export class EchoServer {
       log.info(`Listening on ${kind} port {port}`, {
         port: listener.addr.port,
         address: formatAddress(listener.addr),
+        families: listenFamilies(hostname),
       });
     }
     logActiveFaults(config);

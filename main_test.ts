@@ -247,7 +247,7 @@ Deno.test("logs: exact open, raw, string and closed records", async (t) => {
     const ts = (i: number) =>
       formatGoTimestamp(s.logs.records.filter((r) => r.properties.id === id)[i].timestamp);
     assert.deepEqual(lines, [
-      `${ts(0)} ${id} - TCP connection open. client=${client} port=${s.port}\n`,
+      `${ts(0)} ${id} - TCP connection open. client=${client} port=${s.port} family=IPv4\n`,
       `${ts(1)} ${id} - Received Raw Data: [104 101 108 108 111 10]\n`,
       `${ts(2)} ${id} - Received Data (converted to string): hello\n`,
       `${ts(3)} ${id} - Received Raw Data: [97 13 10 70 65 75 69]\n`,
@@ -260,7 +260,7 @@ Deno.test("logs: exact open, raw, string and closed records", async (t) => {
     const listening = formatTextRecord(s.logs.records[0]);
     assert.equal(
       withoutTimestamp(listening),
-      `Listening on TCP port ${s.port} address=127.0.0.1:${s.port}\n`,
+      `Listening on TCP port ${s.port} address=127.0.0.1:${s.port} families=IPv4\n`,
     );
   });
 
@@ -319,6 +319,7 @@ Deno.test("logs: exact open, raw, string and closed records", async (t) => {
       id,
       client: formatAddress(conn.localAddr),
       port: s.port,
+      family: "IPv4",
     });
     assert.deepEqual(objects[1].raw, [97, 13, 10, 70, 65, 75, 69, 10]);
     assert.equal(objects[1].msg, "Received Raw Data");
@@ -1278,6 +1279,7 @@ Deno.test("PROXY v2 TLVs: the mesh's source identity in the banner and the open 
     assert.equal(
       withoutTimestamp(formatTextRecord(record)),
       `${record.properties.id} - TCP connection open. client=198.51.100.9:40000 port=${s.port} ` +
+        "family=IPv4 " +
         `peer=${record.properties.peer} source_identity=${spiffe} ` +
         "service=tcp-echo.default.svc.cluster.local\n",
     );

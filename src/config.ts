@@ -88,7 +88,10 @@ export const MAX_LOG_DATA_BYTES = 65_536;
 export const MAX_CONNECTIONS_LIMIT = 1_000_000;
 
 /** The banner's identity lines, as the environment sets them (the client address is per connection). */
-export type BannerFields = Omit<BannerValues, "clientAddress" | "sourceIdentity" | "connectionId">;
+export type BannerFields = Omit<
+  BannerValues,
+  "clientAddress" | "sourceIdentity" | "connectionId"
+>;
 
 /** The whole configuration, as the environment and arguments say it: built once, frozen. */
 export interface Config {
@@ -273,6 +276,7 @@ const BANNER_MEANINGS: Readonly<Record<BannerKey, string>> = {
   pod: "pod name",
   namespace: "namespace",
   ip: "pod IP address",
+  ips: "the pod's addresses, both families (Downward API status.podIPs)",
   serviceAccount: "service account",
   version: "version",
   clientAddress: "",

@@ -37,6 +37,7 @@ Deno.test("configuration: defaults, values and one-line errors", async (t) => {
         ip: undefined,
         serviceAccount: undefined,
         version: undefined,
+        ips: undefined,
       },
       logLevel: "info",
       logFormat: "text",

@@ -16,7 +16,7 @@
 import dgram from "node:dgram";
 import type { Config, UdpSettings } from "./config.ts";
 import { log, logConnectionRecord, logReceived } from "./log_output.ts";
-import { formatHostPort, renderBannerText, unmapIPv4 } from "./wire.ts";
+import { formatHostPort, ipFamily, renderBannerText, unmapIPv4 } from "./wire.ts";
 
 /** Why a datagram was not echoed, as `tcp_echo_udp_dropped_total{reason}` counts it. */
 export const UDP_DROP_REASONS = ["fault", "flow_limit", "send_failed"] as const;
@@ -219,7 +219,12 @@ export class UdpEchoPort {
     this.stats.flows++;
     this.stats.activeFlows++;
     if (this.#logConnections) {
-      logConnectionRecord("UDP flow open.", { id: flow.id, client, port: this.port });
+      logConnectionRecord("UDP flow open.", {
+        id: flow.id,
+        client,
+        port: this.port,
+        family: ipFamily(peer.address),
+      });
     }
     const banner = this.#bannerFor(flow);
     if (banner !== undefined) this.#send(flow, peer, banner);

@@ -27,6 +27,7 @@ export type BannerKey =
   | "pod"
   | "namespace"
   | "ip"
+  | "ips"
   | "serviceAccount"
   | "version"
   | "clientAddress"
@@ -44,6 +45,7 @@ export const BANNER_FIELDS: readonly BannerField[] = [
   { key: "ip", variable: "POD_IP", template: "With IP address {}." },
   { key: "serviceAccount", variable: "SERVICE_ACCOUNT", template: "Service {}." },
   { key: "version", variable: "SERVICE_VERSION", template: "Version {}." },
+  { key: "ips", variable: "POD_IPS", template: "With IP addresses {}." },
   { key: "clientAddress", variable: undefined, template: "Your address is {}." },
   { key: "sourceIdentity", variable: undefined, template: "Source identity {}." },
   { key: "connectionId", variable: undefined, template: "Connection id {}." },
@@ -160,6 +162,11 @@ export function unmapIPv4(hostname: string): string {
   if (!hostname.includes(":") || !ipaddr.IPv6.isValid(hostname)) return hostname;
   const address = ipaddr.IPv6.parse(hostname);
   return address.isIPv4MappedAddress() ? address.toIPv4Address().toString() : hostname;
+}
+
+/** The IP family of an address as text (IPv4-mapped IPv6 counts as IPv4): `IPv4` or `IPv6`. */
+export function ipFamily(hostname: string): "IPv4" | "IPv6" {
+  return unmapIPv4(hostname).includes(":") ? "IPv6" : "IPv4";
 }
 
 /** `host:port`, with an IPv6 host in brackets: `[::1]:80`. */

@@ -38,6 +38,7 @@ Deno.test("banner field table: the server renders what the client parses, field 
     ip: "10.0.0.1",
     serviceAccount: "sa",
     version: "v2",
+    ips: "10.244.0.5,fd00:10:244::5",
     clientAddress: "[::1]:5",
     sourceIdentity: "spiffe://cluster.local/ns/default/sa/sleep",
     connectionId: "6c7f4971-40f1-4f72-54c4-e1462a846189",
