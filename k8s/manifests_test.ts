@@ -251,6 +251,8 @@ const MANIFEST_FILES = [
   "k8s/istio-tls-passthrough/virtualservice.yaml",
   "k8s/gateway-api-tls/gateway.yaml",
   "k8s/gateway-api-tls/tls-routes.yaml",
+  "k8s/gateway-api-udp/gateway.yaml",
+  "k8s/gateway-api-udp/udp-routes.yaml",
   ...AMBIENT_FILES,
 ];
 
@@ -371,6 +373,23 @@ Deno.test({
         "v1 Service tcp-echo",
         "v1 ServiceAccount tcp-echo",
       ],
+      "k8s/dual-stack": [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "v1 Service tcp-echo",
+        "v1 ServiceAccount tcp-echo",
+      ],
+      "k8s/gateway-api-udp": [
+        "apps/v1 Deployment tcp-echo-v1",
+        "apps/v1 Deployment tcp-echo-v2",
+        "gateway.networking.k8s.io/v1 Gateway tcp-echo-udp-gateway",
+        "gateway.networking.k8s.io/v1 UDPRoute tcp-echo-v1",
+        "gateway.networking.k8s.io/v1 UDPRoute tcp-echo-v2",
+        "v1 Service tcp-echo",
+        "v1 Service tcp-echo-v1",
+        "v1 Service tcp-echo-v2",
+        "v1 ServiceAccount tcp-echo",
+      ],
       "k8s/istio-ambient": [
         "apps/v1 Deployment client",
         "apps/v1 Deployment stranger",
@@ -451,14 +470,19 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
       selects(service.spec.selector, podLabels(v1)) &&
         selects(service.spec.selector, podLabels(v2)),
     );
-    assert.equal(service.spec.ports.length, 1);
-    const [port] = service.spec.ports;
+    assert.equal(service.spec.ports.length, 2);
+    const [port, udp] = service.spec.ports;
     assert.deepEqual([port.name, port.appProtocol, port.protocol], ["tcp", "tcp", "TCP"]);
+    assert.deepEqual([udp.name, udp.protocol], ["udp", "UDP"]);
     for (const deployment of [v1, v2]) {
       const env = container(deployment).env.find((e: Manifest) => e.name === "TCP_PORT");
       const containerPort = resolveTargetPort(port.targetPort, deployment);
       assert.equal(containerPort, Number(env.value), "targetPort = containerPort = TCP_PORT");
       assert.equal(container(deployment).ports[0].name, "tcp");
+      const udpEnv = container(deployment).env.find((e: Manifest) => e.name === "UDP_PORT");
+      const udpPort = container(deployment).ports.find((p: Manifest) => p.name === udp.targetPort);
+      assert.equal(udpPort.protocol, "UDP");
+      assert.equal(udpPort.containerPort, Number(udpEnv.value), "UDP targetPort = UDP_PORT");
     }
   });
 
@@ -520,6 +544,7 @@ Deno.test("consistency: Istio routing, Service, Deployments and the program agre
         POD_NAME: "metadata.name",
         POD_NAMESPACE: "metadata.namespace",
         POD_IP: "status.podIP",
+        POD_IPS: "status.podIPs",
         SERVICE_ACCOUNT: "spec.serviceAccountName",
         SERVICE_VERSION: "metadata.labels['version']",
       });
@@ -620,6 +645,8 @@ Deno.test("consistency: image name and tag agree with deno.json's version", asyn
     "k8s/istio-tls-passthrough",
     "k8s/gateway-api-tls",
     "k8s/istio-ambient",
+    "k8s/dual-stack",
+    "k8s/gateway-api-udp",
   ];
   for (
     const dir of [
@@ -977,6 +1004,8 @@ const KITS = [
   "k8s/istio-tcp-traffic-shifting",
   "k8s/istio-tcp-authorization",
   "k8s/istio-ambient",
+  "k8s/dual-stack",
+  "k8s/gateway-api-udp",
 ];
 
 Deno.test({
@@ -991,6 +1020,11 @@ Deno.test({
         for (const service of services) {
           for (const port of service.spec.ports) {
             const where = `${dir}: Service ${service.metadata.name} port ${port.port}`;
+            // UDP: no mesh protocol to declare (Istio proxies no UDP), named udp.
+            if (port.protocol === "UDP") {
+              assert.match(port.name, /^udp(-|$)/, `${where}: name`);
+              continue;
+            }
             // The banner makes tcp-echo speak first: a sidecar that sniffed for a protocol
             // would wait for the client. TLS ports are client-first, and say tls.
             const expected = port.targetPort === "tls" ? "tls" : "tcp";
@@ -1028,7 +1062,8 @@ Deno.test({
       TCP_PORT: server.env.find((e: Manifest) => e.name === "TCP_PORT").value,
     }).ports;
     assert.deepEqual(ports, [3333, 3334], "two ports, for a policy to tell apart");
-    assert.deepEqual(service("tcp-echo").spec.ports.map((p: Manifest) => p.port).sort(), ports);
+    const tcpPorts = service("tcp-echo").spec.ports.filter((p: Manifest) => p.protocol === "TCP");
+    assert.deepEqual(tcpPorts.map((p: Manifest) => p.port).sort(), ports);
     const [policy] = await readManifests("k8s/istio-ambient/policy-allow-client-3333.yaml");
     const [rule] = policy.spec.rules;
     assert.deepEqual(rule.from[0].source.principals, [

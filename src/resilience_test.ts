@@ -352,7 +352,9 @@ async function loadInCgroup(
   connections: number,
   open: (port: number) => Promise<LoadConn>,
 ): Promise<void> {
-  const { env: { TCP_PORT: _port, ...env }, limitBytes } = await shippedSettings(component);
+  const { env: { TCP_PORT: _port, UDP_PORT: _udp, ...env }, limitBytes } = await shippedSettings(
+    component,
+  );
   await using cgroup = await memoryCgroupOf(limitBytes);
   const adminPort = freePort();
   const tlsPort = component === "tls" ? freePort() : undefined;
