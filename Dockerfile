@@ -32,5 +32,5 @@ ENV DENO_USE_CGROUPS=1
 COPY --from=build /src/tcp-echo /tcp-echo
 # distroless's nonroot user: never root, never 1337 (Istio's sidecar uid).
 USER 65532:65532
-EXPOSE 3333 8080
+EXPOSE 3333 3333/udp 8080
 ENTRYPOINT ["/tcp-echo"]

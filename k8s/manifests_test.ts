@@ -708,7 +708,7 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
     const runtime = instructions.slice(runtimeAt);
     assert.equal(runtime[0], "FROM gcr.io/distroless/cc-debian12:nonroot");
     assert.ok(runtime.includes("USER 65532:65532"));
-    assert.ok(runtime.includes(`EXPOSE ${DEFAULT_PORT} ${DEFAULT_ADMIN_PORT}`));
+    assert.ok(runtime.includes(`EXPOSE ${DEFAULT_PORT} ${DEFAULT_PORT}/udp ${DEFAULT_ADMIN_PORT}`));
     assert.ok(runtime.includes("ENV DENO_USE_CGROUPS=1"));
     assert.ok(runtime.includes('ENTRYPOINT ["/tcp-echo"]'));
     assert.ok(runtime.includes("COPY --from=build /src/tcp-echo /tcp-echo"));
