@@ -1444,7 +1444,11 @@ async function openUdpPorts(
         hooks,
       );
       opened.push(udp);
-      log.info("Listening on UDP port {port}", { port: udp.port, address: udp.address });
+      log.info("Listening on UDP port {port}", {
+        port: udp.port,
+        address: udp.address,
+        families: listenFamilies(hostname),
+      });
     } catch (error) {
       await Promise.all(opened.map((udp) => udp.close()));
       throw new ListenError(`UDP port ${formatHostPort(hostname, port)}`, "UDP_PORT", error);

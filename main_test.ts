@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import dgram from "node:dgram";
 import { Buffer } from "node:buffer";
 import { V2_SIGNATURE } from "./src/proxy_protocol.ts";
 import {
@@ -48,6 +49,9 @@ Deno.test("program: a port already in use exits 1 with one line naming it, nothi
   const args = await startTaskArgs();
   using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const busy = String(taken.addr.port);
+  const takenUdp = dgram.createSocket("udp4");
+  await new Promise<void>((resolve) => takenUdp.bind(0, "127.0.0.1", resolve));
+  const busyUdp = String(takenUdp.address().port);
   const cases: [string, Record<string, string>, string, string][] = [
     [
       "TCP port",
@@ -67,6 +71,12 @@ Deno.test("program: a port already in use exits 1 with one line naming it, nothi
       `admin port 127.0.0.1:${busy}`,
       "set ADMIN_PORT to a free port, or off",
     ],
+    [
+      "UDP port",
+      { TCP_PORT: String(freePort()), UDP_PORT: busyUdp, ADMIN_PORT: "off" },
+      `UDP port 127.0.0.1:${busyUdp}`,
+      "set UDP_PORT to a free port",
+    ],
   ];
   for (const [name, env, where, hint] of cases) {
     await t.step(name, async () => {
@@ -83,6 +93,7 @@ Deno.test("program: a port already in use exits 1 with one line naming it, nothi
       );
     });
   }
+  await new Promise<void>((resolve) => takenUdp.close(resolve));
 });
 
 // ---------------------------------------------------------------------------

@@ -106,6 +106,11 @@ Deno.test("UDP: a new peer gets the banner, then every datagram back byte for by
     "127.0.0.1",
     "[",
   ]);
+  const listening = s.logs.records.find((r) => r.rawMessage === "Listening on UDP port {port}")!;
+  assert.equal(
+    withoutTimestamp(formatTextRecord(listening)),
+    `Listening on UDP port ${s.udpPort} address=[::]:${s.udpPort} families=IPv4,IPv6\n`,
+  );
 });
 
 Deno.test("UDP flows: open and closed records with counts; silent past UDP_FLOW_TIMEOUT, the banner again", async () => {

@@ -2,7 +2,8 @@
 // per connection, io.Copy from the connection to itself: what a Go
 // programmer writes for an echo server. Listens on 127.0.0.1:$TCP_PORT; with
 // $TLS_PORT also there with crypto/tls (the certificate in $TLS_CERT_FILE
-// and $TLS_KEY_FILE, ALPN "echo").
+// and $TLS_KEY_FILE, ALPN "echo"); with $UDP_PORT, a UDP echo there too: one
+// goroutine, ReadFrom and WriteTo on one buffer, every datagram back as it came.
 package main
 
 import (
@@ -26,6 +27,21 @@ func serve(ln net.Listener) {
 	}
 }
 
+func serveUDP(port string) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:"+port)
+	if err != nil {
+		log.Fatal(err)
+	}
+	buf := make([]byte, 65536)
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			continue
+		}
+		pc.WriteTo(buf[:n], addr)
+	}
+}
+
 func main() {
 	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("TCP_PORT"))
 	if err != nil {
@@ -42,6 +58,9 @@ func main() {
 			log.Fatal(err)
 		}
 		go serve(secure)
+	}
+	if port := os.Getenv("UDP_PORT"); port != "" {
+		go serveUDP(port)
 	}
 	serve(ln)
 }
