@@ -1,6 +1,6 @@
 /**
  * The pure parts of the end-to-end suite (`deno task e2e`): the pinned
- * versions, the README's cluster walkthroughs as commands, the binomial
+ * versions, the cluster walkthroughs of docs/walkthroughs.md as commands, the binomial
  * bound for the traffic-shifting split, and reading the client's JSON. They
  * are unit-tested with the other tests; the suite itself needs Docker and
  * kind (e2e/run.ts).
@@ -37,9 +37,12 @@ export function parseVersions(text: string): Versions {
   return value as Versions;
 }
 
-/** The README sections whose commands the suite runs. */
+/** The page whose walkthrough commands the suite runs, from the repository's root. */
+export const WALKTHROUGH_PAGE = "docs/walkthroughs.md";
+
+/** The sections of {@linkcode WALKTHROUGH_PAGE} whose commands the suite runs, in order. */
 export const WALKTHROUGH_SECTIONS = [
-  "## Kubernetes",
+  "## Any cluster: v1 and v2 behind one Service",
   "## Istio: port 31400 reaches v1, port 31401 reaches v2",
   "## Istio with the Kubernetes Gateway API",
   "## TLS passthrough and SNI routing",
@@ -48,21 +51,24 @@ export const WALKTHROUGH_SECTIONS = [
 ] as const;
 
 /**
- * The commands of the README's cluster walkthroughs: every line of their
+ * The commands of the page's cluster walkthroughs: every line of their
  * `sh` and `console` blocks that is a command (a `$ ` prompt in console
  * blocks; every line in sh blocks), without the prompt, trailing comments and
  * continuation lines joined.
  */
-export function walkthroughCommands(readme: string): string[] {
-  return WALKTHROUGH_SECTIONS.flatMap((section) => sectionCommands(readme, section));
+export function walkthroughCommands(page: string): string[] {
+  return WALKTHROUGH_SECTIONS.flatMap((section) => sectionCommands(page, section));
 }
 
-/** The commands of one README section's `sh` and `console` blocks, as {@linkcode walkthroughCommands}. */
-export function sectionCommands(readme: string, section: string): string[] {
-  const start = readme.indexOf(`\n${section}\n`);
-  if (start < 0) throw new Error(`README has no section "${section}"`);
-  const end = readme.indexOf("\n## ", start + section.length + 2);
-  const text = readme.slice(start, end < 0 ? undefined : end);
+/**
+ * The commands of one section (`## ` heading to the next) of a Markdown page's
+ * `sh` and `console` blocks, as {@linkcode walkthroughCommands} reads them.
+ */
+export function sectionCommands(page: string, section: string): string[] {
+  const start = page.indexOf(`\n${section}\n`);
+  if (start < 0) throw new Error(`the page has no section "${section}"`);
+  const end = page.indexOf("\n## ", start + section.length + 2);
+  const text = page.slice(start, end < 0 ? undefined : end);
   const commands: string[] = [];
   for (const [, kind, body] of text.matchAll(/```(sh|console)\n([\s\S]*?)```/g)) {
     commands.push(...blockCommands(kind as "sh" | "console", body));

@@ -4,13 +4,18 @@ import {
   parseProbeReport,
   parseVersions,
   sectionCommands,
+  WALKTHROUGH_PAGE,
   WALKTHROUGH_SECTIONS,
   walkthroughCommands,
 } from "./lib.ts";
 import { AUTHORIZATION_STEPS, needsReplacement, REPLACEMENTS } from "./walkthroughs.ts";
+import { parse } from "yaml";
 import { repoDir, startTestServer } from "../testing/support.ts";
 
+const page = await Deno.readTextFile(`${repoDir}${WALKTHROUGH_PAGE}`);
 const readme = await Deno.readTextFile(`${repoDir}README.md`);
+/** The README's section that goes from nothing to `nc` on kind. */
+const README_KIND_SECTION = "## On kind, from zero";
 
 Deno.test("e2e: the pinned versions parse, and a bad one is refused", async () => {
   const versions = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
@@ -55,10 +60,10 @@ Deno.test("e2e: the client's probe JSON is read as versions and failures", async
   assert.throws(() => parseProbeReport('{"mode":"rr"}'), /not a probe report/);
 });
 
-Deno.test("e2e: every README walkthrough command is run as written or has a replacement", () => {
-  const commands = walkthroughCommands(readme);
+Deno.test("e2e: every walkthrough command of the page is run as written or has a replacement", () => {
+  const commands = walkthroughCommands(page);
   for (const section of WALKTHROUGH_SECTIONS) {
-    assert.ok(sectionCommands(readme, section).length > 0, section);
+    assert.ok(sectionCommands(page, section).length > 0, section);
   }
   for (const command of commands) {
     if (needsReplacement(command)) assert.ok(command in REPLACEMENTS, `no replacement: ${command}`);
@@ -66,15 +71,59 @@ Deno.test("e2e: every README walkthrough command is run as written or has a repl
   for (const command of Object.keys(REPLACEMENTS)) {
     assert.ok(
       commands.includes(command),
-      `a replacement for a command the README no longer has: ${command}`,
+      `a replacement for a command the page no longer has: ${command}`,
     );
   }
   for (const command of Object.keys(AUTHORIZATION_STEPS)) {
     assert.ok(
       commands.includes(command),
-      `an authorization step the README does not have: ${command}`,
+      `an authorization step the page does not have: ${command}`,
     );
   }
   assert.ok(commands.includes("kubectl apply -k k8s"));
   assert.ok(commands.includes("nc $INGRESS_HOST 31401"));
+  const istio = sectionCommands(page, "## Istio: port 31400 reaches v1, port 31401 reaches v2");
+  assert.ok(
+    istio.includes("kubectl apply -k k8s/istio"),
+    "the Istio walkthrough applies k8s/istio",
+  );
+  assert.throws(() => sectionCommands(page, "## No such section"), /no section/);
+});
+
+Deno.test("e2e: every kit and file a command of the page or the README's kind path applies exists", async () => {
+  // Every section of the page, those the suite does not run too.
+  const sections = Array.from(page.matchAll(/^## .+$/gm), ([heading]) => heading);
+  const commands = [
+    ...sections.flatMap((section) => sectionCommands(page, section)),
+    ...sectionCommands(readme, README_KIND_SECTION),
+  ];
+  const paths = commands.flatMap((command) =>
+    Array.from(command.matchAll(/(?:^|\s)-([kf]) (\S+)/g), ([, flag, path]) => ({ flag, path }))
+  ).filter(({ path }) => !/^https?:/.test(path));
+  assert.ok(paths.length > 10, `${paths.length} paths`);
+  for (const { flag, path } of paths) {
+    const file = flag === "k" ? `${path}/kustomization.yaml` : path;
+    assert.ok((await Deno.stat(`${repoDir}${file}`)).isFile, `${flag} ${path}`);
+  }
+});
+
+Deno.test("README: its kind path is the walkthrough page's first section, which the suite runs", async () => {
+  const path = sectionCommands(readme, README_KIND_SECTION);
+  // The image the manifests name: the path builds it under that name.
+  const kustomization = parse(await Deno.readTextFile(`${repoDir}k8s/base/kustomization.yaml`));
+  const [{ newName, newTag }] = kustomization.images;
+  const image = `${newName}:${newTag}`;
+  for (const command of ["kind create cluster", `docker build -t ${image} .`]) {
+    assert.ok(path.includes(command), command);
+  }
+  assert.ok(path.includes(`kind load docker-image ${image}`));
+  const onCluster = path.filter((command) => !/^(kind|docker) /.test(command));
+  const first = sectionCommands(page, WALKTHROUGH_SECTIONS[0]);
+  let from = 0;
+  for (const command of onCluster) {
+    const at = first.indexOf(command, from);
+    assert.ok(at >= 0, `${command}: not in ${WALKTHROUGH_SECTIONS[0]}, in this order`);
+    from = at + 1;
+  }
+  assert.ok(onCluster.includes("kubectl apply -k k8s") && onCluster.includes("nc localhost 3333"));
 });

@@ -3,8 +3,8 @@
  * image from the repository's Dockerfile (so `deno compile` runs for real),
  * checks the container, creates a kind cluster with Istio and the Gateway
  * API CRDs (versions pinned in e2e/versions.json), runs every command of the
- * README's cluster walkthroughs as written (e2e/walkthroughs.ts lists the
- * few it replaces and why) and asserts each with `tcp-echo client … --json`,
+ * cluster walkthroughs of docs/walkthroughs.md as written (e2e/walkthroughs.ts
+ * lists the few it replaces and why) and asserts each with `tcp-echo client … --json`,
  * checks the pods themselves, and tears everything down, also on failure.
  *
  * It needs Docker, kind's and Istio's release downloads, `kubectl`, `nc`
@@ -22,6 +22,7 @@ import {
   type ProbeSummary,
   sectionCommands,
   type Versions,
+  WALKTHROUGH_PAGE,
   type WALKTHROUGH_SECTIONS,
 } from "./lib.ts";
 import { AUTHORIZATION_STEPS, commandToRun, interactiveInput } from "./walkthroughs.ts";
@@ -145,7 +146,7 @@ async function portForward(target: string, namespace: string, ports: string[]) {
 // Steps
 // ---------------------------------------------------------------------------
 
-/** What a step proves, and where the README says it. */
+/** What a step proves, and where the docs say it. */
 interface Step {
   readonly name: string;
   readonly proves: string;
@@ -156,7 +157,8 @@ interface Context {
   readonly versions: Versions;
   readonly image: string;
   readonly tools: string;
-  readonly readme: string;
+  /** The text of docs/walkthroughs.md, whose commands the walkthrough steps run. */
+  readonly walkthroughs: string;
 }
 
 /** A probe with the client inside the image, from a pod in the mesh. */
@@ -218,7 +220,8 @@ async function eventually(ms: number, check: () => Promise<void>): Promise<void>
 const STEPS: Step[] = [
   {
     name: "image",
-    proves: "README Docker: the Dockerfile builds, deno compile runs on the build stage",
+    proves:
+      "walkthroughs.md, The image: the Dockerfile builds, deno compile runs on the build stage",
     async run({ image }) {
       await run("docker", ["build", "-t", image, "."]);
       const size = Number(
@@ -230,12 +233,13 @@ const STEPS: Step[] = [
   {
     name: "container",
     proves:
-      "README Docker: read-only root, uid 65532, 256 MiB, banner and echo, client, drain on stop",
+      "walkthroughs.md, The image: read-only root, uid 65532, 256 MiB, banner and echo, client, " +
+      "drain on stop",
     run: containerChecks,
   },
   {
     name: "cluster",
-    proves: "README Kubernetes: kind load docker-image",
+    proves: "README, On kind, from zero: kind create cluster, kind load docker-image",
     async run({ versions, image, tools }) {
       await run(`${tools}/kind`, [
         "create",
@@ -252,7 +256,9 @@ const STEPS: Step[] = [
   },
   {
     name: "istio",
-    proves: "Troubleshooting: the install overlay exposes 31400 and 31401 on the ingress gateway",
+    proves:
+      "walkthroughs.md, Before the Istio walkthroughs: the install overlay exposes 31400 and " +
+      "31401 on the ingress gateway; the Gateway API CRDs",
     async run({ tools, versions }) {
       await run(`${tools}/istioctl`, [
         "install",
@@ -271,36 +277,39 @@ const STEPS: Step[] = [
   },
   {
     name: "walkthrough: Kubernetes and Istio, 31400 → v1, 31401 → v2",
-    proves: "README Kubernetes; Istio: port 31400 reaches v1, port 31401 reaches v2",
+    proves: "walkthroughs.md, Any cluster: v1 and v2 behind one Service; Istio: port 31400 " +
+      "reaches v1, port 31401 reaches v2",
     run: classicWalkthrough,
   },
   {
     name: "pods: banner, metrics, drain under load, logs",
-    proves: "README Kubernetes (Downward API, probes, scrape annotations, drain) and Logs",
+    proves: "walkthroughs.md, What k8s/ holds (Downward API, probes, scrape annotations, drain); " +
+      "operations.md, Logs",
     run: podChecks,
   },
   {
     name: "walkthrough: Gateway API",
-    proves: "README Istio with the Kubernetes Gateway API",
+    proves: "walkthroughs.md, Istio with the Kubernetes Gateway API",
     run: gatewayApiWalkthrough,
   },
   {
     name: "walkthrough: TLS passthrough and SNI routing",
     proves:
-      "README TLS passthrough and SNI routing: each SNI reaches one version, through Istio's " +
+      "walkthroughs.md, TLS passthrough and SNI routing: each SNI reaches one version, through Istio's " +
       "PASSTHROUGH Gateway and through the Gateway API's TLSRoute",
     run: tlsPassthroughWalkthrough,
   },
   {
     name: "walkthrough: TCP traffic shifting",
-    proves:
-      "README Istio's TCP Traffic Shifting task: all to v1, then 80/20 within a binomial bound",
+    proves: "walkthroughs.md, Istio's TCP Traffic Shifting task: all to v1, then 80/20 within a " +
+      "binomial bound",
     run: trafficShiftingWalkthrough,
   },
   {
     name: "walkthrough: authorization for TCP traffic",
     proves:
-      "README Istio's Authorization for TCP traffic task: each policy step allows and refuses its ports",
+      "walkthroughs.md, Istio's Authorization for TCP traffic task: each policy step allows and " +
+      "refuses its ports",
     run: authorizationWalkthrough,
   },
 ];
@@ -366,13 +375,13 @@ async function containerChecks({ image }: Context): Promise<void> {
   }
 }
 
-/** Runs the README commands of a section in one shell; `hooks` run checks before a command. */
+/** Runs the commands of a section of the page in one shell; `hooks` run checks before a command. */
 async function runSection(
-  readme: string,
+  page: string,
   section: typeof WALKTHROUGH_SECTIONS[number],
   hooks: Record<string, () => Promise<void>> = {},
 ): Promise<void> {
-  const commands = sectionCommands(readme, section);
+  const commands = sectionCommands(page, section);
   const shell = new Shell({ ...Deno.env.toObject(), INGRESS_HOST: "127.0.0.1" });
   try {
     for (const command of commands) {
@@ -390,7 +399,7 @@ async function runSection(
         : `printf '%s' '${input}' | timeout 10 ${toRun}; [ $? -eq 124 ] || true`;
       const { code, output } = await shell.run(line);
       if (code !== 0) {
-        throw new Error(`README command failed (exit ${code}): ${command}\n${output}`);
+        throw new Error(`${WALKTHROUGH_PAGE} command failed (exit ${code}): ${command}\n${output}`);
       }
       if (input !== undefined && !/Version v[12]\.\n[\s\S]*hello, app1/.test(output)) {
         throw new Error(`${command}: no banner and echo:\n${output}`);
@@ -401,15 +410,15 @@ async function runSection(
   }
 }
 
-async function classicWalkthrough({ readme, image }: Context): Promise<void> {
-  await runSection(readme, "## Kubernetes");
+async function classicWalkthrough({ walkthroughs, image }: Context): Promise<void> {
+  await runSection(walkthroughs, "## Any cluster: v1 and v2 behind one Service");
   await kubectl("rollout", "status", "deployment/tcp-echo-v1", "--timeout=180s");
   await kubectl("rollout", "status", "deployment/tcp-echo-v2", "--timeout=180s");
   await using _ingress = await portForward("service/istio-ingressgateway", "istio-system", [
     "31400",
     "31401",
   ]);
-  await runSection(readme, "## Istio: port 31400 reaches v1, port 31401 reaches v2");
+  await runSection(walkthroughs, "## Istio: port 31400 reaches v1, port 31401 reaches v2");
   await eventually(60_000, async () => {
     expectOnly(await probeHere("127.0.0.1:31400", ["--count", "20"]), "v1", "31400 from outside");
     expectOnly(await probeHere("127.0.0.1:31401", ["--count", "20"]), "v2", "31401 from outside");
@@ -523,10 +532,10 @@ async function gatewayOnClusterIp(gateway: string): Promise<void> {
   });
 }
 
-async function gatewayApiWalkthrough({ readme }: Context): Promise<void> {
+async function gatewayApiWalkthrough({ walkthroughs }: Context): Promise<void> {
   const forwards: AsyncDisposable[] = [];
   try {
-    await runSection(readme, "## Istio with the Kubernetes Gateway API", {
+    await runSection(walkthroughs, "## Istio with the Kubernetes Gateway API", {
       "kubectl wait --for=condition=programmed": () => gatewayOnClusterIp("tcp-echo-gateway"),
       "nc $INGRESS_HOST 31400": async () => {
         await kubectl("rollout", "status", "deployment/tcp-echo-gateway-istio", "--timeout=180s");
@@ -557,13 +566,13 @@ async function expectSniRouting(what: string): Promise<void> {
   });
 }
 
-async function tlsPassthroughWalkthrough({ readme }: Context): Promise<void> {
+async function tlsPassthroughWalkthrough({ walkthroughs }: Context): Promise<void> {
   const forwards: AsyncDisposable[] = [];
   const closeForwards = async () => {
     for (const forward of forwards.splice(0)) await forward[Symbol.asyncDispose]();
   };
   try {
-    await runSection(readme, "## TLS passthrough and SNI routing", {
+    await runSection(walkthroughs, "## TLS passthrough and SNI routing", {
       "openssl s_client": async () => {
         forwards.push(
           await portForward("service/istio-ingressgateway", "istio-system", ["8443:443"]),
@@ -606,12 +615,12 @@ async function linePrefixes(count: number): Promise<Record<string, number>> {
   return seen;
 }
 
-async function trafficShiftingWalkthrough({ readme }: Context): Promise<void> {
+async function trafficShiftingWalkthrough({ walkthroughs }: Context): Promise<void> {
   const probes = 200;
   await using _ingress = await portForward("service/istio-ingressgateway", "istio-system", [
     "31400",
   ]);
-  await runSection(readme, "## Istio's TCP Traffic Shifting task, with this image", {
+  await runSection(walkthroughs, "## Istio's TCP Traffic Shifting task, with this image", {
     "for i in $(seq 1 20)": async () => {
       await kubectl(
         "rollout",
@@ -670,7 +679,7 @@ async function expectPorts(answers: [boolean, boolean, boolean], what: string): 
   });
 }
 
-async function authorizationWalkthrough({ readme }: Context): Promise<void> {
+async function authorizationWalkthrough({ walkthroughs }: Context): Promise<void> {
   let previous: string | undefined;
   const hooks: Record<string, () => Promise<void>> = {
     "for target in": () => expectPorts([true, true, true], "no policy"),
@@ -681,7 +690,11 @@ async function authorizationWalkthrough({ readme }: Context): Promise<void> {
       before ? expectPorts(AUTHORIZATION_STEPS[before], before) : Promise.resolve();
     previous = command;
   }
-  await runSection(readme, "## Istio's Authorization for TCP traffic task, with this image", hooks);
+  await runSection(
+    walkthroughs,
+    "## Istio's Authorization for TCP traffic task, with this image",
+    hooks,
+  );
   await expectPorts(AUTHORIZATION_STEPS[previous!], previous!);
 }
 
@@ -736,7 +749,7 @@ async function main(): Promise<number> {
     versions,
     image: `tcp-echo:${version}`,
     tools,
-    readme: await Deno.readTextFile(`${repoDir}README.md`),
+    walkthroughs: await Deno.readTextFile(`${repoDir}${WALKTHROUGH_PAGE}`),
   };
   console.log(
     `e2e: kind ${versions.kind}, Istio ${versions.istio}, Gateway API ${versions.gatewayApi}`,

@@ -1,16 +1,17 @@
 /**
- * How the end-to-end suite runs the README's cluster walkthroughs: every
- * command is run as written, in a shell, except those listed here, which
- * name things a reader replaces (a registry, a pod's generated name) or need
- * what kind lacks (a load balancer's address). The suite reads the commands
- * from README.md when it runs, so the two cannot drift; a test checks that
- * every replacement still matches a README command and that every command
- * with a placeholder has one.
+ * How the end-to-end suite runs the cluster walkthroughs of
+ * docs/walkthroughs.md: every command is run as written, in a shell, except
+ * those listed here, which name things a reader replaces (a pod's generated
+ * name) or need what kind lacks (port 443 on a runner that is not root), or
+ * wait where a reader would. The suite reads the commands from the page when
+ * it runs, so the two cannot drift; a test checks that every replacement
+ * still matches a command of the page and that every command with a
+ * placeholder has one.
  *
  * @module
  */
 
-/** A README command the suite runs differently, and why. */
+/** A command of the page that the suite runs differently, and why. */
 export interface Replacement {
   /** What the suite runs instead; an empty string runs nothing. */
   readonly run: string;
@@ -18,21 +19,19 @@ export interface Replacement {
   readonly why: string;
 }
 
-const NO_LOAD_BALANCER = "kind has no load balancer: the suite port-forwards the gateway to " +
-  "127.0.0.1 and sets INGRESS_HOST to it";
-
 const PORT_443 = "the gateway's 443 is port-forwarded to 127.0.0.1:8443: a runner that is not " +
   "root cannot listen on 443";
 
-/** README command → what the suite runs instead. */
+const POD_NAME = "the page's pod name is an example; the Deployment names the pod";
+
+/** Command of the page → what the suite runs instead. */
 export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
-  "export INGRESS_HOST=$(kubectl -n istio-system get service istio-ingressgateway -o jsonpath='{.status.loadBalancer.ingress[0].ip}')":
-    { run: "", why: NO_LOAD_BALANCER },
-  "export INGRESS_HOST=$(kubectl get gateways.gateway.networking.k8s.io tcp-echo-gateway -o jsonpath='{.status.addresses[0].value}')":
-    { run: "", why: NO_LOAD_BALANCER },
-  "export INGRESS_HOST=$(kubectl get gateways.gateway.networking.k8s.io tcp-echo-tls-gateway -o jsonpath='{.status.addresses[0].value}')":
-    { run: "", why: NO_LOAD_BALANCER },
-  "export INGRESS_HOST=...": { run: "", why: NO_LOAD_BALANCER },
+  "kubectl port-forward service/tcp-echo 3333 &": {
+    run: "kubectl port-forward service/tcp-echo 3333 >/dev/null 2>&1 & " +
+      "for i in $(seq 1 50); do nc -z localhost 3333 && break; sleep 0.2; done",
+    why: "a reader types the next command once kubectl says it is forwarding: the suite " +
+      "waits until the port accepts",
+  },
   "openssl s_client -quiet -connect $INGRESS_HOST:443 -servername v2.example.com -alpn echo -CAfile tls.crt":
     {
       run:
@@ -49,27 +48,26 @@ export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
   },
   "kubectl logs tcp-echo-v1-7c775f57c9-frprp -c tcp-echo-container | grep Received": {
     run: "kubectl logs deploy/tcp-echo-v1 -c tcp-echo-container | grep Received",
-    why: "the README's pod name is an example; the Deployment names the pod",
+    why: POD_NAME,
   },
   "kubectl logs tcp-echo-v2-6bcfd7dcf4-2sqhf -c tcp-echo-container | grep Received": {
     run: "kubectl logs deploy/tcp-echo-v2 -c tcp-echo-container | grep Received",
-    why: "the README's pod name is an example; the Deployment names the pod",
-  },
-  "kubectl get pods --selector=app=tcp-echo": {
-    run: "kubectl wait --for=condition=ready pod --selector=app=tcp-echo --timeout=180s && " +
-      "kubectl get pods --selector=app=tcp-echo",
-    why: "the README shows the pods running: the suite waits until they are",
+    why: POD_NAME,
   },
 };
 
-/** A README command that names something a reader must replace, or needs a load balancer. */
+/**
+ * A command of the page that names something a reader must replace, or needs
+ * a load balancer (the page sets `INGRESS_HOST` outside the walkthroughs, and
+ * the suite sets it to its port-forward).
+ */
 export function needsReplacement(command: string): boolean {
   return /REGISTRY|7c775f57c9|6bcfd7dcf4|\.\.\.|status\.loadBalancer|status\.addresses/.test(
     command,
   );
 }
 
-/** What the suite runs for a README command: itself, or its replacement. */
+/** What the suite runs for a command of the page: itself, or its replacement. */
 export function commandToRun(command: string): Replacement {
   return REPLACEMENTS[command] ?? { run: command, why: "" };
 }
@@ -79,7 +77,7 @@ export function commandToRun(command: string): Replacement {
  * them after a few seconds, then checks what came back.
  */
 export function interactiveInput(command: string): string | undefined {
-  if (/^nc \$INGRESS_HOST 3140[01]\b/.test(command)) return "hello, app1\n";
+  if (/^nc (\$INGRESS_HOST 3140[01]|localhost 3333)\b/.test(command)) return "hello, app1\n";
   if (/^openssl s_client /.test(command)) return "hello, app1\n";
   return undefined;
 }

@@ -1,0 +1,109 @@
+/**
+ * Tests of the pages a reader walks through: the README's table of the
+ * variables people set first says what the code says, its examples are valid
+ * configuration, every link between README.md and docs/ lands on a page and
+ * a heading that exist, and every page of docs/ opens with its contents.
+ */
+import assert from "node:assert/strict";
+import { CONFIG_VARIABLES, ConfigError, loadConfig } from "../src/config.ts";
+import { tableCells } from "./generated.ts";
+import { repoDir } from "../testing/support.ts";
+
+const readme = await Deno.readTextFile(`${repoDir}README.md`);
+const docsPages = Array.from(Deno.readDirSync(`${repoDir}docs`))
+  .filter((entry) => entry.isFile && entry.name.endsWith(".md"))
+  .map((entry) => `docs/${entry.name}`)
+  .sort();
+
+/** A page's text without its fenced code blocks: a `#` line in a shell block is no heading. */
+function prose(page: string): string {
+  return page.replace(/^```[^\n]*\n[\s\S]*?^```$/gm, "");
+}
+
+/** The `## `…`###### ` headings of a page, as written. */
+function headings(page: string, level = /#{2,6}/): string[] {
+  const pattern = new RegExp(`^${level.source} (.+)$`, "gm");
+  return Array.from(prose(page).matchAll(pattern), ([, text]) => text.trim());
+}
+
+/**
+ * The anchor GitHub gives a heading: lower case, the characters that are not
+ * letters, digits, spaces, `-` or `_` dropped, spaces made `-`.
+ */
+function slug(heading: string): string {
+  return heading.toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/\s/g, "-");
+}
+
+/** Every anchor of a page; a repeated heading's gets `-1`, `-2`, … as on GitHub. */
+function anchors(page: string): Set<string> {
+  const seen = new Map<string, number>();
+  const result = new Set<string>();
+  for (const heading of headings(page, /#{1,6}/)) {
+    const base = slug(heading);
+    const count = seen.get(base) ?? 0;
+    seen.set(base, count + 1);
+    result.add(count === 0 ? base : `${base}-${count}`);
+  }
+  return result;
+}
+
+Deno.test("README: every variable it names exists with the default the code has", async (t) => {
+  const rows = tableCells(readme).filter(([first]) => /^`[A-Z][A-Z0-9_]+`/.test(first));
+  const byName = new Map(CONFIG_VARIABLES.map((variable) => [variable.name, variable]));
+
+  await t.step("its table: each name is a variable, each default the code's", () => {
+    assert.ok(rows.length >= 5, `${rows.length} rows`);
+    for (const [names, defaultText] of rows) {
+      for (const [, name] of names.matchAll(/`([A-Z][A-Z0-9_]+)`/g)) {
+        const variable = byName.get(name);
+        assert.ok(variable, `${name} is not a variable the program reads`);
+        assert.equal(defaultText.replaceAll("`", ""), variable.defaultText, `${name}'s default`);
+      }
+    }
+  });
+
+  await t.step("its examples (NAME=value) are variables, and valid values", () => {
+    const settings = Array.from(
+      readme.matchAll(/(?:^|[\s`$])([A-Z][A-Z0-9_]{2,})=([^\s`\\]*)/gm),
+      ([, name, value]) => ({ name, value }),
+    );
+    assert.ok(settings.length >= 5, `${settings.length} settings`);
+    for (const { name, value } of settings) {
+      assert.ok(byName.has(name), `${name}=${value}: not a variable the program reads`);
+      assert.doesNotThrow(() => loadConfig({ [name]: value }), ConfigError, `${name}=${value}`);
+    }
+  });
+});
+
+Deno.test("docs: every link between the pages lands on a page and a heading that exist", async () => {
+  let links = 0;
+  for (const file of ["README.md", ...docsPages]) {
+    const page = await Deno.readTextFile(`${repoDir}${file}`);
+    const folder = file.includes("/") ? file.slice(0, file.lastIndexOf("/") + 1) : "";
+    for (const [, target] of prose(page).matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z]+:/.test(target)) continue; // https:, mailto:
+      links++;
+      const [path, anchor] = target.split("#");
+      const linked = path === "" ? file : new URL(path, `file:///${folder}`).pathname.slice(1);
+      const text = await Deno.readTextFile(`${repoDir}${linked}`).catch(() => undefined);
+      assert.ok(text !== undefined, `${file}: ${target}: no file ${linked}`);
+      if (anchor !== undefined) {
+        assert.ok(anchors(text).has(anchor), `${file}: ${target}: no such heading in ${linked}`);
+      }
+    }
+  }
+  assert.ok(links > 30, `${links} links`);
+});
+
+Deno.test("docs: every page opens with its contents, a link to each of its sections", async () => {
+  assert.ok(docsPages.length >= 9, docsPages.join(" "));
+  for (const file of docsPages) {
+    const page = await Deno.readTextFile(`${repoDir}${file}`);
+    const [first, ...sections] = headings(page, /##/);
+    assert.equal(first, "Contents", `${file}: its first section is its contents`);
+    const contents = prose(page).split(/^## /m)[1];
+    for (const section of sections) {
+      assert.ok(contents.includes(`](#${slug(section)})`), `${file}: contents lack "${section}"`);
+    }
+  }
+});
