@@ -114,7 +114,7 @@ const BURST_BUFFER_BYTES = 65_536;
 /**
  * Their size when data records are on: each read costs two records, so
  * fewer, larger reads keep logging's share of a busy stream small. Without
- * logging, 64 KiB was faster (README, Performance).
+ * logging, 64 KiB was faster (docs/performance.md).
  */
 const BURST_BUFFER_BYTES_LOGGING = 262_144;
 

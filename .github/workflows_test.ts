@@ -16,7 +16,7 @@ const WORKFLOWS = [
 ];
 
 /** A step's `uses:` line: an action pinned to a full commit, its version in the comment. */
-const PINNED_USES = /^\s*(?:- )?uses: ([\w.-]+\/[\w.-]+)@([0-9a-f]{40}) {2}# (v\d+\.\d+\.\d+)$/;
+const PINNED_USES = /^\s*(?:- )?uses: ([\w.-]+\/[\w.-]+)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)$/;
 
 Deno.test("workflows: valid against the GitHub Actions schema, every action pinned to a version", async (t) => {
   for (const file of WORKFLOWS) {
@@ -34,6 +34,25 @@ Deno.test("workflows: valid against the GitHub Actions schema, every action pinn
   });
 });
 
+Deno.test({
+  name:
+    "workflows: e2e's matrix is every Istio release e2e/versions.json pins, read by jq as the runner does",
+  ignore: await ignoreWithout("jq", "running the pins job's jq"),
+  async fn() {
+    const e2e = parse(await Deno.readTextFile(`${repoDir}.github/workflows/e2e.yml`));
+    const read = e2e.jobs.pins.steps.find((s: { id?: string }) => s.id === "read");
+    const output = await new Deno.Command("bash", {
+      args: ["-c", read.run],
+      cwd: repoDir,
+      env: { GITHUB_OUTPUT: "/dev/stdout" },
+    }).output();
+    assert.ok(output.success);
+    const pins = JSON.parse(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
+    const versions = pins.istio.map((pin: { version: string }) => pin.version);
+    assert.equal(new TextDecoder().decode(output.stdout), `istio=${JSON.stringify(versions)}\n`);
+  },
+});
+
 Deno.test("workflows: ci runs .ci/run with CI=true; e2e runs deno task e2e and a two-platform build", async () => {
   const ci = parse(await Deno.readTextFile(`${repoDir}.github/workflows/ci.yml`));
   const ciRun = ci.jobs.ci.steps.find((s: { name?: string }) => s.name === ".ci/run");
@@ -43,7 +62,13 @@ Deno.test("workflows: ci runs .ci/run with CI=true; e2e runs deno task e2e and a
   const e2e = parse(await Deno.readTextFile(`${repoDir}.github/workflows/e2e.yml`));
   assert.deepEqual(e2e.on.push.branches, ["main"]);
   assert.ok("workflow_dispatch" in e2e.on);
-  assert.ok(e2e.jobs.e2e.steps.some((s: { run?: string }) => s.run === "deno task e2e"));
+  assert.ok(
+    e2e.jobs.e2e.steps.some((s: { run?: string; env?: Record<string, string> }) =>
+      s.run === 'deno task e2e --istio "$ISTIO"' && s.env?.ISTIO === "${{ matrix.istio }}"
+    ),
+  );
+  assert.equal(e2e.jobs.e2e.strategy.matrix.istio, "${{ fromJSON(needs.pins.outputs.istio) }}");
+
   const build = e2e.jobs.image.steps.find((s: { uses?: string }) =>
     s.uses?.startsWith("docker/build-push-action@")
   );

@@ -7,34 +7,103 @@
  *
  * @module
  */
+import { parseArgs } from "node:util";
+
+/** The Gateway API's release channels: which CRDs and versions an install serves. */
+export type GatewayApiChannel = "standard" | "experimental";
+
+/** One Istio release the suite runs against, and the Gateway API channel it needs. */
+export interface IstioPin {
+  /** Istio's release, e.g. `1.31.1`. */
+  readonly version: string;
+  /**
+   * The channel installed with it: `standard` where Istio reads the routes at
+   * `v1`; `experimental` where it reads them only at `v1alpha2`, which that
+   * channel still serves.
+   */
+  readonly gatewayApiChannel: GatewayApiChannel;
+}
 
 /** The versions the suite installs, from e2e/versions.json: the one place they are pinned. */
 export interface Versions {
-  /** kind's release, e.g. `v0.23.0`. */
+  /** kind's release, e.g. `v0.33.0`. */
   readonly kind: string;
   /** The node image of that kind release, with its digest, as its release notes list it. */
   readonly kindNodeImage: string;
-  /** Istio's release, e.g. `1.22.0`. */
-  readonly istio: string;
-  /** The Gateway API release whose experimental CRDs (TCPRoute) are installed. */
+  /** The Gateway API release whose CRDs are installed. */
   readonly gatewayApi: string;
+  /** The Istio releases, newest first: the first is the default, each is a run of its own. */
+  readonly istio: readonly IstioPin[];
 }
 
-/** Reads and checks the pinned versions. */
+const VERSION_PATTERNS: Record<"kind" | "kindNodeImage" | "gatewayApi", RegExp> = {
+  kind: /^v\d+\.\d+\.\d+$/,
+  kindNodeImage: /^kindest\/node:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$/,
+  gatewayApi: /^v\d+\.\d+\.\d+$/,
+};
+
+/** Reads and checks the pinned versions; throws naming the first bad one. */
 export function parseVersions(text: string): Versions {
   const value = JSON.parse(text);
-  const checks: [keyof Versions, RegExp][] = [
-    ["kind", /^v\d+\.\d+\.\d+$/],
-    ["kindNodeImage", /^kindest\/node:v\d+\.\d+\.\d+@sha256:[0-9a-f]{64}$/],
-    ["istio", /^\d+\.\d+\.\d+$/],
-    ["gatewayApi", /^v\d+\.\d+\.\d+$/],
-  ];
-  for (const [key, pattern] of checks) {
-    if (typeof value[key] !== "string" || !pattern.test(value[key])) {
-      throw new Error(`e2e/versions.json: ${key} is ${JSON.stringify(value[key])}`);
+  const bad = (key: string, found: unknown) =>
+    new Error(`e2e/versions.json: ${key} is ${JSON.stringify(found)}`);
+  for (const [key, pattern] of Object.entries(VERSION_PATTERNS)) {
+    if (typeof value[key] !== "string" || !pattern.test(value[key])) throw bad(key, value[key]);
+  }
+  if (!Array.isArray(value.istio) || value.istio.length === 0) throw bad("istio", value.istio);
+  for (const [i, pin] of value.istio.entries()) {
+    if (typeof pin?.version !== "string" || !/^\d+\.\d+\.\d+$/.test(pin.version)) {
+      throw bad(`istio[${i}].version`, pin?.version);
+    }
+    if (pin.gatewayApiChannel !== "standard" && pin.gatewayApiChannel !== "experimental") {
+      throw bad(`istio[${i}].gatewayApiChannel`, pin.gatewayApiChannel);
     }
   }
-  return value as Versions;
+  return {
+    kind: value.kind,
+    kindNodeImage: value.kindNodeImage,
+    gatewayApi: value.gatewayApi,
+    istio: value.istio.map(({ version, gatewayApiChannel }: IstioPin) => ({
+      version,
+      gatewayApiChannel,
+    })),
+  };
+}
+
+/** The suite's command line, read; throws a one-line message for bad usage. */
+export function parseE2eArgs(
+  args: readonly string[],
+  versions: Versions,
+): { help: true } | { help: false; keep: boolean; istio: IstioPin } {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      options: {
+        keep: { type: "boolean" },
+        istio: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (error) {
+    throw new Error((error as Error).message.split("\n")[0]);
+  }
+  if (values.help) return { help: true };
+  const pinned = versions.istio.map((pin) => pin.version);
+  const istio = values.istio === undefined
+    ? versions.istio[0]
+    : versions.istio.find((pin) => pin.version === values.istio);
+  if (istio === undefined) {
+    throw new Error(`--istio takes a pinned release (${pinned.join(", ")}), not ${values.istio}`);
+  }
+  return { help: false, keep: values.keep ?? false, istio };
+}
+
+/** Where the Gateway API release publishes one channel's CRDs in one file. */
+export function gatewayApiInstallUrl(release: string, channel: GatewayApiChannel): string {
+  return `https://github.com/kubernetes-sigs/gateway-api/releases/download/${release}/${channel}-install.yaml`;
 }
 
 /** The page whose walkthrough commands the suite runs, from the repository's root. */
@@ -48,6 +117,7 @@ export const WALKTHROUGH_SECTIONS = [
   "## TLS passthrough and SNI routing",
   "## Istio's TCP Traffic Shifting task, with this image",
   "## Istio's Authorization for TCP traffic task, with this image",
+  "## Ambient mode: L4 policy, a waypoint and an 80/20 TCPRoute",
 ] as const;
 
 /**

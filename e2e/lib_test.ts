@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import {
   binomialBounds,
+  gatewayApiInstallUrl,
+  parseE2eArgs,
   parseProbeReport,
   parseVersions,
   sectionCommands,
@@ -17,10 +19,70 @@ const readme = await Deno.readTextFile(`${repoDir}README.md`);
 /** The README's section that goes from nothing to `nc` on kind. */
 const README_KIND_SECTION = "## On kind, from zero";
 
-Deno.test("e2e: the pinned versions parse, and a bad one is refused", async () => {
+Deno.test("e2e: the pinned versions parse, and a bad one is refused by name", async () => {
   const versions = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
-  assert.match(versions.kindNodeImage, /@sha256:/);
-  assert.throws(() => parseVersions('{"kind":"latest"}'), /kind is "latest"/);
+  assert.match(versions.kindNodeImage, /@sha256:[0-9a-f]{64}$/);
+  assert.ok(versions.istio.length >= 2, "the newest Istio line and the one before it");
+  const good = {
+    kind: "v0.33.0",
+    kindNodeImage: `kindest/node:v1.36.4@sha256:${"0".repeat(64)}`,
+    gatewayApi: "v1.6.1",
+    istio: [{ version: "1.31.1", gatewayApiChannel: "standard" }],
+  };
+  assert.deepEqual(parseVersions(JSON.stringify(good)), good);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ kind: "latest" }, /kind is "latest"/],
+    [{ kindNodeImage: "kindest/node:v1.36.4" }, /kindNodeImage is "kindest\/node:v1.36.4"/],
+    [{ istio: "1.31.1" }, /istio is "1.31.1"/],
+    [{ istio: [] }, /istio is \[\]/],
+    [
+      { istio: [{ version: "1.31", gatewayApiChannel: "standard" }] },
+      /istio\[0\]\.version is "1.31"/,
+    ],
+    [
+      { istio: [{ version: "1.31.1", gatewayApiChannel: "beta" }] },
+      /istio\[0\]\.gatewayApiChannel is "beta"/,
+    ],
+  ];
+  for (const [change, message] of cases) {
+    assert.throws(() => parseVersions(JSON.stringify({ ...good, ...change })), message);
+  }
+});
+
+Deno.test("e2e: the command line picks a pinned Istio, and bad usage is one line", async () => {
+  const versions = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
+  assert.deepEqual(parseE2eArgs([], versions), {
+    help: false,
+    keep: false,
+    istio: versions.istio[0],
+  });
+  const last = versions.istio.at(-1)!;
+  assert.deepEqual(parseE2eArgs(["--istio", last.version, "--keep"], versions), {
+    help: false,
+    keep: true,
+    istio: last,
+  });
+  assert.deepEqual(parseE2eArgs(["-h"], versions), { help: true });
+  assert.throws(
+    () => parseE2eArgs(["--istio", "1.22.0"], versions),
+    /^Error: --istio takes a pinned release \(1\.\d+\.\d+, /,
+  );
+  assert.throws(() => parseE2eArgs(["--bogus"], versions), /^Error: Unknown option '--bogus'$/);
+  assert.throws(() => parseE2eArgs(["extra"], versions), /^Error: [^\n]*extra[^\n]*$/);
+});
+
+Deno.test("e2e: the page installs the Gateway API release and channel the suite pins for the newest Istio", async () => {
+  const versions = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
+  const newest = versions.istio[0];
+  const url = gatewayApiInstallUrl(versions.gatewayApi, newest.gatewayApiChannel);
+  assert.ok(
+    sectionCommands(page, "## Before the Istio walkthroughs").includes(
+      `kubectl apply --server-side -f ${url}`,
+    ),
+    `${WALKTHROUGH_PAGE} installs ${url}`,
+  );
+  const minor = newest.version.split(".").slice(0, 2).join(".");
+  assert.match(page, new RegExp(`with \`istioctl\` ${minor.replace(".", "\\.")} or later`));
 });
 
 Deno.test("e2e: the binomial bound fails a correct 80/20 split less than once in 1,000", () => {

@@ -14,9 +14,12 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
+import { parse as parseYaml } from "yaml";
 import {
   binomialBounds,
+  gatewayApiInstallUrl,
+  type IstioPin,
+  parseE2eArgs,
   parseProbeReport,
   parseVersions,
   type ProbeSummary,
@@ -25,7 +28,12 @@ import {
   WALKTHROUGH_PAGE,
   type WALKTHROUGH_SECTIONS,
 } from "./lib.ts";
-import { AUTHORIZATION_STEPS, commandToRun, interactiveInput } from "./walkthroughs.ts";
+import {
+  AMBIENT_STEPS,
+  AUTHORIZATION_STEPS,
+  commandToRun,
+  interactiveInput,
+} from "./walkthroughs.ts";
 import { parseBannerText } from "../src/wire.ts";
 
 const repoDir = new URL("..", import.meta.url).pathname;
@@ -155,21 +163,34 @@ interface Step {
 
 interface Context {
   readonly versions: Versions;
+  /** The Istio release of this run, one of `versions.istio`. */
+  readonly istio: IstioPin;
+  /** The image the kits name (k8s/base/kustomization.yaml), built here and loaded into kind. */
   readonly image: string;
   readonly tools: string;
   /** The text of docs/walkthroughs.md, whose commands the walkthrough steps run. */
   readonly walkthroughs: string;
 }
 
-/** A probe with the client inside the image, from a pod in the mesh. */
-async function probeInMesh(namespace: string, pod: string, target: string, args: string[]) {
+/**
+ * A probe with the client inside the image, from a pod in the mesh: `pod` is
+ * a pod's name (its container has the same name) or `deploy/NAME` with
+ * `container`.
+ */
+async function probeInMesh(
+  namespace: string,
+  pod: string,
+  target: string,
+  args: string[],
+  container = pod,
+) {
   const output = await capture("kubectl", [
     "exec",
     "-n",
     namespace,
     pod,
     "-c",
-    pod,
+    container,
     "--",
     "/tcp-echo",
     "client",
@@ -258,8 +279,8 @@ const STEPS: Step[] = [
     name: "istio",
     proves:
       "walkthroughs.md, Before the Istio walkthroughs: the install overlay exposes 31400 and " +
-      "31401 on the ingress gateway; the Gateway API CRDs",
-    async run({ tools, versions }) {
+      "31401 on the ingress gateway; the Gateway API CRDs (the channel this Istio reads)",
+    async run({ tools, versions, istio }) {
       await run(`${tools}/istioctl`, [
         "install",
         "-y",
@@ -270,7 +291,7 @@ const STEPS: Step[] = [
         "apply",
         "--server-side",
         "-f",
-        `https://github.com/kubernetes-sigs/gateway-api/releases/download/${versions.gatewayApi}/experimental-install.yaml`,
+        gatewayApiInstallUrl(versions.gatewayApi, istio.gatewayApiChannel),
       );
       await kubectl("label", "namespace", "default", "istio-injection=enabled", "--overwrite");
     },
@@ -311,6 +332,13 @@ const STEPS: Step[] = [
       "walkthroughs.md, Istio's Authorization for TCP traffic task: each policy step allows and " +
       "refuses its ports",
     run: authorizationWalkthrough,
+  },
+  {
+    name: "walkthrough: ambient mode",
+    proves: "walkthroughs.md, Ambient mode: the app sees the client's own address; L4 policy by " +
+      "principal and port; an L7 rule without a waypoint refuses all; through a waypoint the " +
+      "app sees the waypoint, and a TCPRoute splits 80/20 within a binomial bound",
+    run: ambientWalkthrough,
   },
 ];
 
@@ -698,12 +726,115 @@ async function authorizationWalkthrough({ walkthroughs }: Context): Promise<void
   await expectPorts(AUTHORIZATION_STEPS[previous!], previous!);
 }
 
+const AMBIENT = "tcp-echo-ambient";
+
+/** Probes from the ambient kit's two clients; who answers as `AMBIENT_STEPS` says. */
+async function expectAmbient(answers: [boolean, boolean, boolean], what: string): Promise<void> {
+  const probes: [string, string][] = [
+    ["deploy/client", "tcp-echo:3333"],
+    ["deploy/client", "tcp-echo:3334"],
+    ["deploy/stranger", "tcp-echo:3333"],
+  ];
+  await eventually(60_000, async () => {
+    for (const [i, [from, target]] of probes.entries()) {
+      const summary = await probeInMesh(AMBIENT, from, target, ["--count", "3"], "client");
+      const answered = summary.succeeded === summary.connections;
+      const refused = summary.succeeded === 0;
+      if (answers[i] ? !answered : !refused) {
+        throw new Error(
+          `${what}: ${from} → ${target} should ${answers[i] ? "answer" : "be refused"}: ${
+            JSON.stringify(summary)
+          }`,
+        );
+      }
+    }
+  });
+}
+
+/** The pod IPs of the pods `selector` picks in the ambient namespace. */
+async function podIps(selector: string): Promise<string[]> {
+  const pods = JSON.parse(
+    await kubectl("get", "pods", "-n", AMBIENT, "-l", selector, "-o", "json"),
+  );
+  return pods.items.map((pod: { status: { podIP: string } }) => pod.status.podIP);
+}
+
+/**
+ * Probes from `deploy/client` and returns the client addresses (without the
+ * port) of the open records the servers logged meanwhile.
+ */
+async function addressesSeen(): Promise<Set<string>> {
+  const since = new Date(Date.now() - 1_000).toISOString();
+  const summary = await probeInMesh(AMBIENT, "deploy/client", "tcp-echo:3333", [
+    "--count",
+    "5",
+  ], "client");
+  if (summary.succeeded !== 5) throw new Error(`client → 3333: ${JSON.stringify(summary)}`);
+  const logs = await kubectl("logs", "-n", AMBIENT, "-l", "app=tcp-echo", `--since-time=${since}`);
+  const seen = new Set<string>();
+  for (const [, address] of logs.matchAll(/TCP connection open\. client=(\S+):\d+ /g)) {
+    seen.add(address.replace(/^\[|\]$/g, ""));
+  }
+  return seen;
+}
+
+/** Every address the servers saw is one of `expected` (and there was one). */
+async function expectAddresses(expected: string[], what: string): Promise<void> {
+  await eventually(30_000, async () => {
+    const seen = [...await addressesSeen()];
+    if (seen.length === 0 || seen.some((address) => !expected.includes(address))) {
+      throw new Error(
+        `${what}: the servers saw ${seen.join(", ")}, expected ${expected.join(", ")}`,
+      );
+    }
+    console.log(`  ${what}: the servers saw ${seen.join(", ")}`);
+  });
+}
+
+async function ambientWalkthrough({ walkthroughs }: Context): Promise<void> {
+  const section = "## Ambient mode: L4 policy, a waypoint and an 80/20 TCPRoute";
+  let previous: string | undefined;
+  const hooks: Record<string, () => Promise<void>> = {
+    "kubectl get pods -n tcp-echo-ambient -o wide": async () => {
+      await expectAmbient([true, true, true], "no policy");
+      await expectAddresses(await podIps("app=tcp-echo-client"), "without a waypoint");
+    },
+  };
+  for (const command of Object.keys(AMBIENT_STEPS)) {
+    const before = previous;
+    hooks[command] = () =>
+      before ? expectAmbient(AMBIENT_STEPS[before], before) : Promise.resolve();
+    previous = command;
+  }
+  await runSection(walkthroughs, section, hooks);
+  const probes = 200;
+  const { low, high } = binomialBounds(probes, 0.2, 0.001);
+  await eventually(90_000, async () => {
+    const summary = await probeInMesh(AMBIENT, "deploy/client", "tcp-echo:3333", [
+      "--count",
+      String(probes),
+    ], "client");
+    const two = summary.versions.v2 ?? 0;
+    if ((summary.versions.v1 ?? 0) + two !== probes || two < low || two > high) {
+      throw new Error(
+        `80/20: ${JSON.stringify(summary)}, v2 share must be ${low}..${high} of ${probes}`,
+      );
+    }
+    console.log(`  80/20 through the waypoint: v2 answered ${two} of ${probes} (${low}..${high})`);
+  });
+  await expectAddresses(
+    await podIps("gateway.networking.k8s.io/gateway-name=waypoint"),
+    "through the waypoint",
+  );
+  await kubectl("delete", "-k", "k8s/istio-ambient", "--ignore-not-found", "--wait=false");
+}
+
 // ---------------------------------------------------------------------------
 // Tools, diagnostics, teardown
 // ---------------------------------------------------------------------------
 
 /** Downloads kind and istioctl at the pinned versions (once) into `dir`. */
-async function installTools(versions: Versions, dir: string): Promise<void> {
+async function installTools(versions: Versions, istio: IstioPin, dir: string): Promise<void> {
   await Deno.mkdir(dir, { recursive: true });
   const arch = Deno.build.arch === "aarch64" ? "arm64" : "amd64";
   const download = async (url: string, to: string) => {
@@ -713,12 +844,16 @@ async function installTools(versions: Versions, dir: string): Promise<void> {
     await Deno.writeFile(to, new Uint8Array(await response.arrayBuffer()), { mode: 0o755 });
   };
   await download(`https://kind.sigs.k8s.io/dl/${versions.kind}/kind-linux-${arch}`, `${dir}/kind`);
-  const tarball = `${dir}/istioctl-${versions.istio}.tar.gz`;
+  // Each release's istioctl in a directory of its own: a run for another pin gets its own.
+  const istioDir = `${dir}/istio-${istio.version}`;
+  await Deno.mkdir(istioDir, { recursive: true });
+  const tarball = `${istioDir}/istioctl.tar.gz`;
   await download(
-    `https://github.com/istio/istio/releases/download/${versions.istio}/istioctl-${versions.istio}-linux-${arch}.tar.gz`,
+    `https://github.com/istio/istio/releases/download/${istio.version}/istioctl-${istio.version}-linux-${arch}.tar.gz`,
     tarball,
   );
-  await run("tar", ["-xzf", tarball, "-C", dir]);
+  await run("tar", ["-xzf", tarball, "-C", istioDir]);
+  await Deno.copyFile(`${istioDir}/istioctl`, `${dir}/istioctl`);
 }
 
 /** What a maintainer needs when a step fails: pods, their descriptions and logs, events. */
@@ -740,23 +875,59 @@ async function teardown(tools: string): Promise<void> {
   await run(`${tools}/kind`, ["delete", "cluster", "--name", CLUSTER]).catch(() => {});
 }
 
+const USAGE = `Usage: deno task e2e [--istio VERSION] [--keep]
+
+The end-to-end suite on a kind cluster: builds the image from the Dockerfile,
+checks the container, creates a kind cluster, installs Istio and the Gateway
+API CRDs, runs every walkthrough of docs/walkthroughs.md as written and checks
+each, then deletes the cluster, also on failure. Needs Docker, kubectl, nc
+(netcat-openbsd), network access for kind's and Istio's downloads, and about
+8 GB of memory. The versions are pinned in e2e/versions.json.
+
+Options:
+  --istio VERSION  which pinned Istio release to run against (default: the first)
+  --keep           keep the cluster and the container afterwards, for a look
+  -h, --help       print this text
+`;
+
+/** The image the kits name: the base's `images` entry (the published name and tag). */
+async function kitImage(): Promise<string> {
+  const kustomization = parseYaml(await Deno.readTextFile(`${repoDir}k8s/base/kustomization.yaml`));
+  const [{ newName, newTag }] = kustomization.images;
+  return `${newName}:${newTag}`;
+}
+
 async function main(): Promise<number> {
-  const { values } = parseArgs({ args: Deno.args, options: { keep: { type: "boolean" } } });
   const versions = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
-  const version = JSON.parse(await Deno.readTextFile(`${repoDir}deno.json`)).version;
+  let options;
+  try {
+    options = parseE2eArgs(Deno.args, versions);
+  } catch (error) {
+    console.error(`e2e: ${(error as Error).message}; see deno task e2e --help`);
+    return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const { istio } = options;
   const tools = `${repoDir}.e2e-tools`;
   const context: Context = {
     versions,
-    image: `tcp-echo:${version}`,
+    istio,
+    image: await kitImage(),
     tools,
     walkthroughs: await Deno.readTextFile(`${repoDir}${WALKTHROUGH_PAGE}`),
   };
   console.log(
-    `e2e: kind ${versions.kind}, Istio ${versions.istio}, Gateway API ${versions.gatewayApi}`,
+    `e2e: kind ${versions.kind} (${
+      versions.kindNodeImage.split("@")[0]
+    }), Istio ${istio.version}, ` +
+      `Gateway API ${versions.gatewayApi} ${istio.gatewayApiChannel}, image ${context.image}`,
   );
   let failed = false;
   try {
-    await installTools(versions, tools);
+    await installTools(versions, istio, tools);
     for (const step of STEPS) {
       const started = performance.now();
       console.log(`\n▶ ${step.name}  (${step.proves})`);
@@ -771,7 +942,7 @@ async function main(): Promise<number> {
       console.log(`✓ ${step.name} (${((performance.now() - started) / 1_000).toFixed(0)} s)`);
     }
   } finally {
-    if (!values.keep) await teardown(tools);
+    if (!options.keep) await teardown(tools);
   }
   return failed ? 1 : 0;
 }

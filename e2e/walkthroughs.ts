@@ -99,3 +99,21 @@ export const AUTHORIZATION_STEPS: Record<string, [boolean, boolean, boolean]> = 
     true,
   ],
 };
+
+/**
+ * The ambient walkthrough's policy steps, in order, and which of client → 3333,
+ * client → 3334 and stranger → 3333 answer after each (the page's table). The
+ * last is checked before the policy is deleted.
+ */
+export const AMBIENT_STEPS: Record<string, [boolean, boolean, boolean]> = {
+  "kubectl apply -n tcp-echo-ambient -f k8s/istio-ambient/policy-allow-client-3333.yaml": [
+    true,
+    false,
+    false,
+  ],
+  "kubectl apply -n tcp-echo-ambient -f k8s/istio-ambient/policy-l7-without-waypoint.yaml": [
+    false,
+    false,
+    false,
+  ],
+};

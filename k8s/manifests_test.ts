@@ -18,6 +18,7 @@ import { AuthorizationPolicy } from "@kubernetes-models/istio/security.istio.io/
 import { IstioOperator } from "@kubernetes-models/istio/install.istio.io/v1alpha1";
 import { Gateway } from "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1";
 import { CrdSchemas } from "./schemas/crd_schemas.ts";
+import { parseVersions } from "../e2e/lib.ts";
 import { applyArguments, CONFIG_VARIABLES, loadConfig, parseMemorySize } from "../src/config.ts";
 import { compileArgs } from "../build/compile.ts";
 import {
@@ -39,12 +40,17 @@ const schemaOf = (model: new (data: never) => { validate(): void }) => (manifest
   new model(manifest as never).validate();
 
 /**
- * The CRDs of the Gateway API and Istio releases e2e/versions.json pins, as
- * they ship them (k8s/schemas/: each file says where it came from).
+ * The CRDs of the Gateway API release and channel and of the newest Istio
+ * line e2e/versions.json pins, as they ship them (k8s/schemas/: each file
+ * says where it came from); a new pin without its schemas fails here.
  */
+const PINS = parseVersions(await Deno.readTextFile(`${repoDir}e2e/versions.json`));
 const CRD_SCHEMAS = new CrdSchemas(
   await Promise.all(
-    ["gateway-api-v1.6.1-standard", "istio-1.31"].map(async (name) =>
+    [
+      `gateway-api-${PINS.gatewayApi}-${PINS.istio[0].gatewayApiChannel}`,
+      `istio-${PINS.istio[0].version.split(".").slice(0, 2).join(".")}`,
+    ].map(async (name) =>
       JSON.parse(await Deno.readTextFile(`${repoDir}k8s/schemas/${name}.json`))
     ),
   ),

@@ -2,8 +2,8 @@
  * The server's configuration: one table with a row per environment
  * variable (name, default, parser, meaning), from which
  * {@linkcode loadConfig}, the positional `PORTS PREFIX` arguments and
- * `--help` are built. A test holds the README's table to it, so each default
- * is written once, here.
+ * `--help` and docs/configuration.md's table are built (a test holds the
+ * page to it), so each default is written once, here.
  *
  * @module
  */
@@ -166,7 +166,7 @@ export interface ConfigVariable<T = unknown> {
   readonly defaultText: string;
   /** Whether {@linkcode ConfigVariable.defaultText} is a value one could set (else it says what unset means). */
   readonly defaultIsValue: boolean;
-  /** One line for `--help` and the README. */
+  /** One line for `--help` and docs/configuration.md. */
   readonly meaning: string;
   /** The value `env` gives it, or its default. Throws {@linkcode ConfigError}. */
   read(env: Environment): T;
@@ -311,7 +311,8 @@ const LOG_LEVEL = variable({
 const LOG_FORMAT = variable({
   name: "LOG_FORMAT",
   defaultValue: "text",
-  meaning: "record format: text (Go log style, as the original) or json (one object a line)",
+  meaning:
+    "record format: text (go-echo's: date, time, connection id, message) or json (one object a line)",
   parse: choice(LOG_FORMATS),
   allowed: LOG_FORMATS.join(", "),
 });
@@ -654,7 +655,7 @@ const TLS_ONLY_VARIABLES = [
 /**
  * Every environment variable the program reads, in `--help` order. It is the
  * source of `--help`, of {@linkcode loadConfig}, of the `--allow-env` list the
- * tests check against `deno.json`, and of the README table the tests check.
+ * tests check against `deno.json`, and of docs/configuration.md's table.
  */
 export const CONFIG_VARIABLES: readonly ConfigVariable[] = [
   TCP_PORT,

@@ -2,7 +2,7 @@
  * The memory budget: what the container's limit leaves for connections once
  * the process itself, the shared buffers and the log queue are paid for, and
  * the admission that keeps the connections inside it. Each connection is
- * charged what one of its kind takes at most (measured: README, Memory) when
+ * charged what one of its kind takes at most (measured: docs/operations.md, Memory budget) when
  * it is accepted and credited when it ends, so a load test far past the
  * limit is refused (reason `memory`) instead of killed by the kernel.
  *
@@ -19,7 +19,7 @@ const MiB = 1024 * KiB;
 
 /**
  * What one connection takes at most, by what it is doing, measured with Deno
- * 2.9.6 on x86_64 (README, Memory): a plain connection idle is about 7 KiB and
+ * 2.9.6 on x86_64 (docs/operations.md, Memory budget): a plain connection idle is about 7 KiB and
  * keeps its 1 KiB buffer after a burst (the large buffers are the pool's); a
  * TLS connection is about 41 KiB idle and Deno's TLS engine keeps about 125 KiB
  * more once data has flowed (charged from accept, the handshake included).
