@@ -88,8 +88,8 @@ import { TLS_READ_BYTES, type TlsFacts } from "./src/tls_stream.ts";
 import {
   closeQuietly,
   concatBytes,
+  drainNotice,
   formatAddress,
-  formatDuration,
   formatHostPort,
   ipFamily,
   renderBannerText,
@@ -1414,12 +1414,6 @@ export class EchoServer {
 
 /** How long a connection is given to take the drain notice before it is closed anyway. */
 const DRAIN_NOTICE_WRITE_MS = 200;
-
-/** The line `DRAIN_NOTICE` sends a connection the shutdown closes. */
-export function drainNotice(graceMs: number): string {
-  return `tcp-echo: closing this connection: the server is shutting down and its grace of ` +
-    `${formatDuration(graceMs)} is over\n`;
-}
 
 /**
  * Binds the UDP ports and says so; on a failure, closes those bound and

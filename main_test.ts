@@ -28,8 +28,8 @@ import {
   withoutTimestamp,
   writeAll,
 } from "./testing/support.ts";
-import { concatBytes, formatAddress } from "./src/wire.ts";
-import { drainNotice, type EchoServer, renderBanner, startServer } from "./main.ts";
+import { concatBytes, drainNotice, formatAddress } from "./src/wire.ts";
+import { type EchoServer, renderBanner, startServer } from "./main.ts";
 import { type Environment, loadConfig } from "./src/config.ts";
 import {
   formatGoTimestamp,

@@ -794,6 +794,131 @@ async function stopAll(servers: readonly BenchServer[]): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Held connections: the client's `hold` at 10,000 connections
+// ---------------------------------------------------------------------------
+
+/** Connections the held-connections row holds, each with a heartbeat a second. */
+const HELD_CONNECTIONS = 10_000;
+
+/**
+ * The held-connections row: tcp-echo's own client (`hold`, on core 1) holds
+ * {@linkcode HELD_CONNECTIONS} connections to tcp-echo with data records off
+ * (core 0, no connection or memory limit), a heartbeat on each every second.
+ * Once all are open and two seconds have settled, the client's CPU share
+ * (of one core) and RSS are read over a window of five times --seconds (at
+ * least 10 s); then Ctrl-C (SIGINT) ends the hold and its JSON gives the
+ * heartbeats per second it kept up (each connection's answered heartbeats
+ * over the time it was open, summed), its stalls and losses. Returns the
+ * row as one line of text, or why it could not be measured.
+ */
+async function benchHeldConnections(options: BenchOptions): Promise<string> {
+  const label = `held connections (client hold, ${HELD_CONNECTIONS} × a heartbeat a second)`;
+  const server = await startServer({
+    name: "tcp-echo, data off, for hold",
+    command: await tcpEchoCommand(),
+    env: {
+      HOST: "127.0.0.1",
+      ...BANNER_ENV,
+      LOG_DATA_BYTES: "0",
+      MAX_CONNECTIONS: "0",
+      MEMORY_LIMIT: "off",
+    },
+    logs: false,
+    bannerBytes: 0,
+    tcpEcho: true,
+  });
+  const client = new Deno.Command("taskset", {
+    args: [
+      "-c",
+      "1",
+      ...tcpEchoClient(server.port, [
+        "hold",
+        "--connections",
+        String(HELD_CONNECTIONS),
+        "--interval",
+        "1s",
+        "--open-rate",
+        "2500",
+      ]),
+    ],
+    cwd: repoDir,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stdout = new Response(client.stdout).text();
+  const cpuTicks = async () => {
+    const stat = await new Deno.Command("cat", { args: [`/proc/${client.pid}/stat`] }).output();
+    const fields = decoder.decode(stat.stdout).split(") ")[1].split(" ");
+    return Number(fields[11]) + Number(fields[12]); // utime and stime
+  };
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  try {
+    // The client says once on stderr that every connection opened.
+    let stderr = "";
+    const lines = client.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    const opened = /hold: (\d+) of \d+ connections opened in ([^\n(]+)/;
+    const deadline = performance.now() + 120_000;
+    while (!opened.test(stderr) && performance.now() < deadline) {
+      const { value, done } = await lines.read();
+      if (done) break;
+      stderr += value;
+    }
+    const [, openCount, openTime] = opened.exec(stderr) ?? [];
+    // Go on reading (and dropping) its live lines, or the client would block on a full pipe.
+    const draining = (async () => {
+      while (!(await lines.read()).done);
+    })().catch(() => {});
+    if (openCount === undefined) {
+      client.kill("SIGKILL");
+      await draining;
+      return `${label}: left out: not every connection opened in 120 s: ${stderr.trim()}`;
+    }
+    await sleep(2_000);
+    const clockTicks = Number(
+      decoder.decode((await new Deno.Command("getconf", { args: ["CLK_TCK"] }).output()).stdout),
+    );
+    const windowMs = Math.max(10_000, options.seconds * 5_000);
+    const [ticksBefore, startedAt] = [await cpuTicks(), performance.now()];
+    await sleep(windowMs);
+    const [ticksAfter, endedAt] = [await cpuTicks(), performance.now()];
+    const rss = await rssBytes(client.pid);
+    client.kill("SIGINT");
+    const [status, text] = await Promise.all([client.status, stdout]);
+    await draining;
+    if (status.code !== 0) return `${label}: left out: the hold ended with ${status.code}: ${text}`;
+    const report = JSON.parse(text) as Report;
+    const connections = report.connections as {
+      heartbeats: number;
+      openedAtMs: number;
+      stalls: { ms: number }[];
+    }[];
+    const rate = connections.reduce(
+      (sum, c) => sum + c.heartbeats / ((report.ranMs - c.openedAtMs) / 1_000),
+      0,
+    );
+    const stalls = connections.flatMap((c) => c.stalls.map((s) => s.ms));
+    const cpu = (ticksAfter - ticksBefore) / clockTicks / ((endedAt - startedAt) / 1_000);
+    return `${label}: ${openCount} held (opened in ${openTime.trim()} at --open-rate 2500), ` +
+      `${Math.round(rate)} heartbeats/s answered, client CPU ${(cpu * 100).toFixed(0)}% of a ` +
+      `core and RSS ${(rss / 2 ** 20).toFixed(0)} MiB (${
+        (rss / 1024 / HELD_CONNECTIONS).toFixed(1)
+      } ` +
+      `KiB a connection) over ${windowMs / 1_000} s; ${stalls.length} stalls over 500 ms ` +
+      `(worst ${Math.round(Math.max(0, ...stalls))} ms), ${report.lost} lost`;
+  } finally {
+    try {
+      client.kill("SIGKILL");
+    } catch {
+      // It has exited.
+    }
+    await client.status;
+    await stdout.catch(() => "");
+    await stop(server);
+  }
+}
+
 async function main(): Promise<void> {
   let options: BenchOptions | undefined;
   try {
@@ -843,6 +968,7 @@ async function main(): Promise<void> {
     console.log(renderTable(servers, rows));
     console.log(`\nrecord check (tcp-echo, defaults): ${records}`);
     console.log(`\n${tls}`);
+    console.log(`\n${await benchHeldConnections(options)}`);
   } finally {
     await stopAll(servers);
     await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -8,24 +8,30 @@
  * and latency percentiles. `load` keeps connections busy for a while,
  * request/response (`rr`) or streaming (`stream`), verifying every echoed
  * byte, and reports throughput and latency percentiles at microsecond
- * resolution.
+ * resolution. `hold` keeps connections open with a heartbeat on each and
+ * records what becomes of them: where each landed, its stalls, how and when
+ * it ended, and where its replacement landed.
  *
  * It is a program of its own (run as `tcp-echo client ...`, so one image
  * carries both), kept apart from the server in main.ts; this module is its
  * entry, and each concern has a module beside it: options.ts (the command
  * line), connection.ts, payloads.ts, failures.ts (reasons, details, hints),
- * probe.ts, load.ts, percentiles.ts and report.ts (the text for people).
+ * probe.ts, load.ts, hold.ts (and its records, hold_record.ts),
+ * percentiles.ts and report.ts (the text for people).
  *
  * @example
  * ```sh
  * deno task client -- 127.0.0.1:3333 --count 100 --concurrency 10
  * deno task client -- 127.0.0.1:3333 load --mode rr --connections 50 --duration 10s
+ * deno task client -- 127.0.0.1:3333 hold --connections 1000 --reconnect --expect moved-to v2
  * ```
  *
  * @module
  */
 import { formatHostPort } from "../src/wire.ts";
 import { type Connector, makeConnector } from "./connection.ts";
+import { type HoldStatus, runHold } from "./hold.ts";
+import { holdExitCode } from "./hold_record.ts";
 import { runLoad } from "./load.ts";
 import {
   clientCommand,
@@ -35,7 +41,15 @@ import {
   UsageError,
 } from "./options.ts";
 import { runProbe } from "./probe.ts";
-import { loadFailed, missedThresholds, renderLoadReport, renderProbeReport } from "./report.ts";
+import {
+  loadFailed,
+  missedThresholds,
+  renderAllOpen,
+  renderHoldReport,
+  renderHoldStatus,
+  renderLoadReport,
+  renderProbeReport,
+} from "./report.ts";
 
 const encoder = new TextEncoder();
 
@@ -61,6 +75,78 @@ class Progress {
   clear(): void {
     if (this.#shown) Deno.stderr.writeSync(encoder.encode("\r\x1b[2K"));
   }
+}
+
+/**
+ * hold's live display on stderr: on a terminal, one line rewritten in place
+ * (cut to the terminal's width); otherwise a line once every first
+ * connection opened, then one every {@linkcode PLAIN_EVERY_MS}.
+ */
+class LiveLine {
+  #checkedAt = 0;
+  /** When (ms since the start) the last plain line was due. */
+  #plainAt = 0;
+  #shown = false;
+  #toldAllOpen = false;
+  readonly #terminal: boolean;
+
+  constructor(terminal: boolean) {
+    this.#terminal = terminal;
+  }
+
+  update(status: () => HoldStatus): void {
+    const now = performance.now();
+    if (now - this.#checkedAt < (this.#terminal ? 250 : 100)) return;
+    this.#checkedAt = now;
+    const current = status();
+    if (this.#terminal) {
+      const line = renderHoldStatus(current).slice(0, Deno.consoleSize().columns - 1);
+      this.#shown = true;
+      Deno.stderr.writeSync(encoder.encode(`\r\x1b[2K${line}`));
+      return;
+    }
+    if (!this.#toldAllOpen && current.allOpenAtMs !== undefined) {
+      this.#toldAllOpen = true;
+      console.error(renderAllOpen(current));
+    }
+    if (current.elapsedMs - this.#plainAt >= PLAIN_EVERY_MS) {
+      this.#plainAt = current.elapsedMs - (current.elapsedMs % PLAIN_EVERY_MS);
+      console.error(renderHoldStatus(current));
+    }
+  }
+
+  clear(): void {
+    if (this.#shown) Deno.stderr.writeSync(encoder.encode("\r\x1b[2K"));
+  }
+}
+
+/** How often the live line is printed anew when stderr is not a terminal. */
+const PLAIN_EVERY_MS = 5_000;
+
+/** Exit code of a second Ctrl-C, which does not wait for the report. */
+const INTERRUPTED_AGAIN = 130;
+
+/**
+ * Runs a hold: SIGINT and SIGTERM end it with its report (a second one exits
+ * at once, 130); prints the report; returns the exit code.
+ */
+async function hold(options: ClientOptions, connect: Connector, target: string): Promise<number> {
+  const live = new LiveLine(Deno.stderr.isTerminal());
+  const stop = new AbortController();
+  const signals = ["SIGINT", "SIGTERM"] as const;
+  const onSignal = () => stop.signal.aborted ? Deno.exit(INTERRUPTED_AGAIN) : stop.abort();
+  for (const signal of signals) Deno.addSignalListener(signal, onSignal);
+  let report;
+  try {
+    report = await runHold(options, connect, target, (status) => live.update(status), stop.signal);
+  } finally {
+    for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+    live.clear();
+  }
+  await Deno.stdout.write(encoder.encode(
+    options.json ? JSON.stringify(report) + "\n" : renderHoldReport(report),
+  ));
+  return holdExitCode(report);
 }
 
 /**
@@ -96,6 +182,7 @@ export async function runClient(args: readonly string[]): Promise<number> {
     return 2;
   }
   const target = formatHostPort(options.hostname, options.port);
+  if (options.command === "hold") return await hold(options, connect, target);
   const report = options.command === "probe"
     ? await runProbe(options, connect, target, (text) => progress.update(text))
     : await runLoad(options, connect, target, (text) => progress.update(text));

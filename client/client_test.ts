@@ -535,7 +535,7 @@ Deno.test("client usage errors: one line, naming the option, and how to get --he
     [["127.0.0.1:3333", "--count"], "--count needs a value (--count N)"],
     [
       ["127.0.0.1:3333", "--duration", "10s"],
-      "--duration is an option of load (HOST:PORT load --duration ...), not of probe",
+      "--duration is an option of load and hold (HOST:PORT load --duration ...), not of probe",
     ],
   ];
   for (const [args, message] of cases) {
@@ -546,7 +546,10 @@ Deno.test("client usage errors: one line, naming the option, and how to get --he
   }
   const help = await runClientProcess(["--", "--help"]);
   assert.equal(help.code, 0);
-  assert.match(help.stdout, /^Usage: deno task client -- HOST:PORT \[probe\|load\] \[options\]\n/);
+  assert.match(
+    help.stdout,
+    /^Usage: deno task client -- HOST:PORT \[probe\|load\|hold\] \[options\]\n/,
+  );
 });
 
 Deno.test({

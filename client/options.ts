@@ -8,13 +8,15 @@
  * import { clientCommand, parseClientArgs } from "./options.ts";
  *
  * parseClientArgs(["127.0.0.1:3333", "load", "--duration", "10s"]).durationMs; // 10_000
+ * parseClientArgs(["127.0.0.1:3333", "hold", "--expect", "moved-to", "v2"]).expectations;
+ * // [{ kind: "moved-to", version: "v2" }]
  * clientCommand("/tcp-echo"); // "tcp-echo client"
  * ```
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { DURATION_FORMS, parseDuration } from "../src/wire.ts";
+import { DURATION_FORMS, formatDuration, parseDuration } from "../src/wire.ts";
 
 /** What to measure and how. */
 export interface ClientOptions {
@@ -22,7 +24,7 @@ export interface ClientOptions {
   readonly hostname: string;
   /** The port to connect to. */
   readonly port: number;
-  /** Probe one connection at a time, or load for a duration. */
+  /** Probe one connection at a time, load for a duration, or hold connections open. */
   readonly command: ClientCommand;
   /** probe: connections in all. */
   readonly count: number;
@@ -34,24 +36,44 @@ export interface ClientOptions {
   readonly message: string | undefined;
   /** The server answers each line as `PREFIX LINE` (tcp-echo's ECHO_PREFIX, Istio's server). */
   readonly prefix: string | undefined;
-  /** load: connections kept busy. */
+  /** load: connections kept busy; hold: connections held open. */
   readonly connections: number;
-  /** load: how long. */
+  /** load: how long; hold: how long at most (`Infinity`: until Ctrl-C). */
   readonly durationMs: number;
   /** load: request/response, streaming, or a new connection per operation. */
   readonly mode: LoadMode;
   /** Speak TLS, with these settings; `undefined` = plain TCP. */
   readonly tls: ClientTlsOptions | undefined;
-  /** Per-operation timeout (connect, a whole probe, one load request). */
+  /** Per-operation timeout (connect, a whole probe, one load request, a hold heartbeat). */
   readonly timeoutMs: number;
+  /** hold: every connection sends a heartbeat this often. */
+  readonly intervalMs: number;
+  /** hold: a heartbeat answered later than this is a stall. */
+  readonly stallMs: number;
+  /** hold: a lost connection is replaced by a new one. */
+  readonly reconnect: boolean;
+  /** hold: connections opened per second at most (replacements too). */
+  readonly openRate: number;
+  /** hold: what the exit code asserts (`--expect`, all of them). */
+  readonly expectations: readonly Expectation[];
   /** Print one JSON object instead of the report for people. */
   readonly json: boolean;
   /** Thresholds that make the exit code 1 when missed. */
   readonly failUnder: Readonly<FailUnder>;
 }
 
-/** `probe` or `load`. */
-export type ClientCommand = "probe" | "load";
+/** The commands, `probe` first (the default). */
+export const CLIENT_COMMANDS = ["probe", "load", "hold"] as const;
+/** `probe`, `load` or `hold`. */
+export type ClientCommand = typeof CLIENT_COMMANDS[number];
+
+/**
+ * An `--expect` of hold: `no-loss`, `moved-to VERSION` or `stays-on
+ * VERSION` (hold_record.ts judges them; `--help` says what each means).
+ */
+export type Expectation =
+  | { readonly kind: "no-loss" }
+  | { readonly kind: "moved-to" | "stays-on"; readonly version: string };
 
 /** `--mode` values of `load`. */
 export const LOAD_MODES = ["rr", "stream", "connect"] as const;
@@ -92,38 +114,70 @@ export class UsageError extends Error {
 
 /**
  * One option: the name of its value in `--help` (none for a switch), its
- * help (a `\n` continues it on the next line), and the one command it
- * belongs to, if only one.
+ * help (a `\n` continues it on the next line), and the commands it belongs
+ * to, if not all.
  */
 interface Flag {
   readonly value?: string;
   readonly help: string;
-  readonly only?: ClientCommand;
+  readonly only?: readonly ClientCommand[];
 }
 
 /** Every option, in `--help` order. */
 const FLAGS = {
-  count: { value: "N", help: "probe: connections in all (default 20)", only: "probe" },
-  concurrency: { value: "N", help: "probe: connections at a time (default 1)", only: "probe" },
+  count: { value: "N", help: "probe: connections in all (default 20)", only: ["probe"] },
+  concurrency: { value: "N", help: "probe: connections at a time (default 1)", only: ["probe"] },
   size: {
     value: "BYTES",
     help:
       "payload: per probe connection, per request, or per written chunk\n(default 64; stream: 65536)",
+    only: ["probe", "load"],
   },
-  message: { value: "TEXT", help: "probe: send TEXT instead of random bytes", only: "probe" },
+  message: { value: "TEXT", help: "probe: send TEXT instead of random bytes", only: ["probe"] },
   prefix: { value: "TEXT", help: 'the server answers each line as "TEXT LINE" (ECHO_PREFIX)' },
-  connections: { value: "N", help: "load: connections (default 1)", only: "load" },
+  connections: {
+    value: "N",
+    help: "load: connections (default 1); hold: connections held (default 10)",
+    only: ["load", "hold"],
+  },
   duration: {
     value: "D",
-    help: "load: how long, e.g. 500ms, 10s, 1m (default 5s)",
-    only: "load",
+    help:
+      "load: how long, e.g. 500ms, 10s, 1m (default 5s);\nhold: how long at most (default: until Ctrl-C)",
+    only: ["load", "hold"],
   },
   mode: {
     value: "M",
     help: "load: rr (request/response, default), stream or connect",
-    only: "load",
+    only: ["load"],
   },
-  timeout: { value: "D", help: "per operation (default 5s)" },
+  interval: {
+    value: "D",
+    help: "hold: a heartbeat on each connection this often\n(default 1s, at least 10ms)",
+    only: ["hold"],
+  },
+  stall: {
+    value: "D",
+    help: "hold: an answer later than this is a stall (default 500ms)",
+    only: ["hold"],
+  },
+  reconnect: { help: "hold: replace a lost connection with a new one", only: ["hold"] },
+  "open-rate": {
+    value: "N",
+    help: "hold: connections opened per second at most, replacements too\n(default 1000)",
+    only: ["hold"],
+  },
+  expect: {
+    value: "E",
+    help: "hold: exit 0 only if E holds: no-loss, moved-to VERSION or\n" +
+      "stays-on VERSION (see below); may be given more than once",
+    only: ["hold"],
+  },
+  timeout: {
+    value: "D",
+    help:
+      "per operation: a connect, a probe, a load request, a hold\nheartbeat's answer (default 5s)",
+  },
   tls: { help: "speak TLS (to a TLS_PORT); the report adds server name and TLS version" },
   sni: {
     value: "NAME",
@@ -144,8 +198,11 @@ const FLAGS = {
     value: "K=V",
     help: "exit 1 below a threshold: success=PCT (probe, default 100),\n" +
       "ops=N (load rr), mbps=N (load stream); comma-separated",
+    only: ["probe", "load"],
   },
-  json: { help: "print one JSON object instead of the human report" },
+  json: {
+    help: "print one JSON object instead of the human report\n(hold: every connection's record)",
+  },
 } as const satisfies Readonly<Record<string, Flag>>;
 
 type FlagName = keyof typeof FLAGS;
@@ -187,7 +244,7 @@ export function clientUsage(command: string): string {
       ];
     },
   );
-  return `Usage: ${command} HOST:PORT [probe|load] [options]
+  return `Usage: ${command} HOST:PORT [probe|load|hold] [options]
 
 probe (default): open --count connections (--concurrency at a time); each reads the
 banner, sends a payload, checks the echo byte for byte and closes. Reports who
@@ -199,16 +256,51 @@ bytes), --mode stream (writer and reader in parallel) or --mode connect (a new
 connection, banner and echo each time: connections/s, with --tls handshakes/s);
 every byte is verified.
 
+hold: open --connections (at most --open-rate a second) and keep them open, to see what
+happens to connections that are already open: a weight shift, a rollout, a policy
+change, a proxy's restart. Each one reads the banner (version, pod, node, and the
+Connection id of SHOW_CONNECTION_ID=true, to join with the server's log), then sends
+a numbered heartbeat line ("hb 000042") every --interval, the connections spread
+over the interval, and checks each echo byte for byte. Every connection's record:
+when it opened and where it landed, each stall (an answer later than --stall: when
+and how long), and how and when it ended. With --reconnect a lost connection is
+replaced (an attempt that fails is tried again 100 ms later): where the new one
+landed and the gap. It runs for --duration, until Ctrl-C (SIGINT or SIGTERM: the
+report, then exit; a second one exits at once, 130), or until every connection is
+lost (without --reconnect). On a terminal, one live line on stderr (open per backend,
+lost, reconnected, worst stall); otherwise a line when all are open, then every 5 s.
+The report: a table per backend (opened, still open, ended by each way, worst stall),
+where the replacements landed, and a timeline of endings, stalls and replacements in
+seconds since the start; --json gives every connection's record instead.
+
 Options:
 ${options.join("\n")}
   -h, --help         print this text
 
-Failure reasons: dns (the host does not resolve), refused, reset, timeout, tls (the
-handshake failed), mismatch (the echo differs), short (it stopped early), error (any
-other; its detail says what).
+Failure reasons (probe, load, a hold connection that could not open): dns (the host
+does not resolve), refused, reset, timeout, tls (the handshake failed), mismatch (the
+echo differs), short (it stopped early), error (any other; its detail says what).
+
+How a held connection ends: fin (the peer closed it: EOF), rst (reset), timeout (no
+answer within --timeout), mismatch (the echo differs, or other bytes came), drain (the
+line "tcp-echo: closing this connection: ..." came first: tcp-echo's DRAIN_NOTICE=true
+at the end of its shutdown grace), error (any other). A connection that ended before
+the hold did is lost; one open at the end counts as open.
+
+Expectations (hold --expect; with more than one, all must hold):
+  no-loss           every connection opened and none was lost
+  moved-to VERSION  with --reconnect: at least one connection was replaced, every
+                    replacement answered Version VERSION, and every place had a
+                    connection at the end (connections never lost are not judged)
+  stays-on VERSION  every connection, replacements too, answered Version VERSION, and
+                    no replacement landed on another backend (version, pod and node)
+                    than the connection it replaced (losses alone are not judged)
+VERSION may also be joined on: moved-to=v2.
 
 Exit status: 0 all good; 1 an echo was wrong, a load connection failed or completed
-nothing, or a threshold was missed; 2 bad usage.
+nothing, or a threshold was missed; hold: 1 when a connection was lost or never
+opened, or, with --expect, when an expectation was not met (an echo that was wrong
+is 1 whatever is expected); 2 bad usage. Ctrl-C ends a hold as --duration does.
 `;
 }
 
@@ -304,8 +396,37 @@ function readFlag(token: OptionToken): string | true {
   return token.value;
 }
 
-/** The options and positionals of the command line. */
-function readFlags(args: readonly string[]): { values: FlagValues; positionals: string[] } {
+/** The expectations `--expect` names, with whether a version follows. */
+const EXPECTATION_KINDS: Readonly<Record<Expectation["kind"], boolean>> = {
+  "no-loss": false,
+  "moved-to": true,
+  "stays-on": true,
+};
+
+/** One `--expect` value (`no-loss`, `moved-to v2`, `moved-to=v2`); throws UsageError. */
+export function parseExpectation(text: string): Expectation {
+  const match = /^([a-z-]+)(?:[= ](.*))?$/.exec(text);
+  const kind = match?.[1] as Expectation["kind"] | undefined;
+  const version = match?.[2];
+  if (!kind || !Object.hasOwn(EXPECTATION_KINDS, kind)) {
+    throw new UsageError(
+      `--expect takes no-loss, moved-to VERSION or stays-on VERSION, not ${JSON.stringify(text)}`,
+    );
+  }
+  if (kind === "no-loss") {
+    if (version !== undefined) throw new UsageError("--expect no-loss takes no version");
+    return { kind };
+  }
+  if (version === undefined || !/^\S+$/.test(version)) {
+    throw new UsageError(`--expect ${kind} needs a version (--expect ${kind} v2)`);
+  }
+  return { kind, version };
+}
+
+/** The options and positionals of the command line, and every `--expect` given. */
+function readFlags(
+  args: readonly string[],
+): { values: FlagValues; positionals: string[]; expects: string[] } {
   const { tokens } = parseArgs({
     args: [...args],
     strict: false,
@@ -320,11 +441,24 @@ function readFlags(args: readonly string[]): { values: FlagValues; positionals: 
   });
   const values: Record<string, string | boolean> = {};
   const positionals: string[] = [];
-  for (const token of tokens) {
+  const expects: string[] = [];
+  for (let i = 0; i < tokens.length; i++) {
+    const token = tokens[i];
     if (token.kind === "positional") positionals.push(token.value);
-    else if (token.kind === "option") values[token.name] = readFlag(token);
+    else if (token.kind === "option") {
+      values[token.name] = readFlag(token);
+      if (token.name !== "expect") continue;
+      // `--expect moved-to v2`: the version is the next word.
+      let text = String(values.expect);
+      const next = tokens[i + 1];
+      if (EXPECTATION_KINDS[text as Expectation["kind"]] && next?.kind === "positional") {
+        text += ` ${next.value}`;
+        i++;
+      }
+      expects.push(text);
+    }
   }
-  return { values: values as FlagValues, positionals };
+  return { values: values as FlagValues, positionals, expects };
 }
 
 /** The TLS flags, checked together: each needs `--tls`, `--cert` needs `--key`. */
@@ -357,30 +491,38 @@ function readTlsFlags(values: FlagValues): ClientTlsOptions | undefined {
   };
 }
 
-/** A flag of the other command would be ignored without a word: it is a usage error. */
+/** A flag of another command would be ignored without a word: it is a usage error. */
 function checkFlagsBelong(values: FlagValues, command: ClientCommand): void {
   for (const name of Object.keys(values)) {
     const only = FLAG_TABLE[name].only;
-    if (only !== undefined && only !== command) {
-      throw new UsageError(
-        only === "load"
-          ? `--${name} is an option of load (HOST:PORT load --${name} ...), not of probe`
-          : `--${name} is an option of probe, not of load`,
-      );
-    }
+    if (only === undefined || only.includes(command)) continue;
+    const owners = only.join(" and ");
+    throw new UsageError(
+      command === "probe"
+        ? `--${name} is an option of ${owners} (HOST:PORT ${only[0]} --${name} ...), not of probe`
+        : `--${name} is an option of ${owners}, not of ${command}`,
+    );
+  }
+}
+
+/** The checks of hold's options against each other. */
+function checkHoldFlags(values: FlagValues, expectations: readonly Expectation[]): void {
+  if (expectations.some((e) => e.kind === "moved-to") && !values.reconnect) {
+    throw new UsageError("--expect moved-to judges replacements: it needs --reconnect");
   }
 }
 
 /** Parses the client's command line. Throws {@linkcode UsageError}. */
 export function parseClientArgs(args: readonly string[]): ClientOptions {
-  const { values, positionals } = readFlags(args);
+  const { values, positionals, expects } = readFlags(args);
   if (positionals.length === 0) throw new UsageError("the target HOST:PORT is missing");
   const [targetText, command = "probe", ...extra] = positionals;
   if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
-  if (command !== "probe" && command !== "load") {
-    throw new UsageError(`the command is probe or load, not ${JSON.stringify(command)}`);
+  if (!(CLIENT_COMMANDS as readonly string[]).includes(command)) {
+    throw new UsageError(`the command is probe, load or hold, not ${JSON.stringify(command)}`);
   }
-  checkFlagsBelong(values, command);
+  const clientCommand = command as ClientCommand;
+  checkFlagsBelong(values, clientCommand);
   const mode = (values.mode ?? "rr") as LoadMode;
   if (!LOAD_MODES.includes(mode)) {
     throw new UsageError(`--mode is rr, stream or connect, not ${JSON.stringify(mode)}`);
@@ -395,25 +537,50 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
   ) {
     throw new UsageError("with --prefix, --message is one line");
   }
+  if (values.prefix !== undefined && /[\r\n]/.test(values.prefix)) {
+    throw new UsageError("--prefix is one line");
+  }
+  const expectations = expects.map(parseExpectation);
+  checkHoldFlags(values, expectations);
+  const hold = clientCommand === "hold";
+  const timeoutMs = values.timeout === undefined
+    ? 5_000
+    : parseDurationMs(values.timeout, "--timeout");
+  const intervalMs = values.interval === undefined
+    ? 1_000
+    : parseDurationMs(values.interval, "--interval");
+  if (intervalMs < 10) throw new UsageError(`--interval is at least 10ms, not ${values.interval}`);
+  const stallMs = values.stall === undefined ? 500 : parseDurationMs(values.stall, "--stall");
+  if (hold && stallMs >= timeoutMs) {
+    throw new UsageError(
+      `--stall (${formatDuration(stallMs)}) must be shorter than --timeout ` +
+        `(${formatDuration(timeoutMs)}): an answer later than --timeout ends the connection`,
+    );
+  }
   return {
     ...parseTarget(targetText),
-    command,
+    command: clientCommand,
     count: parseCount(values.count, "--count", 20),
     concurrency: parseCount(values.concurrency, "--concurrency", 1),
     size: parseCount(values.size, "--size", mode === "stream" && command === "load" ? 65_536 : 64),
     message: values.message,
     prefix: values.prefix,
-    connections: parseCount(values.connections, "--connections", 1),
+    connections: parseCount(values.connections, "--connections", hold ? 10 : 1),
     durationMs: values.duration === undefined
-      ? 5_000
+      ? (hold ? Infinity : 5_000)
       : parseDurationMs(values.duration, "--duration"),
     mode,
     tls: readTlsFlags(values),
-    timeoutMs: values.timeout === undefined ? 5_000 : parseDurationMs(values.timeout, "--timeout"),
+    timeoutMs,
+    intervalMs,
+    stallMs,
+    reconnect: values.reconnect ?? false,
+    openRate: parseCount(values["open-rate"], "--open-rate", 1_000),
+    expectations,
     json: values.json ?? false,
     failUnder: {
       success: command === "probe" ? 100 : undefined,
-      ...parseFailUnder(values["fail-under"], command),
+      ...parseFailUnder(values["fail-under"], clientCommand),
     },
   };
 }

@@ -26,6 +26,11 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
         mode: "rr",
         tls: undefined,
         timeoutMs: 5_000,
+        intervalMs: 1_000,
+        stallMs: 500,
+        reconnect: false,
+        openRate: 1_000,
+        expectations: [],
         json: false,
         failUnder: { success: 100 },
       } satisfies ClientOptions,
@@ -87,6 +92,58 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
       true,
     );
   });
+  await t.step("hold: defaults, options, and --expect in one word or two", () => {
+    const defaults = parseClientArgs(["h:1", "hold"]);
+    assert.equal(defaults.command, "hold");
+    assert.equal(defaults.connections, 10);
+    assert.equal(defaults.durationMs, Infinity, "until Ctrl-C");
+    assert.equal(defaults.intervalMs, 1_000);
+    assert.equal(defaults.stallMs, 500);
+    assert.equal(defaults.timeoutMs, 5_000);
+    assert.equal(defaults.reconnect, false);
+    assert.equal(defaults.openRate, 1_000);
+    assert.deepEqual(defaults.expectations, []);
+    assert.deepEqual(defaults.failUnder, { success: undefined });
+    const options = parseClientArgs([
+      "h:1",
+      "hold",
+      "--connections",
+      "10000",
+      "--interval",
+      "250ms",
+      "--stall",
+      "100ms",
+      "--timeout",
+      "2s",
+      "--duration",
+      "1m",
+      "--reconnect",
+      "--open-rate",
+      "200",
+      "--expect",
+      "moved-to",
+      "v2",
+      "--expect=no-loss",
+      "--expect",
+      "stays-on=v1",
+      "--tls",
+      "--insecure",
+    ]);
+    assert.equal(options.connections, 10_000);
+    assert.equal(options.intervalMs, 250);
+    assert.equal(options.stallMs, 100);
+    assert.equal(options.timeoutMs, 2_000);
+    assert.equal(options.durationMs, 60_000);
+    assert.equal(options.reconnect, true);
+    assert.equal(options.openRate, 200);
+    assert.deepEqual(options.expectations, [
+      { kind: "moved-to", version: "v2" },
+      { kind: "no-loss" },
+      { kind: "stays-on", version: "v1" },
+    ]);
+    assert.equal(options.tls?.insecure, true);
+    assert.equal(parseClientArgs(["h:1", "hold", "--expect", "stays-on", "v1"]).command, "hold");
+  });
   await t.step("errors", () => {
     const cases: [string[], string][] = [
       [[], "the target HOST:PORT is missing"],
@@ -95,7 +152,7 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
         'the target is HOST:PORT (e.g. 127.0.0.1:3333 or [::1]:3333), not "localhost"',
       ],
       [["h:70000"], 'the target is HOST:PORT (e.g. 127.0.0.1:3333 or [::1]:3333), not "h:70000"'],
-      [["h:1", "soak"], 'the command is probe or load, not "soak"'],
+      [["h:1", "soak"], 'the command is probe, load or hold, not "soak"'],
       [["h:1", "load", "--mode", "udp"], '--mode is rr, stream or connect, not "udp"'],
       [["h:1", "--foo"], "unknown option --foo"],
       [["h:1", "--foo=1"], "unknown option --foo"],
@@ -139,9 +196,47 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
       ],
       [
         ["h:1", "--duration", "10s"],
-        "--duration is an option of load (HOST:PORT load --duration ...), not of probe",
+        "--duration is an option of load and hold (HOST:PORT load --duration ...), not of probe",
+      ],
+      [
+        ["h:1", "--mode", "rr"],
+        "--mode is an option of load (HOST:PORT load --mode ...), not of probe",
       ],
       [["h:1", "load", "--count", "5"], "--count is an option of probe, not of load"],
+      [["h:1", "load", "--reconnect"], "--reconnect is an option of hold, not of load"],
+      [["h:1", "hold", "--size", "5"], "--size is an option of probe and load, not of hold"],
+      [
+        ["h:1", "hold", "--fail-under", "ops=1"],
+        "--fail-under is an option of probe and load, not of hold",
+      ],
+      [
+        ["h:1", "hold", "--expect", "sideways"],
+        '--expect takes no-loss, moved-to VERSION or stays-on VERSION, not "sideways"',
+      ],
+      [
+        ["h:1", "hold", "--expect", "moved-to"],
+        "--expect moved-to needs a version (--expect moved-to v2)",
+      ],
+      [
+        ["h:1", "hold", "--expect", "stays-on", "--reconnect"],
+        "--expect stays-on needs a version (--expect stays-on v2)",
+      ],
+      [["h:1", "hold", "--expect", "no-loss=v1"], "--expect no-loss takes no version"],
+      [
+        ["h:1", "hold", "--expect", "moved-to", "v2"],
+        "--expect moved-to judges replacements: it needs --reconnect",
+      ],
+      [["h:1", "hold", "--interval", "5ms"], "--interval is at least 10ms, not 5ms"],
+      [
+        ["h:1", "hold", "--stall", "5s"],
+        "--stall (5s) must be shorter than --timeout (5s): an answer later than --timeout ends " +
+        "the connection",
+      ],
+      [
+        ["h:1", "hold", "--open-rate", "0"],
+        '--open-rate takes a whole number of at least 1, not "0"',
+      ],
+      [["h:1", "hold", "--prefix", "a\nb"], "--prefix is one line"],
       [["h:1", "--message", ""], "--message needs at least one character"],
       [
         ["h:1", "load", "--mode", "stream", "--prefix", "one"],
@@ -166,8 +261,23 @@ Deno.test("client command: the way it was started, for --help and usage errors",
   assert.equal(clientCommand("/usr/local/bin/echo-check"), "echo-check client");
   assert.equal(clientCommand("C:\\tools\\tcp-echo.exe"), "tcp-echo client");
   const usage = clientUsage("tcp-echo client");
-  assert.ok(usage.startsWith("Usage: tcp-echo client HOST:PORT [probe|load] [options]\n"));
+  assert.ok(usage.startsWith("Usage: tcp-echo client HOST:PORT [probe|load|hold] [options]\n"));
   assert.match(usage, /\n {2}--count N {10}probe: connections in all \(default 20\)\n/);
   assert.match(usage, /\n {2}--fail-under K=V {3}exit 1 .+\n {21}ops=N \(load rr\)/);
-  assert.match(usage, /\nFailure reasons: dns \(the host does not resolve\), refused,/);
+  assert.match(
+    usage,
+    /\nFailure reasons \(probe, load, a hold connection that could not open\): dns/,
+  );
+  assert.match(
+    usage,
+    /\n {2}--expect E {9}hold: exit 0 only if E holds: no-loss, moved-to VERSION or\n/,
+  );
+  assert.match(
+    usage,
+    /\nHow a held connection ends: fin \(the peer closed it: EOF\), rst \(reset\),/,
+  );
+  assert.match(
+    usage,
+    /\n {2}moved-to VERSION {2}with --reconnect: at least one connection was replaced/,
+  );
 });

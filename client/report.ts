@@ -1,13 +1,26 @@
 /**
  * The reports for people: tables whose columns are as wide as what they hold,
- * failures with their first detail and hint, latency; and what the exit code
- * reads of a report (missed thresholds, a failed load). Pure.
+ * failures with their first detail and hint, latency, a hold's table per
+ * backend, replacements and timeline, and its live line; and what the exit
+ * code reads of a probe or load report (missed thresholds, a failed load).
+ * Pure.
  *
  * @module
  */
+import { formatDuration } from "../src/wire.ts";
 import type { FailureSummary } from "./failures.ts";
+import type { HoldStatus } from "./hold.ts";
+import {
+  HOLD_ENDINGS,
+  type HoldEndedBy,
+  type HoldReport,
+  holdTimeline,
+  plural,
+  type TimelineGroup,
+} from "./hold_record.ts";
 import type { LoadReport } from "./load.ts";
 import type { FailUnder, LoadMode } from "./options.ts";
+import { percentile } from "./percentiles.ts";
 import type { ProbeReport } from "./probe.ts";
 
 /** The gap between two columns. */
@@ -35,14 +48,14 @@ export function renderColumns(
  * The failures block: one row per reason (count, first detail), its hint on
  * the line below, lined up under the detail; every line starts with `indent`.
  */
-function renderFailures(summary: FailureSummary, indent: string): string[] {
+function renderFailures(summary: FailureSummary, indent: string, title = "failures"): string[] {
   const reasons = Object.keys(summary.failures) as (keyof FailureSummary["failures"])[];
-  if (reasons.length === 0) return [`${indent}failures: none`];
+  if (reasons.length === 0) return [`${indent}${title}: none`];
   const leads = renderColumns(
     reasons.map((reason) => [`${indent}  ${reason}`, String(summary.failures[reason])]),
     new Set([1]),
   );
-  const lines = [`${indent}failures`];
+  const lines = [`${indent}${title}`];
   reasons.forEach((reason, i) => {
     const detail = summary.failureDetails[reason];
     lines.push(detail ? `${leads[i]}${GAP}${detail}` : leads[i]);
@@ -146,4 +159,172 @@ export function missedThresholds(report: ProbeReport | LoadReport, failUnder: Fa
 export function loadFailed(report: ProbeReport | LoadReport): boolean {
   if (!("opsPerSecond" in report)) return false;
   return report.operations === 0 || Object.keys(report.failures).length > 0;
+}
+
+// ---------------------------------------------------------------------------
+// hold
+// ---------------------------------------------------------------------------
+
+/** A duration for people: `0.84 ms`, `12 ms`, `2.01 s`. */
+export function formatMs(ms: number): string {
+  if (Math.round(ms * 100) < 1_000) return `${ms.toFixed(2)} ms`;
+  if (Math.round(ms) < 1_000) return `${Math.round(ms)} ms`;
+  return `${(ms / 1_000).toFixed(2)} s`;
+}
+
+/** A range of durations, the unit once when both have it: `1.98–2.01 s`. */
+function formatMsRange(least: number, most: number): string {
+  const [a, b] = [formatMs(least), formatMs(most)];
+  if (a === b) return a;
+  const unit = (text: string) => text.slice(text.lastIndexOf(" "));
+  return unit(a) === unit(b) ? `${a.slice(0, -unit(a).length)}–${b}` : `${a}–${b}`;
+}
+
+/** Seconds since the start, to the millisecond: `1.204`. */
+const seconds = (ms: number) => (ms / 1_000).toFixed(3);
+
+const ENDED_BY: Readonly<Record<HoldEndedBy, string>> = {
+  duration: "--duration was over",
+  interrupt: "interrupted (SIGINT/SIGTERM)",
+  "all-lost": "every connection was lost",
+};
+
+/** The table per backend: opened, open at the end, ended by each way, worst stall. */
+function renderBackends(report: HoldReport): string[] {
+  const header = ["backend", "opened", "open", ...HOLD_ENDINGS, "worst stall"];
+  const rows = report.backends.map((row) => [
+    `  ${row.backend}`,
+    String(row.opened),
+    String(row.open),
+    ...HOLD_ENDINGS.map((ending) => String(row.ended[ending])),
+    row.worstStallMs > 0 ? formatMs(row.worstStallMs) : "-",
+  ]);
+  const right = new Set(header.map((_, i) => i).filter((i) => i > 0));
+  const lines = renderColumns([header, ...rows], right);
+  if (rows.length === 0) lines.push("  (none opened)");
+  return lines;
+}
+
+/** Where the replacements landed, from which backend, and their gaps. */
+function renderReplacements(report: HoldReport, gapsMs: readonly number[]): string[] {
+  if (report.replaced === 0) return [];
+  const sorted = [...gapsMs].sort((a, b) => a - b);
+  const gaps = sorted.length === 0
+    ? ""
+    : `, gap p50 ${formatMs(percentile(sorted, 50))}, max ${formatMs(sorted[sorted.length - 1])}`;
+  const rows = report.backends.flatMap((from) =>
+    Object.entries(from.replacedTo).map(([to, count]) => [
+      `  ${from.backend} → ${to}`,
+      String(count),
+    ])
+  );
+  return ["", `replacements: ${report.replaced}${gaps}`, ...renderColumns(rows, new Set([1]))];
+}
+
+/** What a timeline line says after who: the measure of its kind, the detail. */
+function timelineWhat(group: TimelineGroup): string {
+  const range = formatMsRange(group.least, group.most);
+  const detail = group.detail === undefined ? "" : `: ${JSON.stringify(group.detail)}`;
+  switch (group.kind) {
+    case "opened":
+      return `connect ${range}`;
+    case "stall":
+      return `${range} without an answer`;
+    case "replaced":
+      return `gap ${range}`;
+    case "open failed":
+      return detail.slice(2);
+    default:
+      return `after ${range} open${detail}`;
+  }
+}
+
+/** Timeline lines shown at most; --json has every record. */
+const MAX_TIMELINE_LINES = 100;
+
+function renderTimeline(report: HoldReport): string[] {
+  const groups = holdTimeline(report.connections, report.failedAttempts);
+  const rows = groups.slice(0, MAX_TIMELINE_LINES).map((group) => {
+    const when = group.count === 1 || group.firstMs === group.lastMs
+      ? seconds(group.firstMs)
+      : `${seconds(group.firstMs)}–${seconds(group.lastMs)}`;
+    const who = group.from === undefined
+      ? `${group.count} × ${group.backend}`
+      : `${group.count} × ${group.from} → ${group.backend}`;
+    return [`  ${when}`, group.kind, who, timelineWhat(group)];
+  });
+  const lines = ["", "timeline (seconds since the start)", ...renderColumns(rows)];
+  if (groups.length > MAX_TIMELINE_LINES) {
+    lines.push(
+      `  … and ${groups.length - MAX_TIMELINE_LINES} more lines (--json has every record)`,
+    );
+  }
+  if (report.recordsNotKept > 0) {
+    lines.push(`  (${report.recordsNotKept} connections were counted but their records not kept)`);
+  }
+  return lines;
+}
+
+/** Renders the hold report for people. */
+export function renderHoldReport(report: HoldReport): string {
+  const { settings } = report;
+  const allOpen = report.allOpenAtMs === null
+    ? ""
+    : `; opening took ${formatMs(report.allOpenAtMs)}`;
+  const lines = [
+    `hold ${report.target}${report.tls ? " (TLS)" : ""}: ${
+      plural(settings.connections, "connection")
+    }, ` +
+    `a heartbeat every ${formatDuration(settings.intervalMs)}, a stall past ` +
+    `${formatDuration(settings.stallMs)}, timeout ${formatDuration(settings.timeoutMs)}` +
+    (settings.reconnect ? ", --reconnect" : ""),
+    `started ${report.startedAt}, ran ${formatMs(report.ranMs)}, ended: ${
+      ENDED_BY[report.endedBy]
+    }${allOpen}`,
+    `${report.heartbeats} heartbeats answered; ${report.lost} lost, ${report.replaced} replaced, ` +
+    `${report.missingAtEnd} of ${settings.connections} places without a connection at the end`,
+    "",
+    ...renderBackends(report),
+    ...renderReplacements(report, report.connections.flatMap((r) => r.replaces?.gapMs ?? [])),
+  ];
+  if (Object.keys(report.openFailures.failures).length > 0) {
+    lines.push("", ...renderFailures(report.openFailures, "", "attempts that did not open"));
+  }
+  lines.push(...renderTimeline(report));
+  if (report.expectations.length > 0) lines.push("");
+  for (const { expect, met, why } of report.expectations) {
+    lines.push(`expect ${expect}: ${met ? "met" : "NOT met"} (${why})`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** A backend's name made short for the live line: `v1/pod-a/node-1`. */
+function shortBackend(backend: string): string {
+  return backend.replace(/(^|, )(version|pod|node) /g, "$1").replaceAll(", ", "/");
+}
+
+/** Backends the live line names before `+N more`. */
+const LIVE_BACKENDS = 3;
+
+/** The live line: open per backend, lost, reconnected, worst stall. */
+export function renderHoldStatus(status: HoldStatus): string {
+  const named = status.openByBackend.slice(0, LIVE_BACKENDS)
+    .map(([backend, open]) => `${open} ${shortBackend(backend)}`);
+  const more = status.openByBackend.length - LIVE_BACKENDS;
+  if (more > 0) named.push(`+${more} more`);
+  const where = named.length > 0 ? ` (${named.join(", ")})` : "";
+  const stall = status.worstStallMs > 0 ? formatMs(status.worstStallMs) : "none";
+  return `hold ${formatMs(status.elapsedMs)}: ${status.open}/${status.connections} open${where}, ` +
+    `lost ${status.lost}, reconnected ${status.reconnected}, worst stall ${stall}`;
+}
+
+/** The line printed once every first connection opened or failed to. */
+export function renderAllOpen(status: HoldStatus): string {
+  const opened = status.connections - status.notOpened;
+  const where = status.openByBackend.map(([backend, open]) => `${open} ${shortBackend(backend)}`);
+  const failed = status.notOpened > 0 ? `; ${status.notOpened} did not open` : "";
+  return `hold: ${opened} of ${status.connections} connections opened in ` +
+    `${formatMs(status.allOpenAtMs ?? status.elapsedMs)}${
+      where.length > 0 ? ` (${where.join(", ")})` : ""
+    }${failed}`;
 }

@@ -1,7 +1,17 @@
 import assert from "node:assert/strict";
 import { parseBanner, type ProbeOutcome, probeReport } from "./probe.ts";
 import type { LoadReport } from "./load.ts";
-import { renderColumns, renderLoadReport, renderProbeReport } from "./report.ts";
+import type { HoldStatus } from "./hold.ts";
+import type { HoldReport } from "./hold_record.ts";
+import {
+  formatMs,
+  renderAllOpen,
+  renderColumns,
+  renderHoldReport,
+  renderHoldStatus,
+  renderLoadReport,
+  renderProbeReport,
+} from "./report.ts";
 
 const ok = (banner: string, ms = 1): ProbeOutcome => ({
   ok: true,
@@ -139,4 +149,145 @@ Deno.test("client load report: failures with their first detail and hint", () =>
                 hint: nothing listens at 127.0.0.1:1
 `,
   );
+});
+
+Deno.test("client hold report: exact human text, replacements, timeline, expectations", () => {
+  const server = parseBanner("Running on Pod pod-a.\nVersion v1.\n");
+  const replacementServer = parseBanner("Running on Pod pod-b.\nVersion v2.\n");
+  const lost = {
+    slot: 1,
+    generation: 0,
+    openedAtMs: 12,
+    connectMs: 3.5,
+    attempts: 1,
+    server,
+    backend: "version v1, pod pod-a",
+    heartbeats: 4,
+    stalls: [{ atMs: 900, ms: 2_010, heartbeat: 2 }],
+    stallsNotKept: 0,
+    worstStallMs: 2_010,
+    end: {
+      reason: "drain" as const,
+      atMs: 3_204,
+      detail: "tcp-echo: closing this connection: the server is shutting down and its grace " +
+        "of 1s is over",
+    },
+  };
+  const report: HoldReport = {
+    command: "hold",
+    target: "10.0.0.1:31400",
+    tls: false,
+    startedAt: "2026-01-02T03:04:05.678Z",
+    ranMs: 5_000,
+    endedBy: "interrupt",
+    allOpenAtMs: 14,
+    settings: {
+      connections: 2,
+      intervalMs: 1_000,
+      stallMs: 500,
+      timeoutMs: 5_000,
+      durationMs: null,
+      reconnect: true,
+      openRate: 1_000,
+    },
+    backends: [
+      {
+        backend: "version v1, pod pod-a",
+        version: "v1",
+        opened: 2,
+        open: 1,
+        ended: { fin: 0, rst: 0, timeout: 0, mismatch: 0, drain: 1, error: 0 },
+        worstStallMs: 2_010,
+        replacedTo: { "version v2, pod pod-b": 1 },
+      },
+      {
+        backend: "version v2, pod pod-b",
+        version: "v2",
+        opened: 1,
+        open: 1,
+        ended: { fin: 0, rst: 0, timeout: 0, mismatch: 0, drain: 0, error: 0 },
+        worstStallMs: 0,
+        replacedTo: {},
+      },
+    ],
+    lost: 1,
+    replaced: 1,
+    missingAtEnd: 0,
+    heartbeats: 9,
+    integrityFailures: 0,
+    openFailures: { failures: {}, failureDetails: {}, failureHints: {} },
+    failedAttempts: [],
+    connections: [
+      { ...lost, slot: 0, stalls: [], worstStallMs: 0, end: null, openedAtMs: 14 },
+      lost,
+      {
+        ...lost,
+        generation: 1,
+        openedAtMs: 3_209.5,
+        connectMs: 5.5,
+        server: replacementServer,
+        backend: "version v2, pod pod-b",
+        replaces: { backend: "version v1, pod pod-a", generation: 0, lostAtMs: 3_204, gapMs: 5.5 },
+        stalls: [],
+        worstStallMs: 0,
+        end: null,
+      },
+    ],
+    recordsNotKept: 0,
+    expectations: [{ expect: "moved-to v2", met: true, why: "the replacement landed on v2" }],
+  };
+  assert.equal(
+    renderHoldReport(report),
+    `hold 10.0.0.1:31400: 2 connections, a heartbeat every 1s, a stall past 500ms, timeout 5s, --reconnect
+started 2026-01-02T03:04:05.678Z, ran 5.00 s, ended: interrupted (SIGINT/SIGTERM); opening took 14 ms
+9 heartbeats answered; 1 lost, 1 replaced, 0 of 2 places without a connection at the end
+
+backend                  opened  open  fin  rst  timeout  mismatch  drain  error  worst stall
+  version v1, pod pod-a       2     1    0    0        0         0      1      0       2.01 s
+  version v2, pod pod-b       1     1    0    0        0         0      0      0            -
+
+replacements: 1, gap p50 5.50 ms, max 5.50 ms
+  version v1, pod pod-a → version v2, pod pod-b  1
+
+timeline (seconds since the start)
+  0.012–0.014  opened    2 × version v1, pod pod-a                          connect 3.50 ms
+  0.900        stall     1 × version v1, pod pod-a                          2.01 s without an answer
+  3.204        drain     1 × version v1, pod pod-a                          after 3.19 s open: "tcp-echo: closing this connection: the server is shutting down and its grace of 1s is over"
+  3.209        replaced  1 × version v1, pod pod-a → version v2, pod pod-b  gap 5.50 ms
+
+expect moved-to v2: met (the replacement landed on v2)
+`,
+  );
+});
+
+Deno.test("client hold live line: open per backend, lost, reconnected, worst stall", () => {
+  const status: HoldStatus = {
+    elapsedMs: 12_345,
+    connections: 10_000,
+    openByBackend: [
+      ["version v1, pod pod-a, node n1", 5_000],
+      ["version v2, pod pod-b", 4_990],
+      ["version v2, pod pod-c", 5],
+      ["(no banner)", 3],
+    ],
+    open: 9_998,
+    lost: 4,
+    reconnected: 2,
+    worstStallMs: 1_234,
+    allOpenAtMs: 10_010,
+    notOpened: 2,
+  };
+  assert.equal(
+    renderHoldStatus(status),
+    "hold 12.35 s: 9998/10000 open (5000 v1/pod-a/n1, 4990 v2/pod-b, 5 v2/pod-c, +1 more), " +
+      "lost 4, reconnected 2, worst stall 1.23 s",
+  );
+  assert.equal(
+    renderAllOpen({ ...status, openByBackend: status.openByBackend.slice(0, 2) }),
+    "hold: 9998 of 10000 connections opened in 10.01 s (5000 v1/pod-a/n1, 4990 v2/pod-b); " +
+      "2 did not open",
+  );
+  assert.equal(formatMs(0.5), "0.50 ms");
+  assert.equal(formatMs(9.996), "10 ms");
+  assert.equal(formatMs(999.6), "1.00 s");
 });

@@ -257,3 +257,12 @@ export function formatDuration(ms: number): string {
   }
   return `${ms}ms`;
 }
+
+/** How the line `DRAIN_NOTICE` sends starts: what a client looks for. */
+export const DRAIN_NOTICE_PREFIX = "tcp-echo: closing this connection:";
+
+/** The line `DRAIN_NOTICE` sends a connection the shutdown closes. */
+export function drainNotice(graceMs: number): string {
+  return `${DRAIN_NOTICE_PREFIX} the server is shutting down and its grace of ` +
+    `${formatDuration(graceMs)} is over\n`;
+}
