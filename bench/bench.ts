@@ -111,13 +111,18 @@ const NODE_SOURCE = "require('net').createServer((s) => { s.on('error', () => {}
   ".listen(Number(process.env.TCP_PORT), '127.0.0.1')";
 
 /** The command line: rounds, seconds per measurement, idle connections, JSON output. */
-interface BenchOptions {
+export interface BenchOptions {
+  /** Rounds at least (`--rounds`). */
   readonly minRounds: number;
+  /** Rounds at most, while the medians move (`--max-rounds`). */
   readonly maxRounds: number;
+  /** Seconds per measurement (`--seconds`). */
   readonly seconds: number;
+  /** Plain connections the memory rows open (`--idle`). */
   readonly idleConnections: number;
   /** TLS connections the TLS memory rows open. */
   readonly tlsConnections: number;
+  /** One JSON object instead of the tables. */
   readonly json: boolean;
 }
 

@@ -277,6 +277,7 @@ export class Hold {
   readonly #done = Promise.withResolvers<HoldEndedBy>();
   #endedBy: HoldEndedBy | undefined;
 
+  /** A hold of `options.connections` connections opened with `connect`; {@linkcode Hold.run} starts it. */
   constructor(
     options: ClientOptions,
     connect: Connector,

@@ -513,8 +513,9 @@ export interface TimelineGroup {
   readonly firstMs: number;
   /** The last one's. */
   lastMs: number;
-  /** The smallest and largest of what each measured: stall, gap, or time open. */
+  /** The smallest of what each measured: stall, gap, or time open. */
   least: number;
+  /** The largest of it. */
   most: number;
   /** The first one's detail (an ending's, an open failure's). */
   readonly detail?: string;

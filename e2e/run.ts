@@ -14,12 +14,20 @@
  *
  * @module
  */
-import { parse as parseYaml } from "yaml";
+import { parse as parseYaml, parseAllDocuments } from "yaml";
 import {
   binomialBounds,
+  type DelayedChange,
+  delayedChange,
+  drainMs,
   gatewayApiInstallUrl,
+  holdSummary,
   type IstioPin,
+  judgeProxyRestartHold,
+  judgeRolloutHold,
+  judgeShiftHold,
   parseE2eArgs,
+  parseHoldReport,
   parseProbeReport,
   parseVersions,
   type ProbeSummary,
@@ -32,8 +40,11 @@ import {
   AMBIENT_STEPS,
   AUTHORIZATION_STEPS,
   commandToRun,
+  HOLD_COMMANDS,
+  HOLD_REPORT_FILE,
   interactiveInput,
 } from "./walkthroughs.ts";
+import type { HoldReport } from "../client/hold_record.ts";
 import { parseBannerText } from "../src/wire.ts";
 
 const repoDir = new URL("..", import.meta.url).pathname;
@@ -309,6 +320,13 @@ const STEPS: Step[] = [
     run: podChecks,
   },
   {
+    name: "open connections: a rollout restart",
+    proves: "walkthroughs.md, What happens to open connections, Through a rollout restart: the " +
+      "restarted pod's held connections end together by FIN or RST after its drain, the other " +
+      "version's stay open, every replacement lands on another pod",
+    run: rolloutHold,
+  },
+  {
     name: "walkthrough: Gateway API",
     proves: "walkthroughs.md, Istio with the Kubernetes Gateway API",
     run: gatewayApiWalkthrough,
@@ -327,6 +345,13 @@ const STEPS: Step[] = [
     run: trafficShiftingWalkthrough,
   },
   {
+    name: "open connections: a traffic shift",
+    proves: "walkthroughs.md, What happens to open connections, Through a traffic shift: held " +
+      "connections stay on v1 and open for 15 s past the 80/20 route, while new ones split 80/20 " +
+      "within a binomial bound",
+    run: shiftHold,
+  },
+  {
     name: "walkthrough: authorization for TCP traffic",
     proves:
       "walkthroughs.md, Istio's Authorization for TCP traffic task: each policy step allows and " +
@@ -339,6 +364,13 @@ const STEPS: Step[] = [
       "principal and port; an L7 rule without a waypoint refuses all; through a waypoint the " +
       "app sees the waypoint, and a TCPRoute splits 80/20 within a binomial bound",
     run: ambientWalkthrough,
+  },
+  {
+    name: "open connections: a ztunnel restart",
+    proves: "walkthroughs.md, What happens to open connections, Through a ztunnel restart: every " +
+      "held connection outlives the restart's start by 10 s, then ends by RST or FIN and is " +
+      "replaced through the new ztunnel",
+    run: ztunnelHold,
   },
 ];
 
@@ -629,7 +661,10 @@ async function tlsPassthroughWalkthrough({ walkthroughs }: Context): Promise<voi
   await kubectl("delete", "secret", "tcp-echo-tls", "--ignore-not-found");
 }
 
-/** Answers of `count` raw line probes to the ingress gateway, by their first word. */
+/**
+ * Answers of `count` raw line probes to the ingress gateway, by the first word
+ * of their last line (a banner, where the servers send one, comes before it).
+ */
 async function linePrefixes(count: number): Promise<Record<string, number>> {
   const seen: Record<string, number> = {};
   for (let i = 0; i < count; i++) {
@@ -637,10 +672,34 @@ async function linePrefixes(count: number): Promise<Record<string, number>> {
     await conn.write(encoder.encode(`probe ${i}\n`));
     await conn.closeWrite();
     const answer = decoder.decode(await new Response(conn.readable).arrayBuffer());
-    const word = answer.endsWith(` probe ${i}\n`) ? answer.split(" ")[0] : `bad:${answer}`;
+    const last = answer.slice(answer.lastIndexOf("\n", answer.length - 2) + 1);
+    const word = last.endsWith(` probe ${i}\n`) ? last.split(" ")[0] : `bad:${answer}`;
     seen[word] = (seen[word] ?? 0) + 1;
   }
   return seen;
+}
+
+/** Line probes until every one is answered by `one` (v1): the route to all-v1 is in place. */
+async function expectAllOnV1(probes: number): Promise<void> {
+  await eventually(60_000, async () => {
+    const seen = await linePrefixes(probes);
+    if (seen.one !== probes) throw new Error(`all to v1: ${JSON.stringify(seen)}`);
+  });
+}
+
+/** Line probes until `two` (v2) answers within the binomial bound of an 80/20 split. */
+async function expectSplit8020(probes: number, what: string): Promise<void> {
+  const { low, high } = binomialBounds(probes, 0.2, 0.001);
+  await eventually(60_000, async () => {
+    const seen = await linePrefixes(probes);
+    const two = seen.two ?? 0;
+    if ((seen.one ?? 0) + two !== probes || two < low || two > high) {
+      throw new Error(
+        `${what}: ${JSON.stringify(seen)}, v2 share must be ${low}..${high} of ${probes}`,
+      );
+    }
+    console.log(`  ${what}: v2 answered ${two} of ${probes} (bound ${low}..${high})`);
+  });
 }
 
 async function trafficShiftingWalkthrough({ walkthroughs }: Context): Promise<void> {
@@ -659,25 +718,10 @@ async function trafficShiftingWalkthrough({ walkthroughs }: Context): Promise<vo
         "--timeout=180s",
       );
     },
-    "kubectl apply -n istio-io-tcp-traffic-shifting -f": async () => {
-      await eventually(60_000, async () => {
-        const seen = await linePrefixes(probes);
-        if (seen.one !== probes) throw new Error(`all to v1: ${JSON.stringify(seen)}`);
-      });
-    },
+    "kubectl apply -n istio-io-tcp-traffic-shifting -f": () => expectAllOnV1(probes),
   });
-  const { low, high } = binomialBounds(probes, 0.2, 0.001);
-  await eventually(60_000, async () => {
-    const seen = await linePrefixes(probes);
-    const two = seen.two ?? 0;
-    if ((seen.one ?? 0) + two !== probes || two < low || two > high) {
-      throw new Error(
-        `80/20: ${JSON.stringify(seen)}, v2 share must be ${low}..${high} of ${probes}`,
-      );
-    }
-    console.log(`  80/20: v2 answered ${two} of ${probes} (bound ${low}..${high})`);
-  });
-  await kubectl("delete", "namespace", "istio-io-tcp-traffic-shifting", "--wait=false");
+  await expectSplit8020(probes, "80/20");
+  // The namespace stays for "Through a traffic shift" (shiftHold), which deletes it.
 }
 
 async function expectPorts(answers: [boolean, boolean, boolean], what: string): Promise<void> {
@@ -825,6 +869,117 @@ async function ambientWalkthrough({ walkthroughs }: Context): Promise<void> {
   await expectAddresses(
     await podIps("gateway.networking.k8s.io/gateway-name=waypoint"),
     "through the waypoint",
+  );
+  // The namespace stays for "Through a ztunnel restart" (ztunnelHold), which deletes it.
+}
+
+// ---------------------------------------------------------------------------
+// What happens to open connections: holds judged from their --json reports
+// ---------------------------------------------------------------------------
+
+/**
+ * The page's `sleep N && CHANGE &` starts just before its hold: the change
+ * comes up to this much earlier than N s into the hold (kubectl exec and the
+ * client's start).
+ */
+const HOLD_START_SLACK_MS = 3_000;
+
+/**
+ * Runs a subsection of "What happens to open connections" (its hold runs
+ * with `--json`, e2e/walkthroughs.ts) and returns the hold's report and the
+ * change made while it ran.
+ */
+async function runHoldSection(
+  page: string,
+  section: typeof WALKTHROUGH_SECTIONS[number],
+  hooks: Record<string, () => Promise<void>> = {},
+): Promise<{ report: HoldReport; change: DelayedChange }> {
+  const change = delayedChange(sectionCommands(page, section));
+  const file = `${repoDir}${HOLD_REPORT_FILE}`;
+  await Deno.remove(file).catch(() => {});
+  try {
+    await runSection(page, section, hooks);
+    const report = parseHoldReport(await Deno.readTextFile(file));
+    for (const line of holdSummary(report)) console.log(`  ${line}`);
+    return { report, change };
+  } finally {
+    await Deno.remove(file).catch(() => {});
+  }
+}
+
+/** Fails with every way the hold differs from what the page says (none: it is as stated). */
+function expectJudged(section: string, failures: readonly string[]): void {
+  if (failures.length > 0) throw new Error(`${section}:\n  ${failures.join("\n  ")}`);
+}
+
+async function rolloutHold({ walkthroughs }: Context): Promise<void> {
+  const section = "### Through a rollout restart";
+  const manifest = await Deno.readTextFile(`${repoDir}k8s/base/deployment.yml`);
+  const drain = drainMs(
+    parseAllDocuments(manifest).map((document) => document.toJS()),
+    "tcp-echo-v1",
+  );
+  const { report, change } = await runHoldSection(walkthroughs, section);
+  expectJudged(
+    section,
+    judgeRolloutHold(report, {
+      version: "v1",
+      notBeforeMs: change.delayMs - HOLD_START_SLACK_MS + drain,
+    }),
+  );
+}
+
+/**
+ * How long past the 80/20 route the held connections must stay open: a
+ * third of Istio's default drainDuration (45 s), after which the gateway's
+ * Envoy may close what its old filter chain holds.
+ */
+const SHIFT_HELD_FOR_MS = 15_000;
+
+async function shiftHold({ walkthroughs }: Context): Promise<void> {
+  const section = "### Through a traffic shift";
+  const probes = 200;
+  const change = delayedChange(sectionCommands(walkthroughs, section));
+  // New connections while the hold runs, once the route has had time to arrive; never rejects.
+  let splitWhileHeld: Promise<Error | undefined> = Promise.resolve(undefined);
+  await using _ingress = await portForward("service/istio-ingressgateway", "istio-system", [
+    "31400",
+  ]);
+  try {
+    const { report } = await runHoldSection(walkthroughs, section, {
+      // The hold must open while everything goes to v1: the kit's route, restored, in place.
+      "sleep ": () => expectAllOnV1(probes),
+      [HOLD_COMMANDS.shift]: () => {
+        splitWhileHeld = (async () => {
+          await new Promise((resolve) => setTimeout(resolve, change.delayMs + 5_000));
+          await expectSplit8020(probes, "80/20 of new connections while the hold runs");
+        })().then(() => undefined, (error: Error) => error);
+        return Promise.resolve();
+      },
+    });
+    expectJudged(
+      section,
+      judgeShiftHold(report, { version: "v1", openUntilMs: change.delayMs + SHIFT_HELD_FOR_MS }),
+    );
+    const error = await splitWhileHeld;
+    if (error !== undefined) throw error;
+  } finally {
+    await splitWhileHeld;
+  }
+  await kubectl("delete", "namespace", "istio-io-tcp-traffic-shifting", "--wait=false");
+}
+
+/** The old ztunnel goes on serving what it holds through its drain: at least this long. */
+const ZTUNNEL_SERVES_AT_LEAST_MS = 10_000;
+
+async function ztunnelHold({ walkthroughs }: Context): Promise<void> {
+  const section = "### Through a ztunnel restart";
+  const { report, change } = await runHoldSection(walkthroughs, section);
+  expectJudged(
+    section,
+    judgeProxyRestartHold(report, {
+      notBeforeMs: change.delayMs - HOLD_START_SLACK_MS + ZTUNNEL_SERVES_AT_LEAST_MS,
+    }),
   );
   await kubectl("delete", "-k", "k8s/istio-ambient", "--ignore-not-found", "--wait=false");
 }

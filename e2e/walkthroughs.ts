@@ -3,7 +3,8 @@
  * docs/walkthroughs.md: every command is run as written, in a shell, except
  * those listed here, which name things a reader replaces (a pod's generated
  * name) or need what kind lacks (port 443 on a runner that is not root), or
- * wait where a reader would. The suite reads the commands from the page when
+ * wait where a reader would, or hold connections (the suite runs them with
+ * `--json` to judge what became of each). The suite reads the commands from the page when
  * it runs, so the two cannot drift; a test checks that every replacement
  * still matches a command of the page and that every command with a
  * placeholder has one.
@@ -23,6 +24,37 @@ const PORT_443 = "the gateway's 443 is port-forwarded to 127.0.0.1:8443: a runne
   "root cannot listen on 443";
 
 const POD_NAME = "the page's pod name is an example; the Deployment names the pod";
+
+/**
+ * Where a hold the suite runs leaves its `--json` report, from the
+ * repository's directory (`.e2e-tools/` is git-ignored).
+ */
+export const HOLD_REPORT_FILE = ".e2e-tools/hold-report.json";
+
+/**
+ * A hold of "What happens to open connections", run with `--json` into
+ * {@linkcode HOLD_REPORT_FILE}; `lossExpected`: the page's hold exits 1
+ * because connections were lost, as the page says they are.
+ */
+function holdWithJson(command: string, lossExpected: boolean): Replacement {
+  return {
+    run: `${command} --json > ${HOLD_REPORT_FILE}${lossExpected ? " || test $? -eq 1" : ""}`,
+    why: "the suite judges every held connection from the report's --json" +
+      (lossExpected ? " (exit 1: connections were lost, as the page says)" : ""),
+  };
+}
+
+/** The holds of "What happens to open connections", as the page writes them. */
+export const HOLD_COMMANDS = {
+  rollout: "kubectl exec client -c client -- /tcp-echo client tcp-echo:3333 hold " +
+    "--connections 20 --duration 90s --reconnect",
+  shift: "kubectl exec -n istio-io-tcp-traffic-shifting client -c client -- /tcp-echo client " +
+    "istio-ingressgateway.istio-system:31400 hold --prefix one --connections 20 --duration 90s " +
+    "--expect stays-on v1",
+  ztunnel:
+    "kubectl exec -n tcp-echo-ambient deploy/client -- /tcp-echo client tcp-echo:3333 hold " +
+    "--connections 20 --duration 90s --reconnect",
+} as const;
 
 /** Command of the page → what the suite runs instead. */
 export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
@@ -54,17 +86,20 @@ export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
     run: "kubectl logs deploy/tcp-echo-v2 -c tcp-echo-container | grep Received",
     why: POD_NAME,
   },
+  [HOLD_COMMANDS.rollout]: holdWithJson(HOLD_COMMANDS.rollout, true),
+  [HOLD_COMMANDS.shift]: holdWithJson(HOLD_COMMANDS.shift, false),
+  [HOLD_COMMANDS.ztunnel]: holdWithJson(HOLD_COMMANDS.ztunnel, true),
 };
 
 /**
- * A command of the page that names something a reader must replace, or needs
+ * A command of the page that names something a reader must replace, needs
  * a load balancer (the page sets `INGRESS_HOST` outside the walkthroughs, and
- * the suite sets it to its port-forward).
+ * the suite sets it to its port-forward), or holds connections (the suite
+ * reads what the hold saw from its `--json` report).
  */
 export function needsReplacement(command: string): boolean {
-  return /REGISTRY|7c775f57c9|6bcfd7dcf4|\.\.\.|status\.loadBalancer|status\.addresses/.test(
-    command,
-  );
+  return /REGISTRY|7c775f57c9|6bcfd7dcf4|\.\.\.|status\.loadBalancer|status\.addresses|\/tcp-echo client \S+ hold /
+    .test(command);
 }
 
 /** What the suite runs for a command of the page: itself, or its replacement. */

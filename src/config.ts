@@ -796,7 +796,7 @@ export function renderHelp(): string {
     "tcp-echo: a TCP echo server that says which node, pod and version answered.",
     "",
     "Usage: tcp-echo [--help] [PORTS [PREFIX]]",
-    "       tcp-echo client HOST:PORT [probe|load] [options]   (see tcp-echo client --help)",
+    "       tcp-echo client HOST:PORT [probe|load|hold] [options]   (see tcp-echo client --help)",
     "",
     "PORTS and PREFIX, as Istio's tcp-echo takes them, set TCP_PORT and ECHO_PREFIX.",
     "",
