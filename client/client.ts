@@ -10,13 +10,17 @@
  * byte, and reports throughput and latency percentiles at microsecond
  * resolution. `hold` keeps connections open with a heartbeat on each and
  * records what becomes of them: where each landed, its stalls, how and when
- * it ended, and where its replacement landed.
+ * it ended, and where its replacement landed. With `--udp`, probe and load
+ * send datagrams instead (`--one-flow`: all from one source port, to see
+ * when the backend answering it changes); `-4`/`-6` pick the IP family, and
+ * probe `-4 -6` reports on each.
  *
  * It is a program of its own (run as `tcp-echo client ...`, so one image
  * carries both), kept apart from the server in main.ts; this module is its
  * entry, and each concern has a module beside it: options.ts (the command
- * line), connection.ts, payloads.ts, failures.ts (reasons, details, hints),
- * probe.ts, load.ts, hold.ts (and its records, hold_record.ts),
+ * line), connection.ts, family.ts (`-4`/`-6`), payloads.ts, failures.ts
+ * (reasons, details, hints), probe.ts, load.ts, udp.ts (`--udp`) and
+ * udp_flow.ts (`--one-flow`), hold.ts (and its records, hold_record.ts),
  * percentiles.ts and report.ts (the text for people).
  *
  * @example
@@ -24,6 +28,9 @@
  * deno task client -- 127.0.0.1:3333 --count 100 --concurrency 10
  * deno task client -- 127.0.0.1:3333 load --mode rr --connections 50 --duration 10s
  * deno task client -- 127.0.0.1:3333 hold --connections 1000 --reconnect --expect moved-to v2
+ * deno task client -- 127.0.0.1:3333 --udp --count 100 --concurrency 10
+ * deno task client -- 127.0.0.1:3333 --udp --one-flow --count 300 --interval 1s
+ * deno task client -- localhost:3333 -4 -6
  * ```
  *
  * @module
@@ -42,14 +49,16 @@ import {
 } from "./options.ts";
 import { runProbe } from "./probe.ts";
 import {
+  type ClientReport,
   loadFailed,
   missedThresholds,
   renderAllOpen,
   renderHoldReport,
   renderHoldStatus,
-  renderLoadReport,
-  renderProbeReport,
+  renderReport,
 } from "./report.ts";
+import { runUdpLoad, runUdpProbe } from "./udp.ts";
+import { runUdpFlow } from "./udp_flow.ts";
 
 const encoder = new TextEncoder();
 
@@ -127,20 +136,30 @@ const PLAIN_EVERY_MS = 5_000;
 const INTERRUPTED_AGAIN = 130;
 
 /**
- * Runs a hold: SIGINT and SIGTERM end it with its report (a second one exits
- * at once, 130); prints the report; returns the exit code.
+ * Runs `work` with SIGINT and SIGTERM aborting its signal, so that it can end
+ * with its report; a second one exits at once (130).
  */
-async function hold(options: ClientOptions, connect: Connector, target: string): Promise<number> {
-  const live = new LiveLine(Deno.stderr.isTerminal());
+async function untilInterrupted<T>(work: (stop: AbortSignal) => Promise<T>): Promise<T> {
   const stop = new AbortController();
   const signals = ["SIGINT", "SIGTERM"] as const;
   const onSignal = () => stop.signal.aborted ? Deno.exit(INTERRUPTED_AGAIN) : stop.abort();
   for (const signal of signals) Deno.addSignalListener(signal, onSignal);
-  let report;
   try {
-    report = await runHold(options, connect, target, (status) => live.update(status), stop.signal);
+    return await work(stop.signal);
   } finally {
     for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+  }
+}
+
+/** Runs a hold until its end or Ctrl-C; prints the report; returns the exit code. */
+async function hold(options: ClientOptions, connect: Connector, target: string): Promise<number> {
+  const live = new LiveLine(Deno.stderr.isTerminal());
+  let report;
+  try {
+    report = await untilInterrupted((stop) =>
+      runHold(options, connect, target, (status) => live.update(status), stop)
+    );
+  } finally {
     live.clear();
   }
   await Deno.stdout.write(encoder.encode(
@@ -173,28 +192,83 @@ export async function runClient(args: readonly string[]): Promise<number> {
   const progress = new Progress(
     !options.json && Deno.stderr.isTerminal() && (longRun || options.command === "probe"),
   );
-  let connect: Connector;
+  // probe -4 -6: a run per family, at the same time.
+  const runs = options.families.length > 1
+    ? options.families.map((family) => ({ ...options, families: [family] }))
+    : [options];
+  let connectors: (Connector | undefined)[];
   try {
-    connect = await makeConnector(options);
+    connectors = await Promise.all(runs.map((run) => run.udp ? undefined : makeConnector(run)));
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
     console.error(`tcp-echo client: ${error.message}`);
     return 2;
   }
   const target = formatHostPort(options.hostname, options.port);
-  if (options.command === "hold") return await hold(options, connect, target);
-  const report = options.command === "probe"
-    ? await runProbe(options, connect, target, (text) => progress.update(text))
-    : await runLoad(options, connect, target, (text) => progress.update(text));
+  if (options.command === "hold") return await hold(options, connectors[0]!, target);
+  const update = (text: () => string) => progress.update(text);
+  const measureAll = (stop?: AbortSignal) =>
+    Promise.all(runs.map((run, i) => measure(run, connectors[i], target, update, stop)));
+  // Only a one-flow probe ends with its report on Ctrl-C; the others stop as they did.
+  const reports = options.oneFlow ? await untilInterrupted(measureAll) : await measureAll();
   progress.clear();
-  const missed = missedThresholds(report, options.failUnder);
-  if (options.json) {
-    console.log(JSON.stringify({ ...report, missedThresholds: missed }));
-  } else {
-    await Deno.stdout.write(encoder.encode(
-      "successPercent" in report ? renderProbeReport(report) : renderLoadReport(report),
-    ));
-    for (const sentence of missed) console.log(`threshold missed: ${sentence}`);
+  return await printReports(reports, options);
+}
+
+/** Runs one probe or load, TCP or UDP, as `options` say. */
+function measure(
+  options: ClientOptions,
+  connect: Connector | undefined,
+  target: string,
+  progress: (text: () => string) => void,
+  stop = new AbortController().signal,
+): Promise<ClientReport> {
+  if (options.udp) {
+    if (options.command === "load") return runUdpLoad(options, target, progress);
+    return options.oneFlow
+      ? runUdpFlow(options, target, progress, stop)
+      : runUdpProbe(options, target, progress);
   }
-  return loadFailed(report) || report.integrityFailures > 0 || missed.length > 0 ? 1 : 0;
+  return options.command === "probe"
+    ? runProbe(options, connect!, target, progress)
+    : runLoad(options, connect!, target, progress);
+}
+
+/**
+ * Prints the reports (more than one: a report per family; in JSON one
+ * object, `{"target", "families": {"IPv4": ..., "IPv6": ...}}`); returns
+ * the exit code: 1 when any of them failed.
+ */
+async function printReports(
+  reports: readonly ClientReport[],
+  options: ClientOptions,
+): Promise<number> {
+  const judged = reports.map((report) => {
+    const missed = missedThresholds(report, options.failUnder);
+    const failed = loadFailed(report) || report.integrityFailures > 0 || missed.length > 0;
+    return { report, missed, failed };
+  });
+  const perFamily = reports.length > 1;
+  if (options.json) {
+    const withMissed = judged.map(({ report, missed }) => ({
+      ...report,
+      missedThresholds: missed,
+    }));
+    console.log(JSON.stringify(
+      perFamily
+        ? {
+          target: reports[0].target,
+          families: Object.fromEntries(withMissed.map((report) => [report.family, report])),
+        }
+        : withMissed[0],
+    ));
+  } else {
+    const texts = judged.map(({ report, missed }) => {
+      const which = perFamily ? ` (${report.family})` : "";
+      return renderReport(report) +
+        missed.map((sentence) => `threshold missed${which}: ${sentence}\n`).join("");
+    });
+    await Deno.stdout.write(encoder.encode(texts.join("\n")));
+  }
+  return judged.some(({ failed }) => failed) ? 1 : 0;
 }

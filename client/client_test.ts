@@ -3,39 +3,13 @@ import net from "node:net";
 import { loadConfig } from "../src/config.ts";
 import { startServer } from "../main.ts";
 import {
-  decoder,
   freePort,
   ignoreWithout,
   makeTestPki,
-  repoDir,
   startHaproxy,
   startTestServer,
-  taskArgs,
 } from "../testing/support.ts";
-
-/**
- * Runs `tcp-echo client ARGS` as `deno task client` does; returns exit code
- * and output. A client still running after 30 s is killed (a hang fails its
- * test, not the run).
- */
-async function runClientProcess(
-  args: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const limit = new AbortController();
-  const timer = setTimeout(() => limit.abort(), 30_000);
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: [...await taskArgs("client"), ...args],
-    cwd: repoDir,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    signal: limit.signal,
-  }).output().finally(() => clearTimeout(timer));
-  return {
-    code: output.code,
-    stdout: decoder.decode(output.stdout),
-    stderr: decoder.decode(output.stderr),
-  };
-}
+import { runClientProcess } from "./client_process.ts";
 
 /** A TCP server that echoes everything but flips the bits of byte `corruptAt` of each connection's stream. */
 function startCorruptingEcho(corruptAt: number): { port: number; close(): Promise<void> } {

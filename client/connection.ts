@@ -1,18 +1,20 @@
 /**
  * The client's connections: opening one (TCP, or TLS with `--tls`'s
- * settings) within the timeout, timeouts on any step, and a writer and a
- * reader run together on one connection.
+ * settings; with `-4`/`-6` to the name's address in that family) within the
+ * timeout, timeouts on any step, and a writer and a reader run together on
+ * one connection.
  *
  * @module
  */
-import { connectTls, type ConnectTlsOptions } from "../src/tls_stream.ts";
-import { closeQuietly } from "../src/wire.ts";
+import { connectTls, type ConnectTlsOptions, isIpAddress } from "../src/tls_stream.ts";
+import { closeQuietly, unmapIPv4 } from "../src/wire.ts";
+import { type IpVersion, resolveAddress } from "./family.ts";
 import { type ClientOptions, UsageError } from "./options.ts";
 
 /** What the probe and load use of a connection: a `Deno.TcpConn` or a TLS stream. */
 export type ClientConn = Pick<
   Deno.TcpConn,
-  "read" | "write" | "close" | "closeWrite" | "setNoDelay"
+  "read" | "write" | "close" | "closeWrite" | "setNoDelay" | "remoteAddr"
 >;
 
 /** Opens a connection to the target: TCP, or TLS with `tls`'s settings. */
@@ -60,10 +62,30 @@ export function connectWithin(connect: Connector, timeoutMs: number): Promise<Cl
   }, "no connection");
 }
 
-/** The connector for `options`; reads the `--ca`, `--cert` and `--key` files (throws UsageError). */
+/** The one family `-4` or `-6` asks for; `undefined` for none (or both: a run per family). */
+export function chosenFamily(options: Pick<ClientOptions, "families">): IpVersion | undefined {
+  return options.families.length === 1 ? options.families[0] : undefined;
+}
+
+/** The IP address a connection went to, as text (IPv4-mapped shown as IPv4). */
+export function addressOf(conn: ClientConn): string {
+  return unmapIPv4(conn.remoteAddr.hostname);
+}
+
+/**
+ * The connector for `options`: each connection looks the name up anew (with
+ * `-4`/`-6` in that family, by getaddrinfo; else as `Deno.connect` does).
+ * Reads the `--ca`, `--cert` and `--key` files (throws UsageError).
+ */
 export async function makeConnector(options: ClientOptions): Promise<Connector> {
   const { hostname, port, tls } = options;
-  if (tls === undefined) return () => Deno.connect({ hostname, port });
+  const family = chosenFamily(options);
+  const addressFor = async () =>
+    family === undefined ? hostname : (await resolveAddress(hostname, family)).address;
+  if (tls === undefined) {
+    if (family === undefined) return () => Deno.connect({ hostname, port });
+    return async () => Deno.connect({ hostname: await addressFor(), port });
+  }
   const read = async (flag: string, path: string | undefined) => {
     if (path === undefined) return undefined;
     try {
@@ -73,14 +95,15 @@ export async function makeConnector(options: ClientOptions): Promise<Connector> 
     }
   };
   const settings: ConnectTlsOptions = {
-    serverName: tls.serverName,
+    // The name's, not the address's: with -4/-6 the connection goes to an address.
+    serverName: tls.serverName ?? (isIpAddress(hostname) ? undefined : hostname),
     alpn: tls.alpn,
     ca: await read("--ca", tls.caFile),
     cert: await read("--cert", tls.certFile),
     key: await read("--key", tls.keyFile),
     insecure: tls.insecure,
   };
-  return () => connectTls(hostname, port, settings);
+  return async () => connectTls(await addressFor(), port, settings);
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
- * Why a connection failed, in the report's words: a reason (`dns`,
- * `refused`, `reset`, `timeout`, `tls`, `mismatch`, `short`, `error`), the
- * error's own detail, and a hint of what to do where one helps; and the
- * failures of a run counted by reason with the first detail and hint of each.
+ * Why a connection (or a datagram) failed, in the report's words: a reason
+ * (`dns`, `refused`, `reset`, `timeout`, `lost`, `tls`, `mismatch`, `short`,
+ * `error`), the error's own detail, and a hint of what to do where one
+ * helps; and the failures of a run counted by reason with the first detail
+ * and hint of each.
  *
  * @example
  * ```ts
@@ -18,6 +19,7 @@
 import { TlsHandshakeError } from "../src/tls_stream.ts";
 import { formatHostPort } from "../src/wire.ts";
 import { TimeoutError } from "./connection.ts";
+import { LookupError } from "./family.ts";
 import type { ClientOptions } from "./options.ts";
 import { echoPrefixOf, looksLikeTls } from "./payloads.ts";
 
@@ -27,6 +29,7 @@ export const FAILURE_REASONS = [
   "refused",
   "reset",
   "timeout",
+  "lost",
   "tls",
   "mismatch",
   "short",
@@ -65,6 +68,7 @@ const LOOKUP_FAILED = /^failed to lookup address information/;
 
 function reasonOf(error: unknown): FailureReason {
   if (error instanceof TlsHandshakeError) return "tls";
+  if (error instanceof LookupError) return "dns";
   if (error instanceof Deno.errors.ConnectionRefused) return "refused";
   if (
     error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe ||
@@ -82,6 +86,16 @@ export function failureOf(error: unknown, context: HintContext): Failure {
   const reason = reasonOf(error);
   const detail = error instanceof Error ? error.message : String(error);
   return { reason, detail, hint: hintFor(reason, detail, context) };
+}
+
+/** How family.ts says a name has addresses of the other family only. */
+const FAMILY_MISSING = /^"[^"]*" has no IPv([46]) address /;
+
+/** What to do about a name without an address of the family `-4`/`-6` asked for. */
+function familyHint(detail: string): string {
+  const [flag, record] = FAMILY_MISSING.exec(detail)![1] === "6" ? ["-6", "AAAA"] : ["-4", "A"];
+  return `drop ${flag}, or give the name an ${record} record (a cluster's Service: ` +
+    "ipFamilyPolicy PreferDualStack or RequireDualStack; this machine: a line in /etc/hosts)";
 }
 
 /** The hint of an untrusted server certificate. */
@@ -135,8 +149,10 @@ export function hintFor(
 ): string | undefined {
   switch (reason) {
     case "dns":
-      return `${JSON.stringify(context.hostname)} does not resolve here: check the name ` +
-        "(a cluster's NAME.NAMESPACE.svc names resolve only inside the cluster)";
+      return FAMILY_MISSING.test(detail)
+        ? familyHint(detail)
+        : `${JSON.stringify(context.hostname)} does not resolve here: check the name ` +
+          "(a cluster's NAME.NAMESPACE.svc names resolve only inside the cluster)";
     case "refused":
       return `nothing listens at ${targetOf(context)}: is the server running, and is that its ` +
         `port? (tcp-echo: TCP_PORT, default 3333${context.tls ? "; TLS_PORT for --tls" : ""})`;

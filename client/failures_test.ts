@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { TlsHandshakeError } from "../src/tls_stream.ts";
 import { TimeoutError } from "./connection.ts";
+import { LookupError } from "./family.ts";
 import {
   ConnectionFailure,
   echoHint,
@@ -135,4 +136,29 @@ Deno.test("client failure tally: counts by reason, the first detail and hint of 
     failureDetails: { refused: "first", tls: "self-signed certificate" },
     failureHints: { refused: "a hint", tls: "trust it" },
   });
+});
+
+Deno.test("client failures: a name without an address of the family -4/-6 asked for is dns, with what to do", () => {
+  const detail =
+    '"echo.default.svc" has no IPv6 address (getaddrinfo ENOTFOUND echo.default.svc); ' +
+    "it has 10.96.0.10";
+  assert.deepEqual(failureOf(new LookupError(detail), { ...plain, hostname: "echo.default.svc" }), {
+    reason: "dns",
+    detail,
+    hint: "drop -6, or give the name an AAAA record (a cluster's Service: ipFamilyPolicy " +
+      "PreferDualStack or RequireDualStack; this machine: a line in /etc/hosts)",
+  });
+  const v4 = failureOf(
+    new LookupError(
+      '"v6only.example" has no IPv4 address (getaddrinfo ENOTFOUND v6only.example); it has fd00::1',
+    ),
+    plain,
+  );
+  assert.match(v4.hint!, /^drop -4, or give the name an A record /);
+  const unknown = failureOf(
+    new LookupError("failed to lookup address information: getaddrinfo ENOTFOUND nope.invalid"),
+    { ...plain, hostname: "nope.invalid" },
+  );
+  assert.equal(unknown.reason, "dns");
+  assert.match(unknown.hint!, /^"nope\.invalid" does not resolve here: /);
 });

@@ -9,6 +9,8 @@
 import * as hdr from "hdr-histogram-js";
 import { closeQuietly, concatBytes, indexOfBytes, writeAll } from "../src/wire.ts";
 import {
+  addressOf,
+  chosenFamily,
   type ClientConn,
   type Connector,
   connectWithin,
@@ -33,16 +35,16 @@ import {
   randomLine,
 } from "./payloads.ts";
 import { latencySummary, type Percentiles } from "./percentiles.ts";
-import { probeOnce } from "./probe.ts";
+import { probeOnce, type WhereConnected, whereConnected } from "./probe.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const NEWLINE = 0x0a;
 
 /** The load report: throughput, latency (microseconds), integrity, failures. */
-export interface LoadReport extends FailureSummary {
-  /** `HOST:PORT` as connected to. */
-  readonly target: string;
+export interface LoadReport extends FailureSummary, WhereConnected {
+  /** Connections (this report), not datagrams. */
+  readonly transport: "tcp";
   /** Request/response, streaming, or a connection per operation. */
   readonly mode: LoadMode;
   /** Whether the connections spoke TLS (connect mode then counts handshakes). */
@@ -130,15 +132,19 @@ interface LoadTally {
   operations: number;
   bytesVerified: number;
   histogram: hdr.Histogram;
+  /** The addresses connected to. */
+  readonly addresses: Set<string>;
 }
 
 /** Connects, synchronizes on a token line, runs `work`, and closes the connection. */
 async function onSynchronizedConnection(
   options: ClientOptions,
   connect: Connector,
+  tally: LoadTally,
   work: (conn: ClientConn) => Promise<void>,
 ): Promise<void> {
   const conn = await connectWithin(connect, options.timeoutMs);
+  tally.addresses.add(addressOf(conn));
   try {
     conn.setNoDelay(true);
     await withTimeout(options.timeoutMs, synchronize(conn, options), () => conn.close());
@@ -157,7 +163,7 @@ type LoadWorker = (
 ) => Promise<void>;
 
 const rrConnection: LoadWorker = (options, connect, deadline, tally) => {
-  return onSynchronizedConnection(options, connect, async (conn) => {
+  return onSynchronizedConnection(options, connect, tally, async (conn) => {
     const { payload, expected } = makeExchange(options.size, undefined, options.prefix);
     const answer = new Uint8Array(expected.length);
     while (performance.now() < deadline) {
@@ -187,6 +193,7 @@ const connectionAfterConnection: LoadWorker = async (options, connect, deadline,
   while (performance.now() < deadline) {
     const started = performance.now();
     const outcome = await probeOnce(options, exchange, connect);
+    if (outcome.address !== undefined) tally.addresses.add(outcome.address);
     if (!outcome.ok) throw new ConnectionFailure(outcome);
     tally.histogram.recordValue(Math.max(1, Math.round((performance.now() - started) * 1_000)));
     tally.operations++;
@@ -198,7 +205,7 @@ const connectionAfterConnection: LoadWorker = async (options, connect, deadline,
 const STREAM_PATTERN_BYTES = 1 << 20;
 
 const streamConnection: LoadWorker = (options, connect, deadline, tally) => {
-  return onSynchronizedConnection(options, connect, async (conn) => {
+  return onSynchronizedConnection(options, connect, tally, async (conn) => {
     const pattern = randomBytes(STREAM_PATTERN_BYTES);
     const chunk = Math.min(options.size, STREAM_PATTERN_BYTES);
     let sent = 0;
@@ -257,6 +264,7 @@ export async function runLoad(
       highestTrackableValue: 3_600_000_000,
       numberOfSignificantValueDigits: 3,
     }),
+    addresses: new Set(),
   };
   const failures = new FailureTally();
   const started = performance.now();
@@ -285,7 +293,8 @@ export async function runLoad(
   const seconds = (performance.now() - started) / 1_000;
   const summary = failures.summary();
   return {
-    target,
+    transport: "tcp",
+    ...whereConnected(target, chosenFamily(options), tally.addresses),
     mode: options.mode,
     tls: options.tls !== undefined,
     connections: options.connections,

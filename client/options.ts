@@ -17,6 +17,7 @@
  */
 import { parseArgs } from "node:util";
 import { DURATION_FORMS, formatDuration, parseDuration } from "../src/wire.ts";
+import { familyName, type IpVersion, literalFamily } from "./family.ts";
 
 /** What to measure and how. */
 export interface ClientOptions {
@@ -26,11 +27,17 @@ export interface ClientOptions {
   readonly port: number;
   /** Probe one connection at a time, load for a duration, or hold connections open. */
   readonly command: ClientCommand;
-  /** probe: connections in all. */
+  /** probe and load: datagrams to a UDP port instead of TCP connections. */
+  readonly udp: boolean;
+  /** probe --udp: every datagram from one socket (one flow), one every `intervalMs`. */
+  readonly oneFlow: boolean;
+  /** `-4`, `-6`: the families to use (both: probe each); none: what the name resolves to. */
+  readonly families: readonly IpVersion[];
+  /** probe: connections (with `udp`: datagrams) in all. */
   readonly count: number;
-  /** probe: connections at a time. */
+  /** probe: connections (with `udp`: datagrams, each from its own socket) at a time. */
   readonly concurrency: number;
-  /** Payload bytes (probe: per connection; load: per request or written chunk). */
+  /** Payload bytes (probe: per connection or datagram; load: per request or written chunk). */
   readonly size: number;
   /** probe: send this text instead of random bytes. */
   readonly message: string | undefined;
@@ -46,7 +53,7 @@ export interface ClientOptions {
   readonly tls: ClientTlsOptions | undefined;
   /** Per-operation timeout (connect, a whole probe, one load request, a hold heartbeat). */
   readonly timeoutMs: number;
-  /** hold: every connection sends a heartbeat this often. */
+  /** hold: every connection sends a heartbeat this often; probe --udp --one-flow: a datagram. */
   readonly intervalMs: number;
   /** hold: a heartbeat answered later than this is a stall. */
   readonly stallMs: number;
@@ -118,6 +125,7 @@ export class UsageError extends Error {
  * to, if not all.
  */
 interface Flag {
+  readonly short?: string;
   readonly value?: string;
   readonly help: string;
   readonly only?: readonly ClientCommand[];
@@ -125,19 +133,42 @@ interface Flag {
 
 /** Every option, in `--help` order. */
 const FLAGS = {
-  count: { value: "N", help: "probe: connections in all (default 20)", only: ["probe"] },
-  concurrency: { value: "N", help: "probe: connections at a time (default 1)", only: ["probe"] },
+  udp: {
+    help: "probe and load a UDP port (tcp-echo: UDP_PORT) with datagrams",
+    only: ["probe", "load"],
+  },
+  "one-flow": {
+    help: "probe --udp: every datagram from one source port, one each\n" +
+      "--interval, to see which backend answers and when that changes",
+    only: ["probe"],
+  },
+  ipv4: { short: "4", help: "IPv4 only: a name's IPv4 address (getaddrinfo, /etc/hosts too)" },
+  ipv6: {
+    short: "6",
+    help: "IPv6 only; probe -4 -6: each family, a report for each",
+  },
+  count: {
+    value: "N",
+    help: "probe: connections (--udp: datagrams) in all (default 20)",
+    only: ["probe"],
+  },
+  concurrency: {
+    value: "N",
+    help:
+      "probe: connections (--udp: datagrams, each from a socket of\nits own) at a time (default 1)",
+    only: ["probe"],
+  },
   size: {
     value: "BYTES",
-    help:
-      "payload: per probe connection, per request, or per written chunk\n(default 64; stream: 65536)",
+    help: "payload: per probe connection or datagram, per request, or per\n" +
+      "written chunk (default 64; stream: 65536)",
     only: ["probe", "load"],
   },
   message: { value: "TEXT", help: "probe: send TEXT instead of random bytes", only: ["probe"] },
   prefix: { value: "TEXT", help: 'the server answers each line as "TEXT LINE" (ECHO_PREFIX)' },
   connections: {
     value: "N",
-    help: "load: connections (default 1); hold: connections held (default 10)",
+    help: "load: connections, --udp: flows (default 1); hold: connections\nheld (default 10)",
     only: ["load", "hold"],
   },
   duration: {
@@ -153,8 +184,9 @@ const FLAGS = {
   },
   interval: {
     value: "D",
-    help: "hold: a heartbeat on each connection this often\n(default 1s, at least 10ms)",
-    only: ["hold"],
+    help: "hold: a heartbeat on each connection this often; probe --udp\n" +
+      "--one-flow: a datagram this often (default 1s, at least 10ms)",
+    only: ["hold", "probe"],
   },
   stall: {
     value: "D",
@@ -175,8 +207,8 @@ const FLAGS = {
   },
   timeout: {
     value: "D",
-    help:
-      "per operation: a connect, a probe, a load request, a hold\nheartbeat's answer (default 5s)",
+    help: "per operation: a connect, a probe, a load request, a hold\n" +
+      "heartbeat's answer, a datagram's echo (default 5s)",
   },
   tls: { help: "speak TLS (to a TLS_PORT); the report adds server name and TLS version" },
   sni: {
@@ -235,9 +267,9 @@ export function clientCommand(execPath: string): string {
 export function clientUsage(command: string): string {
   const width = 21;
   const options = Object.entries(FLAG_TABLE).flatMap(
-    ([name, { value, help }]) => {
+    ([name, { short, value, help }]) => {
       const [first, ...more] = help.split("\n");
-      const flag = `--${name}${value ? ` ${value}` : ""}`;
+      const flag = `${short ? `-${short}, ` : ""}--${name}${value ? ` ${value}` : ""}`;
       return [
         `  ${flag.padEnd(width - 2)}${first}`,
         ...more.map((line) => " ".repeat(width) + line),
@@ -251,10 +283,30 @@ banner, sends a payload, checks the echo byte for byte and closes. Reports who
 answered (version, pod, node), failures by reason with the first detail of each and
 a hint, and latency percentiles.
 
+probe --udp: --count datagrams of --size bytes (or --message), --concurrency at a
+time, each from a socket of its own (a new source port is a new flow: like a TCP
+probe, each may land on another backend). Each waits --timeout for its echo; a
+datagram before it is the banner (tcp-echo greets a peer it has not seen recently with
+one). Reports who answered, how many were echoed correctly, lost (no echo in time) or
+wrong, and round-trip percentiles; "lost" in the table counts datagrams whose banner
+came but not their echo (the server got them).
+
+probe --udp --one-flow: every datagram from one source port, one each --interval, as
+a client that keeps its socket sends them (kube-proxy's conntrack keeps such a flow on
+one pod, even a deleted one). An echo counts for the backend whose banner came last: a
+new backend (or one whose flow expired) greets first, so the report says at which
+datagram and when the answer changed, from which backend to which, and which
+datagrams were lost in between (a server without a banner hides a change). Ctrl-C
+stops the sending; the report follows once the datagrams out are answered or timed
+out (a second Ctrl-C exits at once, 130).
+
 load: keep --connections busy for --duration, --mode rr (request/response of --size
 bytes), --mode stream (writer and reader in parallel) or --mode connect (a new
 connection, banner and echo each time: connections/s, with --tls handshakes/s);
-every byte is verified.
+every byte is verified. load --udp: --connections flows (a socket each), each sending
+a datagram of --size, waiting for its echo and sending the next, for --duration:
+datagrams/s, lost and round-trip percentiles (a lost datagram waits --timeout: give a
+short one, e.g. 200ms).
 
 hold: open --connections (at most --open-rate a second) and keep them open, to see what
 happens to connections that are already open: a weight shift, a rollout, a policy
@@ -273,13 +325,23 @@ The report: a table per backend (opened, still open, ended by each way, worst st
 where the replacements landed, and a timeline of endings, stalls and replacements in
 seconds since the start; --json gives every connection's record instead.
 
+-4, -6: connect over IPv4 only, or IPv6 only (TCP and UDP, every command). A name is
+looked up in that family with getaddrinfo (/etc/hosts counts); a literal address of
+the other family is a usage error. probe -4 -6 probes both families at once and prints
+a report for each; with --json one object: {"target": ..., "families": {"IPv4":
+REPORT, "IPv6": REPORT}}. A report's first line names the address used when it is not
+the target's text: probe localhost:3333 (127.0.0.1).
+
 Options:
 ${options.join("\n")}
   -h, --help         print this text
 
 Failure reasons (probe, load, a hold connection that could not open): dns (the host
-does not resolve), refused, reset, timeout, tls (the handshake failed), mismatch (the
-echo differs), short (it stopped early), error (any other; its detail says what).
+does not resolve, or not in the family of -4/-6), refused, reset, timeout, lost (UDP:
+no echo within --timeout; UDP has no refusal to see, so a closed port looks like loss),
+tls (the handshake failed), mismatch (the echo differs; UDP: a datagram that is neither
+the echo nor a banner), short (it stopped early), error (any other; its detail says
+what).
 
 How a held connection ends: fin (the peer closed it: EOF), rst (reset), timeout (no
 answer within --timeout), mismatch (the echo differs, or other bytes came), drain (the
@@ -298,9 +360,11 @@ Expectations (hold --expect; with more than one, all must hold):
 VERSION may also be joined on: moved-to=v2.
 
 Exit status: 0 all good; 1 an echo was wrong, a load connection failed or completed
-nothing, or a threshold was missed; hold: 1 when a connection was lost or never
-opened, or, with --expect, when an expectation was not met (an echo that was wrong
-is 1 whatever is expected); 2 bad usage. Ctrl-C ends a hold as --duration does.
+nothing (load --udp: a datagram was lost or answered wrong), or a threshold was missed
+(probe: --fail-under success, 100% by default, so a lost datagram misses it); hold: 1
+when a connection was lost or never opened, or, with --expect, when an expectation
+was not met (an echo that was wrong is 1 whatever is expected); 2 bad usage. Ctrl-C
+ends a hold (and probe --udp --one-flow) as --duration does.
 `;
 }
 
@@ -435,7 +499,10 @@ function readFlags(
     options: Object.fromEntries(
       Object.entries(FLAG_TABLE).map(([name, flag]) => [
         name,
-        { type: flag.value === undefined ? "boolean" : "string" },
+        {
+          type: flag.value === undefined ? "boolean" : "string",
+          ...(flag.short ? { short: flag.short } : {}),
+        },
       ]),
     ),
   });
@@ -505,6 +572,76 @@ function checkFlagsBelong(values: FlagValues, command: ClientCommand): void {
   }
 }
 
+/** The TLS options, `--tls` first: none of them goes with `--udp`. */
+const TLS_FLAGS = ["tls", "sni", "alpn", "ca", "cert", "key", "insecure"] as const;
+
+/** The checks of `--udp` and `--one-flow` against the other options. */
+function checkUdpFlags(values: FlagValues, command: ClientCommand): void {
+  if (values["one-flow"] && !values.udp) {
+    throw new UsageError("--one-flow needs --udp (a TCP connection is one flow already)");
+  }
+  if (command === "probe" && values.interval !== undefined && !values["one-flow"]) {
+    throw new UsageError(
+      "--interval of probe is for --udp --one-flow (a datagram each --interval)",
+    );
+  }
+  if (!values.udp) return;
+  const tls = TLS_FLAGS.find((flag) => values[flag] !== undefined);
+  if (tls) throw new UsageError(`--${tls} is a TLS option; there is no TLS over --udp`);
+  if (values.prefix !== undefined) {
+    throw new UsageError("--prefix is for line-mode TCP servers; a UDP echo is byte for byte");
+  }
+  if (values.mode !== undefined && values.mode !== "rr") {
+    throw new UsageError(
+      `--mode ${values.mode} is for TCP; load --udp is request/response (a datagram, its echo, ` +
+        "the next)",
+    );
+  }
+  if (values["one-flow"] && values.concurrency !== undefined) {
+    throw new UsageError(
+      "--one-flow sends from one socket, a datagram each --interval: --concurrency does not apply",
+    );
+  }
+}
+
+/** The largest UDP payload: an IP packet's 65,535 bytes less the headers (IPv6's is outside). */
+const MAX_DATAGRAM_BYTES: Readonly<Record<IpVersion, number>> = { 4: 65_507, 6: 65_527 };
+
+/** `--size` checked against what one datagram of the families in use can carry. */
+function checkDatagramSize(size: number, families: readonly IpVersion[], hostname: string): void {
+  const literal = literalFamily(hostname);
+  const over = families.includes(4) || literal === 4 ? 4 : 6;
+  if (size <= MAX_DATAGRAM_BYTES[over]) return;
+  throw new UsageError(
+    over === 4
+      ? `--size over IPv4 UDP is at most ${MAX_DATAGRAM_BYTES[4]} bytes, not ${size}`
+      : `--size over UDP is at most ${MAX_DATAGRAM_BYTES[6]} bytes ` +
+        `(${MAX_DATAGRAM_BYTES[4]} over IPv4), not ${size}`,
+  );
+}
+
+/** `-4`/`-6` checked against the command and a literal target address. */
+function readFamilies(values: FlagValues, hostname: string, command: ClientCommand): IpVersion[] {
+  const families: IpVersion[] = [];
+  if (values.ipv4) families.push(4);
+  if (values.ipv6) families.push(6);
+  if (families.length === 2 && command !== "probe") {
+    throw new UsageError(
+      `-4 and -6 together are for probe (a report for each family); ${command} takes one of them`,
+    );
+  }
+  const literal = literalFamily(hostname);
+  const other = families.find((family) => family !== literal);
+  if (literal !== undefined && other !== undefined) {
+    throw new UsageError(
+      `-${other} asks for ${familyName(other)}, but ${hostname} is an ${
+        familyName(literal)
+      } address`,
+    );
+  }
+  return families;
+}
+
 /** The checks of hold's options against each other. */
 function checkHoldFlags(values: FlagValues, expectations: readonly Expectation[]): void {
   if (expectations.some((e) => e.kind === "moved-to") && !values.reconnect) {
@@ -527,6 +664,7 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
   if (!LOAD_MODES.includes(mode)) {
     throw new UsageError(`--mode is rr, stream or connect, not ${JSON.stringify(mode)}`);
   }
+  checkUdpFlags(values, clientCommand);
   if (mode === "stream" && values.prefix !== undefined) {
     throw new UsageError("--mode stream needs a byte-exact echo; it cannot be used with --prefix");
   }
@@ -557,12 +695,24 @@ export function parseClientArgs(args: readonly string[]): ClientOptions {
         `(${formatDuration(timeoutMs)}): an answer later than --timeout ends the connection`,
     );
   }
+  const target = parseTarget(targetText);
+  const families = readFamilies(values, target.hostname, clientCommand);
+  const size = parseCount(
+    values.size,
+    "--size",
+    mode === "stream" && command === "load" ? 65_536 : 64,
+  );
+  const udp = values.udp ?? false;
+  if (udp) checkDatagramSize(size, families, target.hostname);
   return {
-    ...parseTarget(targetText),
+    ...target,
     command: clientCommand,
+    udp,
+    oneFlow: values["one-flow"] ?? false,
+    families,
     count: parseCount(values.count, "--count", 20),
     concurrency: parseCount(values.concurrency, "--concurrency", 1),
-    size: parseCount(values.size, "--size", mode === "stream" && command === "load" ? 65_536 : 64),
+    size,
     message: values.message,
     prefix: values.prefix,
     connections: parseCount(values.connections, "--connections", hold ? 10 : 1),

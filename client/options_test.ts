@@ -16,6 +16,9 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
         hostname: "127.0.0.1",
         port: 3333,
         command: "probe",
+        udp: false,
+        oneFlow: false,
+        families: [],
         count: 20,
         concurrency: 1,
         size: 64,
@@ -144,6 +147,29 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
     assert.equal(options.tls?.insecure, true);
     assert.equal(parseClientArgs(["h:1", "hold", "--expect", "stays-on", "v1"]).command, "hold");
   });
+  await t.step("--udp, --one-flow, -4 and -6", () => {
+    const flow = parseClientArgs([
+      "h:1",
+      "--udp",
+      "--one-flow",
+      "--interval",
+      "200ms",
+      "--count",
+      "300",
+      "-4",
+    ]);
+    assert.deepEqual(
+      [flow.udp, flow.oneFlow, flow.intervalMs, flow.count, flow.families],
+      [true, true, 200, 300, [4]],
+    );
+    assert.deepEqual(parseClientArgs(["h:1", "-6", "-4"]).families, [4, 6], "IPv4 first");
+    assert.deepEqual(parseClientArgs(["h:1", "-46"]).families, [4, 6]);
+    assert.deepEqual(parseClientArgs(["h:1", "--ipv6"]).families, [6]);
+    assert.deepEqual(parseClientArgs(["[::1]:1", "hold", "-6"]).families, [6]);
+    const load = parseClientArgs(["h:1", "load", "--udp", "--mode", "rr", "--size", "65527"]);
+    assert.deepEqual([load.udp, load.mode, load.size], [true, "rr", 65_527]);
+    assert.equal(parseClientArgs(["10.0.0.1:1", "--udp", "--size", "65507"]).size, 65_507);
+  });
   await t.step("errors", () => {
     const cases: [string[], string][] = [
       [[], "the target HOST:PORT is missing"],
@@ -243,6 +269,61 @@ Deno.test("client arguments: defaults, options and one-line usage errors", async
         "--mode stream needs a byte-exact echo; it cannot be used with --prefix",
       ],
       [["h:1", "probe", "extra"], 'unexpected argument "extra"'],
+      [["h:1", "hold", "--udp"], "--udp is an option of probe and load, not of hold"],
+      [["h:1", "load", "--one-flow"], "--one-flow is an option of probe, not of load"],
+      [["h:1", "--one-flow"], "--one-flow needs --udp (a TCP connection is one flow already)"],
+      [
+        ["h:1", "--interval", "1s"],
+        "--interval of probe is for --udp --one-flow (a datagram each --interval)",
+      ],
+      [
+        ["h:1", "--udp", "--interval", "1s"],
+        "--interval of probe is for --udp --one-flow (a datagram each --interval)",
+      ],
+      [
+        ["h:1", "--udp", "--one-flow", "--concurrency", "4"],
+        "--one-flow sends from one socket, a datagram each --interval: --concurrency does not apply",
+      ],
+      [["h:1", "--udp", "--one-flow", "--interval", "1ms"], "--interval is at least 10ms, not 1ms"],
+      [
+        ["h:1", "load", "--udp", "--mode", "stream"],
+        "--mode stream is for TCP; load --udp is request/response (a datagram, its echo, the next)",
+      ],
+      [
+        ["h:1", "load", "--udp", "--mode", "connect"],
+        "--mode connect is for TCP; load --udp is request/response (a datagram, its echo, the next)",
+      ],
+      [["h:1", "--udp", "--tls"], "--tls is a TLS option; there is no TLS over --udp"],
+      [["h:1", "--udp", "--sni", "a.b"], "--sni is a TLS option; there is no TLS over --udp"],
+      [["h:1", "--udp", "--insecure"], "--insecure is a TLS option; there is no TLS over --udp"],
+      [
+        ["h:1", "--udp", "--prefix", "hello"],
+        "--prefix is for line-mode TCP servers; a UDP echo is byte for byte",
+      ],
+      [
+        ["h:1", "--udp", "--size", "65528"],
+        "--size over UDP is at most 65527 bytes (65507 over IPv4), not 65528",
+      ],
+      [
+        ["h:1", "--udp", "-4", "--size", "65508"],
+        "--size over IPv4 UDP is at most 65507 bytes, not 65508",
+      ],
+      [
+        ["10.0.0.1:1", "--udp", "--size", "65508"],
+        "--size over IPv4 UDP is at most 65507 bytes, not 65508",
+      ],
+      [["127.0.0.1:1", "-6"], "-6 asks for IPv6, but 127.0.0.1 is an IPv4 address"],
+      [["[::1]:1", "-4"], "-4 asks for IPv4, but ::1 is an IPv6 address"],
+      [["[::1]:1", "-4", "-6"], "-4 asks for IPv4, but ::1 is an IPv6 address"],
+      [
+        ["h:1", "load", "-4", "-6"],
+        "-4 and -6 together are for probe (a report for each family); load takes one of them",
+      ],
+      [
+        ["h:1", "hold", "--ipv4", "--ipv6"],
+        "-4 and -6 together are for probe (a report for each family); hold takes one of them",
+      ],
+      [["h:1", "-5"], "unknown option -5"],
     ];
     for (const [args, message] of cases) {
       assert.throws(
@@ -262,7 +343,10 @@ Deno.test("client command: the way it was started, for --help and usage errors",
   assert.equal(clientCommand("C:\\tools\\tcp-echo.exe"), "tcp-echo client");
   const usage = clientUsage("tcp-echo client");
   assert.ok(usage.startsWith("Usage: tcp-echo client HOST:PORT [probe|load|hold] [options]\n"));
-  assert.match(usage, /\n {2}--count N {10}probe: connections in all \(default 20\)\n/);
+  assert.match(
+    usage,
+    /\n {2}--count N {10}probe: connections \(--udp: datagrams\) in all \(default 20\)\n/,
+  );
   assert.match(usage, /\n {2}--fail-under K=V {3}exit 1 .+\n {21}ops=N \(load rr\)/);
   assert.match(
     usage,
@@ -280,4 +364,11 @@ Deno.test("client command: the way it was started, for --help and usage errors",
     usage,
     /\n {2}moved-to VERSION {2}with --reconnect: at least one connection was replaced/,
   );
+  assert.match(usage, /\n {2}--udp {14}probe and load a UDP port \(tcp-echo: UDP_PORT\)/);
+  assert.match(usage, /\n {2}-4, --ipv4 {9}IPv4 only: /);
+  assert.match(
+    usage,
+    /\n {2}-6, --ipv6 {9}IPv6 only; probe -4 -6: each family, a report for each\n/,
+  );
+  assert.match(usage, /\nprobe --udp --one-flow: every datagram from one source port, /);
 });

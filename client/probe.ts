@@ -15,12 +15,15 @@ import {
   writeAll,
 } from "../src/wire.ts";
 import {
+  addressOf,
+  chosenFamily,
   type ClientConn,
   type Connector,
   connectWithin,
   withTimeout,
   writeWhileReading,
 } from "./connection.ts";
+import { familyName, type IpVersion } from "./family.ts";
 import {
   echoHint,
   type Failure,
@@ -63,16 +66,20 @@ export function identityKey(identity: ServerIdentity): string {
   return parts.length > 0 ? parts.join(", ") : "(no banner)";
 }
 
-/** One probe connection's outcome. */
+/** One probe connection's outcome; `address`: the IP it went to, when it opened. */
 export type ProbeOutcome =
   | {
     readonly ok: true;
     readonly identity: ServerIdentity;
+    readonly address?: string;
     readonly connectMs: number;
     readonly firstByteMs: number;
     readonly roundTripMs: number;
   }
-  | ({ readonly ok: false; readonly identity: ServerIdentity } & Failure);
+  | (
+    & { readonly ok: false; readonly identity: ServerIdentity; readonly address?: string }
+    & Failure
+  );
 
 /**
  * One probe: connect, send the payload and half-close, read to the end.
@@ -96,10 +103,12 @@ export async function probeOnce(
     const bannerLength = Math.max(0, all.length - exchange.expected.length);
     const identity = parseBanner(decoder.decode(all.subarray(0, bannerLength)));
     const failure = judgeEcho(all, exchange, options);
-    if (failure) return { ok: false, identity, ...failure };
+    const address = addressOf(conn);
+    if (failure) return { ok: false, identity, address, ...failure };
     return {
       ok: true,
       identity,
+      address,
       connectMs: connected - started,
       firstByteMs: times.firstByteAt - connected,
       roundTripMs: times.lastByteAt - times.sentAt,
@@ -107,7 +116,8 @@ export async function probeOnce(
   } catch (error) {
     const all = concatBytes(received);
     const identity = parseBanner(decoder.decode(all));
-    return { ok: false, identity, ...failureOnTheWay(error, all, exchange, options) };
+    const address = conn && addressOf(conn);
+    return { ok: false, identity, address, ...failureOnTheWay(error, all, exchange, options) };
   } finally {
     if (conn) closeQuietly(conn);
   }
@@ -209,9 +219,9 @@ export interface AnsweredBy {
  * The probe report: who answered, what failed (by reason, with the first
  * detail and hint of each), how fast.
  */
-export interface ProbeReport extends FailureSummary {
-  /** `HOST:PORT` as connected to. */
-  readonly target: string;
+export interface ProbeReport extends FailureSummary, WhereConnected {
+  /** Connections (this report), not datagrams. */
+  readonly transport: "tcp";
   /** How many connections were used. */
   readonly connections: number;
   /** Connections whose echo was exact. */
@@ -235,11 +245,34 @@ export interface ProbeReport extends FailureSummary {
   readonly roundTripMs: Percentiles;
 }
 
-/** Builds the probe report from outcomes (pure). */
+/** Where a run connected: the target as given, the family asked for, the addresses used. */
+export interface WhereConnected {
+  /** `HOST:PORT` as given. */
+  readonly target: string;
+  /** The family `-4`/`-6` asked for; absent without them. */
+  readonly family?: "IPv4" | "IPv6";
+  /** The IP addresses connected (or sent) to, in the order first used. */
+  readonly addresses: readonly string[];
+}
+
+/** Where a run connected, from the addresses its connections went to (`undefined`: none). */
+export function whereConnected(
+  target: string,
+  family: IpVersion | undefined,
+  addresses: Iterable<string | undefined>,
+): WhereConnected {
+  const used = [...new Set(addresses)].filter((a): a is string => a !== undefined);
+  return family === undefined
+    ? { target, addresses: used }
+    : { target, family: familyName(family), addresses: used };
+}
+
+/** Builds the probe report from outcomes (pure); `family`: the one `-4`/`-6` asked for. */
 export function probeReport(
   target: string,
   outcomes: readonly ProbeOutcome[],
   elapsedMs: number,
+  family?: IpVersion,
 ): ProbeReport {
   const ok = outcomes.filter((o) => o.ok);
   const counts = new Map<string, { row: Omit<AnsweredBy, "count" | "percent">; count: number }>();
@@ -256,7 +289,8 @@ export function probeReport(
   for (const o of outcomes) if (!o.ok) tally.add(o);
   const share = (n: number) => outcomes.length ? Math.round((n / outcomes.length) * 1_000) / 10 : 0;
   return {
-    target,
+    transport: "tcp",
+    ...whereConnected(target, family, outcomes.map((o) => o.address)),
     connections: outcomes.length,
     succeeded: ok.length,
     successPercent: share(ok.length),
@@ -291,5 +325,5 @@ export async function runProbe(
     }
   };
   await Promise.all(Array.from({ length: Math.min(options.concurrency, options.count) }, worker));
-  return probeReport(target, outcomes, performance.now() - started);
+  return probeReport(target, outcomes, performance.now() - started, chosenFamily(options));
 }

@@ -1,9 +1,9 @@
 /**
  * The reports for people: tables whose columns are as wide as what they hold,
- * failures with their first detail and hint, latency, a hold's table per
- * backend, replacements and timeline, and its live line; and what the exit
- * code reads of a probe or load report (missed thresholds, a failed load).
- * Pure.
+ * failures with their first detail and hint, latency, UDP's losses and a
+ * flow's answer changes, a hold's table per backend, replacements and
+ * timeline, and its live line; and what the exit code reads of a probe or
+ * load report (missed thresholds, a failed load). Pure.
  *
  * @module
  */
@@ -20,8 +20,18 @@ import {
 } from "./hold_record.ts";
 import type { LoadReport } from "./load.ts";
 import type { FailUnder, LoadMode } from "./options.ts";
-import { percentile } from "./percentiles.ts";
-import type { ProbeReport } from "./probe.ts";
+import { percentile, type Percentiles } from "./percentiles.ts";
+import type { ProbeReport, WhereConnected } from "./probe.ts";
+import type { UdpLoadReport, UdpProbeReport } from "./udp.ts";
+import type { FlowChange, FlowSegment, UdpFlowReport } from "./udp_flow.ts";
+
+/** A report of probe or load, TCP or UDP (hold's is apart). */
+export type ClientReport =
+  | ProbeReport
+  | LoadReport
+  | UdpProbeReport
+  | UdpFlowReport
+  | UdpLoadReport;
 
 /** The gap between two columns. */
 const GAP = "  ";
@@ -69,42 +79,229 @@ const ms = (value: number) =>
   Number.isNaN(value) ? "-" : value < 10 ? value.toFixed(2) : value.toFixed(1);
 const us = (value: number) => Number.isNaN(value) ? "-" : String(Math.round(value));
 
-/** The "answered by" table: server, (with TLS) server name and version, count, share. */
-function renderAnsweredBy(report: ProbeReport): string[] {
-  const tls = report.answeredBy.some((row) => row.tls !== undefined);
-  const header = ["answered by", ...(tls ? ["server name", "TLS"] : []), "count", "share"];
-  const rows = report.answeredBy.map(({ server, serverName, tls: version, count, percent }) => [
-    `  ${server}`,
-    ...(tls ? [serverName ?? "-", version ?? "-"] : []),
-    String(count),
-    `${percent.toFixed(1)}%`,
+/** A row of an "answered by" table, TCP's or UDP's. */
+interface AnsweredByRow {
+  readonly server: string;
+  readonly serverName?: string;
+  readonly tls?: string;
+  readonly count: number;
+  readonly percent: number;
+  readonly lost?: number;
+}
+
+/**
+ * The "answered by" table: server, (with TLS) server name and version,
+ * count, share, and (UDP probes) datagrams lost after their banner came.
+ */
+function renderAnsweredBy(
+  answeredBy: readonly AnsweredByRow[],
+  { indent = "", count = "count" } = {},
+): string[] {
+  const tls = answeredBy.some((row) => row.tls !== undefined);
+  const lost = answeredBy.some((row) => row.lost !== undefined);
+  const header = [
+    `${indent}answered by`,
+    ...(tls ? ["server name", "TLS"] : []),
+    count,
+    "share",
+    ...(lost ? ["lost"] : []),
+  ];
+  const rows = answeredBy.map((row) => [
+    `${indent}  ${row.server}`,
+    ...(tls ? [row.serverName ?? "-", row.tls ?? "-"] : []),
+    String(row.count),
+    `${row.percent.toFixed(1)}%`,
+    ...(lost ? [String(row.lost ?? 0)] : []),
   ]);
-  const lines = renderColumns([header, ...rows], new Set([header.length - 2, header.length - 1]));
-  if (rows.length === 0) lines.push("  (nobody)");
+  const first = tls ? 3 : 1;
+  const right = new Set(header.map((_, i) => i).filter((i) => i >= first));
+  const lines = renderColumns([header, ...rows], right);
+  if (rows.length === 0) lines.push(`${indent}  (nobody)`);
   return lines;
+}
+
+/** The host of a `HOST:PORT` target as given (without the brackets of IPv6). */
+function hostOf(target: string): string {
+  return target.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+}
+
+/**
+ * Where a report connected, for its first line: the target, the family
+ * `-4`/`-6` asked for, and the addresses used when they are not the
+ * target's text: `localhost:3333 over IPv6 (::1)`.
+ */
+export function renderWhere(where: WhereConnected): string {
+  const family = where.family === undefined ? "" : ` over ${where.family}`;
+  const host = hostOf(where.target);
+  const named = where.addresses.length > 0 &&
+    !(where.addresses.length === 1 && where.addresses[0] === host);
+  return `${where.target}${family}${named ? ` (${where.addresses.join(", ")})` : ""}`;
+}
+
+/** The latency block of a probe (milliseconds): a row per measure. */
+function renderLatencyMs(rows: readonly (readonly [string, Percentiles])[]): string[] {
+  const lines = ["latency (ms)        p50      p90      p99      max"];
+  for (const [name, p] of rows) {
+    const values = [p.p50, p.p90, p.p99, p.max].map((v) => ms(v).padStart(8)).join(" ");
+    lines.push(`  ${name.padEnd(14)} ${values}`);
+  }
+  return lines;
+}
+
+/** Renders any probe or load report for people. */
+export function renderReport(report: ClientReport): string {
+  if (report.transport === "udp") {
+    if (!("oneFlow" in report)) return renderUdpLoadReport(report);
+    return report.oneFlow ? renderUdpFlowReport(report) : renderUdpProbeReport(report);
+  }
+  return "successPercent" in report ? renderProbeReport(report) : renderLoadReport(report);
 }
 
 /** Renders the probe report for people. */
 export function renderProbeReport(report: ProbeReport): string {
   const lines = [
-    `probe ${report.target}: ${report.succeeded} of ${report.connections} connections echoed correctly ` +
+    `probe ${
+      renderWhere(report)
+    }: ${report.succeeded} of ${report.connections} connections echoed correctly ` +
     `(${report.successPercent}%), ${report.connectionsPerSecond.toFixed(1)} connections/s`,
     "",
-    ...renderAnsweredBy(report),
+    ...renderAnsweredBy(report.answeredBy),
     "",
     ...renderFailures(report, ""),
     "",
-    "latency (ms)        p50      p90      p99      max",
+    ...renderLatencyMs([
+      ["connect", report.connectMs],
+      ["first byte", report.firstByteMs],
+      ["round trip", report.roundTripMs],
+    ]),
   ];
-  const latencies = [
-    ["connect", report.connectMs],
-    ["first byte", report.firstByteMs],
-    ["round trip", report.roundTripMs],
-  ] as const;
-  for (const [name, p] of latencies) {
-    const values = [p.p50, p.p90, p.p99, p.max].map((v) => ms(v).padStart(8)).join(" ");
-    lines.push(`  ${name.padEnd(14)} ${values}`);
+  return lines.join("\n") + "\n";
+}
+
+/** `12 lost (0.5%)`, `1 lost (<0.01%)`, `none lost`. */
+function lostText(lost: number, percent: number): string {
+  if (lost === 0) return "none lost";
+  return `${lost} lost (${percent === 0 ? "<0.01" : percent}%)`;
+}
+
+/** Renders the UDP probe report (a socket per datagram) for people. */
+export function renderUdpProbeReport(report: UdpProbeReport): string {
+  const lines = [
+    `probe udp ${renderWhere(report)}: ${report.succeeded} of ${report.datagrams} datagrams ` +
+    `echoed correctly (${report.successPercent}%), ${lostText(report.lost, report.lostPercent)}, ` +
+    `${report.wrong} wrong, ${report.datagramsPerSecond.toFixed(1)} datagrams/s`,
+    "",
+    ...renderAnsweredBy(report.answeredBy),
+    "",
+    ...renderFailures(report, ""),
+    "",
+    ...renderLatencyMs([["round trip", report.roundTripMs]]),
+  ];
+  return lines.join("\n") + "\n";
+}
+
+/** Datagram numbers as ranges: `21–22, 25`; past `maxRanges`, how many more. */
+export function formatNumbers(numbers: readonly number[], maxRanges = 10): string {
+  const ranges: string[] = [];
+  for (let i = 0; i < numbers.length;) {
+    let j = i;
+    while (j + 1 < numbers.length && numbers[j + 1] === numbers[j] + 1) j++;
+    ranges.push(i === j ? String(numbers[i]) : `${numbers[i]}–${numbers[j]}`);
+    i = j + 1;
   }
+  const shown = ranges.slice(0, maxRanges).join(", ");
+  return ranges.length > maxRanges ? `${shown}, … (${numbers.length} in all)` : shown;
+}
+
+/** One answer change, in words. */
+function changeText(change: FlowChange): string {
+  const at = change.datagram === undefined ? "no echo after it" : `datagram ${change.datagram}`;
+  const same = change.from === change.to
+    ? " (the same backend greeted again: its flow had expired, or it restarted)"
+    : "";
+  const lost = change.lostBetween.length === 0
+    ? "none lost in between"
+    : `lost in between: ${formatNumbers(change.lostBetween)}`;
+  return `at ${seconds(change.atMs)} s, ${at}: ${change.from} → ${change.to}${same}; ${lost}`;
+}
+
+/** The timeline rows of a flow: its runs of datagrams, the changes where they happened. */
+function flowTimeline(timeline: readonly FlowSegment[], changes: readonly FlowChange[]): string[] {
+  const changeRow = (change: FlowChange) => [
+    "",
+    seconds(change.atMs),
+    "changed",
+    `${change.from} → ${change.to}`,
+  ];
+  const rows: string[][] = [];
+  for (const run of timeline) {
+    for (const change of changes) {
+      if (change.datagram === run.first) rows.push(changeRow(change));
+    }
+    const numbers = run.first === run.last ? String(run.first) : `${run.first}–${run.last}`;
+    const when = run.first === run.last
+      ? seconds(run.firstMs)
+      : `${seconds(run.firstMs)}–${seconds(run.lastMs)}`;
+    rows.push([numbers, when, run.outcome, run.server ?? ""]);
+  }
+  for (const change of changes) if (change.datagram === undefined) rows.push(changeRow(change));
+  const shown = rows.slice(0, MAX_TIMELINE_LINES);
+  const lines = renderColumns(shown.map(([first, ...rest]) => [`  ${first}`, ...rest]));
+  if (rows.length > shown.length) {
+    lines.push(`  … and ${rows.length - shown.length} more lines (--json has them all)`);
+  }
+  return lines;
+}
+
+/** Renders the one-flow UDP probe report for people. */
+export function renderUdpFlowReport(report: UdpFlowReport): string {
+  const from = report.sourcePort === undefined ? "" : ` from port ${report.sourcePort}`;
+  const extras = [
+    report.failed > 0 ? `${report.failed} not sent` : "",
+    report.late > 0 ? `${report.late} late (after --timeout)` : "",
+    report.duplicates > 0 ? `${plural(report.duplicates, "echo")} twice` : "",
+  ].filter(Boolean).map((text) => `, ${text}`).join("");
+  const stopped = report.endedBy === "interrupt" ? "; stopped by Ctrl-C" : "";
+  const changes = report.changes.length === 0 ? ["answer changes: none"] : [
+    `answer changes: ${report.changes.length}`,
+    ...report.changes.map((change) => `  ${changeText(change)}`),
+  ];
+  const lines = [
+    `probe udp ${renderWhere(report)}: one flow${from}, a datagram every ` +
+    `${formatDuration(report.intervalMs)}${stopped}`,
+    `${report.succeeded} of ${report.datagrams} datagrams echoed correctly ` +
+    `(${report.successPercent}%), ${lostText(report.lost, report.lostPercent)}, ` +
+    `${report.wrong} wrong${extras}`,
+    "",
+    ...renderAnsweredBy(report.answeredBy),
+    "",
+    ...changes,
+    "",
+    "timeline (datagrams by number; sent at, in seconds since the first)",
+    ...flowTimeline(report.timeline, report.changes),
+    "",
+    ...renderFailures(report, ""),
+    "",
+    ...renderLatencyMs([["round trip", report.roundTripMs]]),
+  ];
+  return lines.join("\n") + "\n";
+}
+
+/** Renders the load --udp report for people. */
+export function renderUdpLoadReport(report: UdpLoadReport): string {
+  const l = report.latencyUs;
+  const late = report.late > 0 ? `, ${report.late} late or duplicated echoes` : "";
+  const lines = [
+    `load udp ${renderWhere(report)}: ${plural(report.flows, "flow")}, ${report.durationS} s`,
+    `  ${Math.round(report.opsPerSecond)} datagrams/s echoed, ${report.operations} verified of ` +
+    `${report.sent} sent, ${lostText(report.lost, report.lostPercent)}${late}`,
+    "  latency (µs)      p50      p90      p99      max     mean",
+    `  ${"".padEnd(12)} ${
+      [l.p50, l.p90, l.p99, l.max, l.mean].map((v) => us(v).padStart(8)).join(" ")
+    }`,
+    ...renderAnsweredBy(report.answeredBy, { indent: "  ", count: "flows" }),
+    ...renderFailures(report, "  "),
+  ];
   return lines.join("\n") + "\n";
 }
 
@@ -119,7 +316,9 @@ const LOAD_HEADLINES: Readonly<Record<LoadMode, (report: LoadReport) => string>>
 /** Renders the load report for people. */
 export function renderLoadReport(report: LoadReport): string {
   const lines = [
-    `load ${report.mode} ${report.target}: ${report.connections} connections, ${report.durationS} s`,
+    `load ${report.mode} ${
+      renderWhere(report)
+    }: ${report.connections} connections, ${report.durationS} s`,
     LOAD_HEADLINES[report.mode](report),
   ];
   if (report.mode !== "stream") {
@@ -136,7 +335,7 @@ export function renderLoadReport(report: LoadReport): string {
 }
 
 /** Which `--fail-under` thresholds a report misses, as sentences. */
-export function missedThresholds(report: ProbeReport | LoadReport, failUnder: FailUnder): string[] {
+export function missedThresholds(report: ClientReport, failUnder: FailUnder): string[] {
   const missed: string[] = [];
   if (
     "successPercent" in report && failUnder.success !== undefined &&
@@ -156,7 +355,7 @@ export function missedThresholds(report: ProbeReport | LoadReport, failUnder: Fa
 }
 
 /** A load fails when any connection failed or nothing completed; a probe by its thresholds. */
-export function loadFailed(report: ProbeReport | LoadReport): boolean {
+export function loadFailed(report: ClientReport): boolean {
   if (!("opsPerSecond" in report)) return false;
   return report.operations === 0 || Object.keys(report.failures).length > 0;
 }

@@ -3,14 +3,19 @@ import { parseBanner, type ProbeOutcome, probeReport } from "./probe.ts";
 import type { LoadReport } from "./load.ts";
 import type { HoldStatus } from "./hold.ts";
 import type { HoldReport } from "./hold_record.ts";
+import { type UdpLoadReport, type UdpProbeOutcome, udpProbeReport } from "./udp.ts";
 import {
   formatMs,
+  formatNumbers,
   renderAllOpen,
   renderColumns,
   renderHoldReport,
   renderHoldStatus,
   renderLoadReport,
   renderProbeReport,
+  renderUdpLoadReport,
+  renderUdpProbeReport,
+  renderWhere,
 } from "./report.ts";
 
 const ok = (banner: string, ms = 1): ProbeOutcome => ({
@@ -123,7 +128,9 @@ Deno.test("client table layout: left text, right numbers, two spaces apart, no t
 
 Deno.test("client load report: failures with their first detail and hint", () => {
   const report: LoadReport = {
+    transport: "tcp",
     target: "127.0.0.1:1",
+    addresses: ["127.0.0.1"],
     mode: "rr",
     tls: false,
     connections: 2,
@@ -147,6 +154,128 @@ Deno.test("client load report: failures with their first detail and hint", () =>
   failures
     refused  2  Connection refused (os error 111)
                 hint: nothing listens at 127.0.0.1:1
+`,
+  );
+});
+
+Deno.test("client report first lines: the family asked for, and the address used when it is not the target's", () => {
+  const cases: [Parameters<typeof renderWhere>[0], string][] = [
+    [{ target: "127.0.0.1:3333", addresses: ["127.0.0.1"] }, "127.0.0.1:3333"],
+    [{ target: "localhost:3333", addresses: ["127.0.0.1"] }, "localhost:3333 (127.0.0.1)"],
+    [
+      { target: "localhost:3333", family: "IPv6", addresses: ["::1"] },
+      "localhost:3333 over IPv6 (::1)",
+    ],
+    [{ target: "[::1]:3333", family: "IPv6", addresses: ["::1"] }, "[::1]:3333 over IPv6"],
+    [{ target: "localhost:3333", family: "IPv6", addresses: [] }, "localhost:3333 over IPv6"],
+    [
+      { target: "echo.default.svc:3333", addresses: ["10.96.0.10", "fd00::10"] },
+      "echo.default.svc:3333 (10.96.0.10, fd00::10)",
+    ],
+  ];
+  for (const [where, text] of cases) assert.equal(renderWhere(where), text);
+  assert.equal(formatNumbers([3, 4, 5, 9, 11, 12]), "3–5, 9, 11–12");
+  assert.equal(formatNumbers([1, 3, 5, 7], 2), "1, 3, … (4 in all)");
+});
+
+Deno.test("client probe --udp report: echoed, lost after the banner per server, wrong, word for word", () => {
+  const v1 = parseBanner("Running on Pod pod-a.\nVersion v1.\n");
+  const v2 = parseBanner("Running on Pod pod-b.\nVersion v2.\n");
+  const ok = (identity: typeof v1, ms: number): UdpProbeOutcome => ({
+    ok: true,
+    identity,
+    address: "10.96.0.10",
+    roundTripMs: ms,
+  });
+  const lost = (identity: typeof v1, greeted: boolean): UdpProbeOutcome => ({
+    ok: false,
+    identity,
+    address: "10.96.0.10",
+    greeted,
+    reason: "lost",
+    detail: "no echo within 300 ms",
+    hint: greeted ? "the server got the datagram (its banner came)" : "nothing came back",
+  });
+  const report = udpProbeReport("echo.default.svc:5353", [
+    ok(v1, 1),
+    ok(v1, 2),
+    ok(v2, 3),
+    lost(v2, true),
+    lost(v2, true),
+    lost({}, false),
+    {
+      ok: false,
+      identity: v1,
+      address: "10.96.0.10",
+      greeted: true,
+      reason: "mismatch",
+      detail: 'the echo differs from what was sent; 5 bytes came: "heLlo"',
+    },
+    ok(v1, 4),
+  ], 1_000);
+  assert.deepEqual(report.answeredBy, [
+    { server: "version v1, pod pod-a", count: 3, percent: 37.5, lost: 0 },
+    { server: "version v2, pod pod-b", count: 1, percent: 12.5, lost: 2 },
+  ]);
+  assert.deepEqual([report.lost, report.wrong, report.integrityFailures], [3, 1, 1]);
+  assert.equal(
+    renderUdpProbeReport(report),
+    `probe udp echo.default.svc:5353 (10.96.0.10): 4 of 8 datagrams echoed correctly (50%), 3 lost (37.5%), 1 wrong, 4.0 datagrams/s
+
+answered by              count  share  lost
+  version v1, pod pod-a      3  37.5%     0
+  version v2, pod pod-b      1  12.5%     2
+
+failures
+  lost      3  no echo within 300 ms
+               hint: the server got the datagram (its banner came)
+  mismatch  1  the echo differs from what was sent; 5 bytes came: "heLlo"
+
+latency (ms)        p50      p90      p99      max
+  round trip         2.00     4.00     4.00     4.00
+`,
+  );
+});
+
+Deno.test("client load --udp report: datagrams per second, lost, latency, flows per backend", () => {
+  const report: UdpLoadReport = {
+    transport: "udp",
+    target: "localhost:5353",
+    family: "IPv4",
+    addresses: ["127.0.0.1"],
+    mode: "rr",
+    flows: 4,
+    durationS: 1.002,
+    sent: 20_004,
+    operations: 20_000,
+    opsPerSecond: 19_960.08,
+    lost: 4,
+    lostPercent: 0.02,
+    late: 1,
+    bytesVerified: 1_280_000,
+    megabytesPerSecond: 1.28,
+    latencyUs: { p50: 180, p90: 260, p99: 900, max: 5_100, mean: 199.6 },
+    integrityFailures: 0,
+    answeredBy: [
+      { server: "version v1", count: 3, percent: 75 },
+      { server: "version v2", count: 1, percent: 25 },
+    ],
+    failures: { lost: 4 },
+    failureDetails: { lost: "request 812: no echo within 200 ms" },
+    failureHints: { lost: "the server got the datagram (its banner came)" },
+  };
+  assert.equal(
+    renderUdpLoadReport(report),
+    `load udp localhost:5353 over IPv4 (127.0.0.1): 4 flows, 1.002 s
+  19960 datagrams/s echoed, 20000 verified of 20004 sent, 4 lost (0.02%), 1 late or duplicated echoes
+  latency (µs)      p50      p90      p99      max     mean
+                    180      260      900     5100      200
+  answered by   flows  share
+    version v1      3  75.0%
+    version v2      1  25.0%
+  failures
+    lost  4  request 812: no echo within 200 ms
+             hint: the server got the datagram (its banner came)
 `,
   );
 });

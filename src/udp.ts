@@ -102,6 +102,8 @@ export interface UdpTestHooks {
 export class UdpEchoPort {
   readonly #socket: dgram.Socket;
   readonly #flows = new Map<string, Flow>();
+  /** `UDP_DELAY`'s echoes still waiting, cleared when the port closes. */
+  readonly #delayed = new Set<ReturnType<typeof setTimeout>>();
   readonly #config: Config;
   readonly #banner: Uint8Array | undefined;
   readonly #random: () => number;
@@ -157,9 +159,11 @@ export class UdpEchoPort {
     return formatHostPort(address, port);
   }
 
-  /** Closes every flow (reason `shutdown`) and the socket. */
+  /** Closes every flow (reason `shutdown`) and the socket; echoes still delayed are dropped. */
   async close(): Promise<void> {
     clearInterval(this.#sweep);
+    for (const timer of this.#delayed) clearTimeout(timer);
+    this.#delayed.clear();
     for (const [key, flow] of this.#flows) this.#closeFlow(key, flow, "shutdown");
     await new Promise<void>((resolve) => this.#socket.close(() => resolve()));
   }
@@ -186,9 +190,12 @@ export class UdpEchoPort {
     }
     const delayMs = this.#config.udp.faults.delayMs;
     // node:dgram reuses nothing of `message`: it may be sent later as it is.
-    const echo = () => this.#echo(flow, peer, message, plan);
-    if (delayMs > 0) setTimeout(echo, delayMs);
-    else echo();
+    if (delayMs === 0) return this.#echo(flow, peer, message, plan);
+    const timer = setTimeout(() => {
+      this.#delayed.delete(timer);
+      this.#echo(flow, peer, message, plan);
+    }, delayMs);
+    this.#delayed.add(timer);
   }
 
   /** A new peer's flow, with its banner sent; `undefined` when the table is full. */

@@ -243,6 +243,19 @@ Deno.test("UDP faults: drop, duplicate, reorder and delay, each as configured", 
     assert.equal(await client.text(), "late");
     assert.ok(performance.now() - started >= 195, `${performance.now() - started} ms`);
   });
+  await t.step(
+    "UDP_DELAY: an echo still waiting when the port closes is dropped, not sent",
+    async () => {
+      const s = await startTestServer({ UDP_PORT: "any", BANNER_MODE: "off", UDP_DELAY: "200ms" });
+      await using client = await UdpClient.to(s.udpPort);
+      await client.send(encoder.encode("too late"));
+      await s.logs.waitFor((r) => r.rawMessage === "UDP flow open.", "flow open");
+      await s[Symbol.asyncDispose]();
+      // Past the delay: a timer left behind would send on the closed socket and throw.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.equal(await client.next(50), undefined);
+    },
+  );
 });
 
 Deno.test("UDP configuration: faults and limits need UDP_PORT; fractions are checked", async () => {
