@@ -33,6 +33,7 @@
  *
  * @module
  */
+import dgram from "node:dgram";
 import { parseArgs } from "node:util";
 import {
   freePort,
@@ -66,6 +67,8 @@ interface BenchServer {
   readonly adminPort?: number;
   /** Its TLS port (TLS servers): where the TLS scenarios connect. */
   readonly tlsPort?: number;
+  /** Its UDP port (UDP servers): where the UDP scenarios send. */
+  readonly udpPort?: number;
 }
 
 /** How to start one kind of server. */
@@ -79,6 +82,8 @@ interface ServerKind {
   readonly tcpEcho: boolean;
   /** Also listen with TLS (`TLS_PORT`, with `TLS_CERT_FILE` and `TLS_KEY_FILE` in `env`). */
   readonly tls?: boolean;
+  /** Also echo UDP (`UDP_PORT`). */
+  readonly udp?: boolean;
 }
 
 /** One measurement: a client command and the figures read from its JSON line. */
@@ -124,24 +129,33 @@ export interface BenchOptions {
   readonly tlsConnections: number;
   /** One JSON object instead of the tables. */
   readonly json: boolean;
+  /** The sections to run (`--only`), in the order they run. */
+  readonly sections: readonly BenchSection[];
 }
+
+/** The bench's parts, in the order they run. */
+export const BENCH_SECTIONS = ["plain", "tls", "udp", "hold"] as const;
+/** One of {@linkcode BENCH_SECTIONS}. */
+export type BenchSection = typeof BENCH_SECTIONS[number];
 
 /** What `deno task bench --help` prints. */
 export const BENCH_USAGE =
   `Usage: deno task bench [--rounds N] [--max-rounds N] [--seconds S] [--idle N]
-                       [--tls-idle N] [--json]
+                       [--tls-idle N] [--only SECTIONS] [--json]
 
 Measures tcp-echo against C (epoll), Go and Node echo servers on this machine's
 loopback, servers on core 0 and clients on core 1, round after round until the
-medians settle; then TLS against Go crypto/tls. Takes 5 to 10 minutes with the
-defaults; --rounds 1 --max-rounds 1 --seconds 1 is a quick look. Needs gcc,
-taskset (util-linux) and node; Go (golang-go) for the Go references.
+medians settle (plain); then TLS against Go crypto/tls (tls), UDP against a Go
+UDP echo (udp), and 10,000 connections held by the client (hold). Takes 10 to 15
+minutes with the defaults; --rounds 1 --max-rounds 1 --seconds 1 is a quick look.
+Needs gcc, taskset (util-linux) and node; Go (golang-go) for the Go references.
 
   --rounds N       rounds at least (default 3)
   --max-rounds N   rounds at most, while the medians move (default 7)
   --seconds S      seconds per measurement (default 2)
   --idle N         connections opened for the memory rows (default 5000)
   --tls-idle N     TLS connections opened for the TLS memory rows (default 1000)
+  --only SECTIONS  a comma list of plain, tls, udp, hold (default: all)
   --json           one JSON object instead of the tables
 `;
 
@@ -160,6 +174,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | undefined 
         seconds: { type: "string" },
         idle: { type: "string" },
         "tls-idle": { type: "string" },
+        only: { type: "string" },
         json: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
@@ -180,6 +195,13 @@ export function parseOptions(args: readonly string[]): BenchOptions | undefined 
     return value;
   };
   const minRounds = count("rounds", 3);
+  const named = values.only?.split(",") ?? [...BENCH_SECTIONS];
+  const unknown = named.find((name) => !(BENCH_SECTIONS as readonly string[]).includes(name));
+  if (unknown !== undefined) {
+    throw new BenchUsageError(
+      `--only takes a comma list of ${BENCH_SECTIONS.join(", ")}, not ${JSON.stringify(unknown)}`,
+    );
+  }
   return {
     minRounds,
     maxRounds: Math.max(minRounds, count("max-rounds", 7)),
@@ -187,6 +209,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | undefined 
     idleConnections: count("idle", 5_000),
     tlsConnections: count("tls-idle", 1_000),
     json: values.json ?? false,
+    sections: BENCH_SECTIONS.filter((section) => named.includes(section)),
   };
 }
 
@@ -291,6 +314,7 @@ function bannerText(): string {
 async function startServer(kind: ServerKind): Promise<BenchServer> {
   const port = freePort();
   const tlsPort = kind.tls ? freePort() : undefined;
+  const udpPort = kind.udp ? freePort() : undefined;
   const adminPort = kind.tcpEcho ? freePort() : undefined;
   const logFile = kind.logs
     ? await Deno.makeTempFile({ prefix: "tcp-echo-bench-", suffix: ".log" })
@@ -307,11 +331,13 @@ async function startServer(kind: ServerKind): Promise<BenchServer> {
       TCP_PORT: String(port),
       ...(adminPort ? { ADMIN_PORT: String(adminPort) } : {}),
       ...(tlsPort ? { TLS_PORT: String(tlsPort) } : {}),
+      ...(udpPort ? { UDP_PORT: String(udpPort) } : {}),
     },
     stdin: "null",
   }).spawn();
   await waitForPort(port);
   if (tlsPort) await waitForPort(tlsPort);
+  if (udpPort) await waitForUdpEcho(udpPort);
   const pid = async () => {
     const output = await new Deno.Command("pgrep", { args: ["-g", String(group.pid)] }).output();
     const pids = decoder.decode(output.stdout).trim().split("\n").map(Number);
@@ -328,6 +354,7 @@ async function startServer(kind: ServerKind): Promise<BenchServer> {
     logFile,
     adminPort,
     tlsPort,
+    udpPort,
   };
 }
 
@@ -500,7 +527,11 @@ async function runClient(server: BenchServer, command: readonly string[]): Promi
     throw new Error(`client failed on ${server.name}: ${text}${decoder.decode(output.stderr)}`);
   }
   const report = JSON.parse(text.trim().split("\n").at(-1)!);
-  if ((report.failures ?? 0) > 0 || (report.integrityFailures ?? 0) > 0) {
+  // go-load and cload count failures; tcp-echo's client counts them by reason.
+  const failures = typeof report.failures === "object"
+    ? Object.values(report.failures as Record<string, number>).reduce((a, b) => a + b, 0)
+    : report.failures ?? 0;
+  if (failures > 0 || (report.integrityFailures ?? 0) > 0) {
     throw new Error(`${server.name}: the client saw failures: ${text}`);
   }
   return report;
@@ -523,7 +554,8 @@ async function runRound(
 ): Promise<void> {
   for (const scenario of all) {
     for (const server of servers) {
-      const report = await runClient(server, scenario.client(server.tlsPort ?? server.port));
+      const port = server.udpPort ?? server.tlsPort ?? server.port;
+      const report = await runClient(server, scenario.client(port));
       for (const figure of scenario.figures) {
         const key = `${scenario.name}|${figure.label}|${server.name}`;
         results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
@@ -689,6 +721,8 @@ async function checkRecords(server: BenchServer): Promise<string> {
 // ---------------------------------------------------------------------------
 
 const TLS_REFERENCE = "go crypto/tls";
+/** A client busier than this share of its core may be what limited the figure: the row says so. */
+const CLIENT_LIMITED_SHARE = 0.8;
 const TLS_OURS = "tcp-echo TLS, data off";
 
 /** The two TLS servers, with the same certificate (ECDSA P-256, from the tests' PKI). */
@@ -751,11 +785,13 @@ function renderTlsTable(
     const figure = scenario.figures[0].label;
     const go = at(scenario.name, figure, TLS_REFERENCE);
     const ours = at(scenario.name, figure, TLS_OURS);
-    const cpu = [TLS_REFERENCE, TLS_OURS].map((s) => at(scenario.name, "client CPU", s).toFixed(2));
+    const shares = [TLS_REFERENCE, TLS_OURS].map((s) => at(scenario.name, "client CPU", s));
+    const cpu = shares.map((share) => share.toFixed(2)).join(", ");
+    const flag = shares.some((share) => share > CLIENT_LIMITED_SHARE) ? " (client-limited)" : "";
     lines.push(
       `| ${scenario.name} | ${figure} | ${format(go)} | ${format(ours)} | ${
         (ours / go).toFixed(2)
-      }× | ${cpu.join(", ")} |`,
+      }× | ${cpu}${flag} |`,
     );
   }
   for (const [scenario, pick] of MEMORY_ROWS) {
@@ -784,7 +820,8 @@ async function runTls(built: Map<string, string>, options: BenchOptions): Promis
       memory.set(server.name, await memoryPerConnection(server, options.tlsConnections, true));
     }
     const { results, rounds } = await runRounds(servers, all, options);
-    return `TLS (${rounds} rounds; a client CPU near 1.00 means the client was the limit):\n\n` +
+    return `TLS (${rounds} rounds; "client-limited": the client used over ${CLIENT_LIMITED_SHARE} ` +
+      `of its core, so the figure is partly the client's):\n\n` +
       renderTlsTable(all, results, memory);
   } finally {
     await stopAll(servers);
@@ -796,6 +833,168 @@ async function stopAll(servers: readonly BenchServer[]): Promise<void> {
   for (const server of servers) await stop(server);
   for (const server of servers) {
     if (server.logFile) await Deno.remove(server.logFile).catch(() => {});
+  }
+}
+
+// ---------------------------------------------------------------------------
+// UDP: tcp-echo's UDP port against a Go UDP echo
+// ---------------------------------------------------------------------------
+
+const UDP_REFERENCE = "go UDP echo";
+const UDP_SERVERS = [UDP_REFERENCE, "tcp-echo UDP, data off", "tcp-echo UDP, defaults"] as const;
+/** Flows the memory-per-flow row opens. */
+const UDP_MEMORY_FLOWS = 2_000;
+
+/** A UDP socket bound on loopback (the bench may use 127.0.0.1 only). */
+async function loopbackSocket(): Promise<dgram.Socket> {
+  const socket = dgram.createSocket("udp4");
+  await new Promise<void>((resolve) => socket.bind(0, "127.0.0.1", resolve));
+  return socket;
+}
+
+/** Sends a datagram until one comes back (the port is bound and echoing), for 10 s at most. */
+async function waitForUdpEcho(port: number): Promise<void> {
+  const socket = await loopbackSocket();
+  try {
+    const answered = new Promise<void>((resolve) => socket.once("message", () => resolve()));
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      socket.send(new Uint8Array([0x2a]), port, "127.0.0.1");
+      const outcome = await Promise.race([
+        answered.then(() => true),
+        new Promise((resolve) => setTimeout(resolve, 100, false)),
+      ]);
+      if (outcome) return;
+    }
+    throw new Error(`nothing echoed on UDP port ${port}`);
+  } finally {
+    await new Promise<void>((resolve) => socket.close(() => resolve()));
+  }
+}
+
+/** The UDP servers: the Go reference and tcp-echo with data records off and on. */
+function udpKinds(built: Map<string, string>, tcpEcho: string[]): ServerKind[] {
+  const ours = (name: string, env: Record<string, string>): ServerKind => ({
+    name,
+    command: tcpEcho,
+    env: { HOST: "127.0.0.1", ...BANNER_ENV, ADMIN_PORT: "off", ...env },
+    logs: true,
+    bannerBytes: 0,
+    tcpEcho: false,
+    udp: true,
+  });
+  return [
+    {
+      name: UDP_REFERENCE,
+      command: [built.get("go-copy-echo")!],
+      logs: false,
+      bannerBytes: 0,
+      tcpEcho: false,
+      udp: true,
+    },
+    ours(UDP_SERVERS[1], { LOG_DATA_BYTES: "0" }),
+    ours(UDP_SERVERS[2], {}),
+  ];
+}
+
+/** UDP workloads with go-load's udp mode on core 1: round trips per second, losses, its CPU. */
+function udpScenarios(seconds: number, load: string): Scenario[] {
+  const figures: Figure[] = [
+    { label: "datagrams/s", pick: (r) => r.connections_per_sec, higherIsBetter: true },
+    { label: "lost", pick: (r) => r.lost, higherIsBetter: false },
+    { label: "client CPU", pick: (r) => r.client_cpu, higherIsBetter: false },
+  ];
+  const run = (flows: number, size: number): Scenario => ({
+    name: `UDP rr ${flows} flow${flows === 1 ? "" : "s"} × ${size} B`,
+    client: (p) => [load, String(p), "udp", String(flows), String(size), String(seconds)],
+    figures,
+  });
+  return [run(1, 64), run(8, 64), run(8, 1_400)];
+}
+
+/**
+ * What tcp-echo keeps per UDP flow: `count` sockets on this side (a flow
+ * each) send one datagram and wait for its echo; the server's RSS growth per
+ * flow, the flows still in its table (UDP_FLOW_TIMEOUT is 30 s).
+ */
+async function memoryPerFlow(server: BenchServer, count: number): Promise<number> {
+  const pid = await server.pid();
+  const before = await rssBytes(pid);
+  const sockets: dgram.Socket[] = [];
+  try {
+    for (let batch = 0; batch < count; batch += 250) {
+      const opened = Array.from({ length: Math.min(250, count - batch) }, async () => {
+        const socket = await loopbackSocket();
+        sockets.push(socket);
+        const echoed = new Promise<void>((resolve) =>
+          socket.on("message", (message: Uint8Array) => {
+            if (message.length === 1 && message[0] === 0x2a) resolve();
+          })
+        );
+        socket.send(new Uint8Array([0x2a]), server.udpPort!, "127.0.0.1");
+        await echoed;
+      });
+      await Promise.all(opened);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    return (await rssBytes(pid) - before) / count / 1024;
+  } finally {
+    await Promise.all(
+      sockets.map((socket) => new Promise<void>((resolve) => socket.close(() => resolve()))),
+    );
+  }
+}
+
+/** The UDP rows: each server's medians, tcp-echo's against Go's, and the memory per flow. */
+function renderUdpTable(
+  all: readonly Scenario[],
+  results: Results,
+  perFlowKiB: ReadonlyMap<string, number>,
+): string {
+  const at = (scenario: string, figure: string, server: string) =>
+    median(results.get(`${scenario}|${figure}|${server}`)!);
+  const lines = [
+    `| scenario | ${UDP_SERVERS.join(" | ")} | data off / go | defaults / go | lost (${
+      UDP_SERVERS.join(", ")
+    }) | client CPU |`,
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
+  for (const scenario of all) {
+    const rates = UDP_SERVERS.map((server) => at(scenario.name, "datagrams/s", server));
+    const lost = UDP_SERVERS.map((server) => format(at(scenario.name, "lost", server)));
+    const cpu = UDP_SERVERS.map((server) => at(scenario.name, "client CPU", server).toFixed(2));
+    lines.push(
+      `| ${scenario.name}, datagrams/s | ${rates.map(format).join(" | ")} | ${
+        (rates[1] / rates[0]).toFixed(2)
+      }× | ${(rates[2] / rates[0]).toFixed(2)}× | ${lost.join(", ")} | ${cpu.join(", ")} |`,
+    );
+  }
+  const flows = UDP_SERVERS.slice(1).map((server) => format(perFlowKiB.get(server)!));
+  lines.push(`| memory per flow, KiB | (no flows) | ${flows.join(" | ")} | | | | |`);
+  return lines.join("\n");
+}
+
+/** Runs the UDP comparison; returns its table, or why it could not run. */
+async function runUdp(built: Map<string, string>, options: BenchOptions): Promise<string> {
+  if (!built.has("go-copy-echo") || !built.has("go-load")) {
+    return "UDP: left out: the Go echo or the Go client could not be built";
+  }
+  const all = udpScenarios(options.seconds, built.get("go-load")!);
+  const servers: BenchServer[] = [];
+  try {
+    for (const kind of udpKinds(built, await tcpEchoCommand())) {
+      servers.push(await startServer(kind));
+    }
+    const perFlow = new Map<string, number>();
+    for (const server of servers.slice(1)) {
+      perFlow.set(server.name, await memoryPerFlow(server, UDP_MEMORY_FLOWS));
+    }
+    const { results, rounds } = await runRounds(servers, all, options);
+    return `UDP (${rounds} rounds; go-load udp: each flow sends a datagram and waits for its ` +
+      `echo; memory per flow over ${UDP_MEMORY_FLOWS} flows):\n\n` +
+      renderUdpTable(all, results, perFlow);
+  } finally {
+    await stopAll(servers);
   }
 }
 
@@ -944,11 +1143,37 @@ async function main(): Promise<void> {
     Deno.exit(2);
   }
   for (const reason of missing) console.error(`left out: ${reason}`);
-  const kinds = await serverKinds(built);
+  try {
+    const report: Record<string, unknown> = { seconds: options.seconds, missing };
+    const texts: string[] = [];
+    for (const section of options.sections) {
+      console.error(`bench: ${section}`);
+      if (section === "plain") {
+        const plain = await runPlain(built, options);
+        Object.assign(report, plain.json);
+        texts.push(plain.text);
+      } else if (section === "tls") texts.push(report.tls = await runTls(built, options));
+      else if (section === "udp") texts.push(report.udp = await runUdp(built, options));
+      else texts.push(report.held = await benchHeldConnections(options));
+    }
+    console.log(options.json ? JSON.stringify(report) : texts.join("\n\n"));
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/**
+ * The plain rows: every server on its port, the memory rows, the rounds,
+ * and the record check of the shipped settings.
+ */
+async function runPlain(
+  built: Map<string, string>,
+  options: BenchOptions,
+): Promise<{ text: string; json: Record<string, unknown> }> {
   const all = scenarios(options.seconds, built);
   const servers: BenchServer[] = [];
   try {
-    for (const kind of kinds) servers.push(await startServer(kind));
+    for (const kind of await serverKinds(built)) servers.push(await startServer(kind));
     const memory: Record<string, MemoryFigures> = {};
     for (const server of servers) {
       memory[server.name] = await memoryPerConnection(server, options.idleConnections, false);
@@ -957,26 +1182,13 @@ async function main(): Promise<void> {
     const rows = tableRows(servers, all, results, memory);
     const shipped = servers.find((s) => s.name === "tcp-echo, defaults")!;
     const records = await checkRecords(shipped);
-    // The TLS servers get the cores to themselves (their logs go when the run ends).
-    for (const server of servers) await stop(server);
-    const tls = await runTls(built, options);
-    if (options.json) {
-      console.log(
-        JSON.stringify({ rounds, seconds: options.seconds, rows, records, missing, tls }),
-      );
-      return;
-    }
-    console.log(
+    const text =
       `tcp-echo bench: ${rounds} rounds of ${options.seconds} s per run, medians; servers on core 0, ` +
-        `clients on core 1; Deno ${Deno.version.deno}; ratios above 1× mean tcp-echo did better\n`,
-    );
-    console.log(renderTable(servers, rows));
-    console.log(`\nrecord check (tcp-echo, defaults): ${records}`);
-    console.log(`\n${tls}`);
-    console.log(`\n${await benchHeldConnections(options)}`);
+      `clients on core 1; Deno ${Deno.version.deno}; ratios above 1× mean tcp-echo did better\n\n` +
+      `${renderTable(servers, rows)}\n\nrecord check (tcp-echo, defaults): ${records}`;
+    return { text, json: { rounds, rows, records } };
   } finally {
     await stopAll(servers);
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
 

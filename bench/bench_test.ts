@@ -30,7 +30,13 @@ Deno.test("bench options: defaults, and whole numbers only", () => {
     idleConnections: 5_000,
     tlsConnections: 1_000,
     json: false,
+    sections: ["plain", "tls", "udp", "hold"],
   });
+  assert.deepEqual(parseOptions(["--only", "udp,plain"])?.sections, ["plain", "udp"]);
+  assert.throws(
+    () => parseOptions(["--only", "plain,tcp"]),
+    /^Error: --only takes a comma list of plain, tls, udp, hold, not "tcp"$/,
+  );
   assert.equal(parseOptions(["--rounds", "5"])?.maxRounds, 7);
   assert.equal(parseOptions(["--rounds", "9"])?.maxRounds, 9, "at least the minimum");
   assert.throws(() => parseOptions(["--seconds", "0.5"]), /--seconds takes a whole number/);
