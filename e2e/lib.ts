@@ -1,16 +1,17 @@
 /**
  * The pure parts of the end-to-end suite (`deno task e2e`): the pinned
  * versions, the cluster walkthroughs of docs/walkthroughs.md as commands, the binomial
- * bound for the traffic-shifting split, reading the client's JSON, and judging
- * what a hold saw against what the page says of open connections. They
- * are unit-tested with the other tests; the suite itself needs Docker and
- * kind (e2e/run.ts).
+ * bound for the traffic-shifting split, reading the client's JSON and the
+ * servers' open records, and judging what a hold, a UDP flow and a probe of
+ * both families saw against what the page says. They are unit-tested with the
+ * other tests; the suite itself needs Docker and kind (e2e/run.ts).
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import type { HeldRecord, HoldEnding, HoldReport } from "../client/hold_record.ts";
-import { parseDuration } from "../src/wire.ts";
+import type { UdpFlowReport } from "../client/udp_flow.ts";
+import { parseBannerText, parseDuration } from "../src/wire.ts";
 
 /** The Gateway API's release channels: which CRDs and versions an install serves. */
 export type GatewayApiChannel = "standard" | "experimental";
@@ -115,17 +116,28 @@ export const WALKTHROUGH_PAGE = "docs/walkthroughs.md";
 /** The section of {@linkcode WALKTHROUGH_PAGE} whose subsections hold connections through a change. */
 export const OPEN_CONNECTIONS_SECTION = "## What happens to open connections";
 
+/** The section of {@linkcode WALKTHROUGH_PAGE} on UDP past the sidecars and one flow through a delete. */
+export const UDP_MESH_SECTION = "## UDP in a mesh";
+
+/** The section of {@linkcode WALKTHROUGH_PAGE} run on a dual-stack kind cluster of its own. */
+export const DUAL_STACK_SECTION = "## Dual-stack: IPv4 and IPv6 end to end";
+
 /**
  * The sections of {@linkcode WALKTHROUGH_PAGE} whose commands the suite runs,
  * in the order it runs them. The subsections of
  * {@linkcode OPEN_CONNECTIONS_SECTION} each run where the cluster is as they
  * need it: the first two while the ingress gateway is there (the ambient
  * profile removes it), the last after the ambient walkthrough.
+ * {@linkcode UDP_MESH_SECTION} runs where the rollout restart leaves
+ * `default` (sidecar injection, the base), before the Gateway API
+ * walkthrough replaces the base; {@linkcode DUAL_STACK_SECTION} runs last, on
+ * a cluster of its own (kind makes it kubectl's context).
  */
 export const WALKTHROUGH_SECTIONS = [
   "## Any cluster: v1 and v2 behind one Service",
   "## Istio: port 31400 reaches v1, port 31401 reaches v2",
   "### Through a rollout restart",
+  UDP_MESH_SECTION,
   "## Istio with the Kubernetes Gateway API",
   "## TLS passthrough and SNI routing",
   "## Istio's TCP Traffic Shifting task, with this image",
@@ -133,6 +145,7 @@ export const WALKTHROUGH_SECTIONS = [
   "## Istio's Authorization for TCP traffic task, with this image",
   "## Ambient mode: L4 policy, a waypoint and an 80/20 TCPRoute",
   "### Through a ztunnel restart",
+  DUAL_STACK_SECTION,
 ] as const;
 
 /**
@@ -247,6 +260,18 @@ export interface ProbeSummary {
   readonly failures: Readonly<Record<string, number>>;
 }
 
+/** Who answered, by the banner's version (or the row's text when it names none), and how often. */
+function versionsAnswered(
+  answeredBy: readonly { server: string; count: number }[],
+): Record<string, number> {
+  const versions: Record<string, number> = {};
+  for (const { server, count } of answeredBy) {
+    const version = /version (\S+?)(,|$)/.exec(server)?.[1] ?? server;
+    versions[version] = (versions[version] ?? 0) + count;
+  }
+  return versions;
+}
+
 /** Reads the client's probe report (its last line of output is the JSON object). */
 export function parseProbeReport(stdout: string): ProbeSummary {
   const line = stdout.trim().split("\n").at(-1) ?? "";
@@ -254,15 +279,10 @@ export function parseProbeReport(stdout: string): ProbeSummary {
   if (typeof report.succeeded !== "number" || !Array.isArray(report.answeredBy)) {
     throw new Error(`not a probe report: ${line.slice(0, 200)}`);
   }
-  const versions: Record<string, number> = {};
-  for (const { server, count } of report.answeredBy) {
-    const version = /version (\S+?)(,|$)/.exec(server)?.[1] ?? server;
-    versions[version] = (versions[version] ?? 0) + count;
-  }
   return {
     succeeded: report.succeeded,
     connections: report.connections,
-    versions,
+    versions: versionsAnswered(report.answeredBy),
     failures: report.failures ?? {},
   };
 }
@@ -326,15 +346,7 @@ export function parseHoldReport(stdout: string): HoldReport {
  * its `SHUTDOWN_GRACE`, read from the manifest's documents.
  */
 export function drainMs(documents: readonly unknown[], deployment: string): number {
-  const found = documents.find((document) => {
-    const { kind, metadata } = document as { kind?: string; metadata?: { name?: string } };
-    return kind === "Deployment" && metadata?.name === deployment;
-  }) as
-    | {
-      spec: { template: { spec: { containers: { env?: { name: string; value?: string }[] }[] } } };
-    }
-    | undefined;
-  if (found === undefined) throw new Error(`no Deployment ${deployment}`);
+  const found = findDeployment(documents, deployment);
   const env = found.spec.template.spec.containers.flatMap((container) => container.env ?? []);
   let total = 0;
   for (const name of ["DRAIN_DELAY", "SHUTDOWN_GRACE"]) {
@@ -344,6 +356,41 @@ export function drainMs(documents: readonly unknown[], deployment: string): numb
     total += ms;
   }
   return total;
+}
+
+/** The parts of a Deployment the suite reads from the base's manifest. */
+interface DeploymentDocument {
+  readonly spec: {
+    readonly template: {
+      readonly spec: {
+        readonly terminationGracePeriodSeconds?: number;
+        readonly containers: readonly { env?: { name: string; value?: string }[] }[];
+      };
+    };
+  };
+}
+
+function findDeployment(documents: readonly unknown[], deployment: string): DeploymentDocument {
+  const found = documents.find((document) => {
+    const { kind, metadata } = document as { kind?: string; metadata?: { name?: string } };
+    return kind === "Deployment" && metadata?.name === deployment;
+  });
+  if (found === undefined) throw new Error(`no Deployment ${deployment}`);
+  return found as DeploymentDocument;
+}
+
+/**
+ * How long a pod of a Deployment of the base manifests may take to stop
+ * once deleted: its `terminationGracePeriodSeconds` (then the kubelet kills
+ * what is left), read from the manifest's documents.
+ */
+export function terminationGraceMs(documents: readonly unknown[], deployment: string): number {
+  const seconds = findDeployment(documents, deployment).spec.template.spec
+    .terminationGracePeriodSeconds;
+  if (typeof seconds !== "number") {
+    throw new Error(`${deployment}: terminationGracePeriodSeconds is ${JSON.stringify(seconds)}`);
+  }
+  return seconds * 1_000;
 }
 
 /** How a held connection ends when a peer on its path closes it: EOF or a reset. */
@@ -496,4 +543,420 @@ export function holdSummary(report: HoldReport): string[] {
     return `${row.backend}: ${row.opened} opened, ${row.open} open at the end` +
       (ended.length > 0 ? `, ended ${ended.join(", ")}` : "");
   });
+}
+
+// ---------------------------------------------------------------------------
+// UDP and both families: probe reports, the servers' open records, one flow through a delete
+// ---------------------------------------------------------------------------
+
+/** An IP family, as the client's reports and the server's records name it. */
+export type IpFamily = "IPv4" | "IPv6";
+
+const FAMILIES: readonly IpFamily[] = ["IPv4", "IPv6"];
+
+/** The family of an IP address in text (the server unmaps `::ffff:` addresses before it logs). */
+function familyOf(address: string): IpFamily {
+  return address.includes(":") ? "IPv6" : "IPv4";
+}
+
+/** The last line of a command's output, parsed as the JSON object the client prints there. */
+function lastJsonLine(
+  stdout: string,
+  what: string,
+): { line: string; value: Record<string, unknown> } {
+  const line = stdout.trim().split("\n").at(-1) ?? "";
+  let value;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    value = undefined;
+  }
+  if (typeof value !== "object" || value === null) {
+    throw new Error(`not ${what}: ${line.slice(0, 200)}`);
+  }
+  return { line, value };
+}
+
+/** What the suite reads of one probe report, TCP or UDP (`--json`; one family's of `-4 -6`). */
+export interface ProbeCounts {
+  /** `tcp` (connections) or `udp` (datagrams, each from a socket of its own). */
+  readonly transport: "tcp" | "udp";
+  /** The family `-4`/`-6` asked for; absent without them. */
+  readonly family?: IpFamily;
+  /** The IPs connected or sent to. */
+  readonly addresses: readonly string[];
+  /** Connections (TCP) or datagrams (UDP) sent. */
+  readonly sent: number;
+  /** Those echoed correctly. */
+  readonly succeeded: number;
+  /** Who answered: the banner's version (or `(no banner)`) and how often. */
+  readonly versions: Readonly<Record<string, number>>;
+  /** Failures by reason (`lost`, `mismatch`, `dns`, …). */
+  readonly failures: Readonly<Record<string, number>>;
+}
+
+function probeCountsOf(report: Record<string, unknown>, line: string): ProbeCounts {
+  const { transport, succeeded, answeredBy, addresses, family } = report;
+  const sent = transport === "udp" ? report.datagrams : report.connections;
+  if (
+    (transport !== "tcp" && transport !== "udp") || typeof sent !== "number" ||
+    typeof succeeded !== "number" || !Array.isArray(answeredBy) || !Array.isArray(addresses) ||
+    (family !== undefined && family !== "IPv4" && family !== "IPv6")
+  ) {
+    throw new Error(`not a probe report: ${line.slice(0, 200)}`);
+  }
+  return {
+    transport,
+    ...(family === undefined ? {} : { family }),
+    addresses,
+    sent,
+    succeeded,
+    versions: versionsAnswered(answeredBy),
+    failures: (report.failures ?? {}) as Record<string, number>,
+  };
+}
+
+/** Reads one probe report, TCP or UDP (the client's last line of output with `--json`). */
+export function parseProbeCounts(stdout: string): ProbeCounts {
+  const { line, value } = lastJsonLine(stdout, "a probe report");
+  return probeCountsOf(value, line);
+}
+
+/** Reads `probe -4 -6 --json`: one object with a report per family. */
+export function parseFamilyProbes(stdout: string): Record<IpFamily, ProbeCounts> {
+  const { line, value } = lastJsonLine(stdout, "a report per family");
+  const families = value.families as Record<string, Record<string, unknown>> | undefined;
+  if (typeof families?.IPv4 !== "object" || typeof families?.IPv6 !== "object") {
+    throw new Error(`not a report per family: ${line.slice(0, 200)}`);
+  }
+  return { IPv4: probeCountsOf(families.IPv4, line), IPv6: probeCountsOf(families.IPv6, line) };
+}
+
+/** The `--count N` of a command of the page: how many connections or datagrams it sends. */
+export function countOf(command: string): number {
+  const match = / --count (\d+)(?: |$)/.exec(command);
+  if (match === null) throw new Error(`no --count in: ${command}`);
+  return Number(match[1]);
+}
+
+/** What a probe of the page must show: every one answered, over the family and to the address given. */
+export interface AllAnswered {
+  /** The report's transport: the page probed with `--udp` or without. */
+  readonly transport: "tcp" | "udp";
+  /** The page's `--count`. */
+  readonly count: number;
+  /** The family the probe must have used (`-4`/`-6`). */
+  readonly family?: IpFamily;
+  /** The one IP it must have gone to (a Service's ClusterIP of that family). */
+  readonly address?: string;
+}
+
+/** Judges a probe against {@linkcode AllAnswered}; returns what is not so, each naming `what`. */
+export function judgeAllAnswered(
+  probe: ProbeCounts,
+  expected: AllAnswered,
+  what: string,
+): string[] {
+  const failures: string[] = [];
+  const unit = probe.transport === "udp" ? "datagrams" : "connections";
+  if (probe.transport !== expected.transport) {
+    failures.push(`${what}: a ${probe.transport} report, not ${expected.transport}`);
+  }
+  if (probe.sent !== expected.count || probe.succeeded !== probe.sent) {
+    const failed = Object.entries(probe.failures).map(([reason, n]) => `${n} ${reason}`);
+    failures.push(
+      `${what}: ${probe.succeeded} of ${probe.sent} ${unit} echoed correctly, expected ` +
+        `${expected.count} of ${expected.count}${
+          failed.length > 0 ? ` (${failed.join(", ")})` : ""
+        }`,
+    );
+  }
+  if (expected.family !== undefined && probe.family !== expected.family) {
+    failures.push(`${what}: over ${probe.family ?? "either family"}, not ${expected.family}`);
+  }
+  if (expected.address !== undefined && probe.addresses.join() !== expected.address) {
+    failures.push(
+      `${what}: sent to ${probe.addresses.join(", ") || "no address"}, not ${expected.address}`,
+    );
+  }
+  return failures;
+}
+
+/** A server's open record, a TCP connection's or a UDP flow's, as `kubectl logs` prints it. */
+export interface OpenRecord {
+  /** `tcp` for `TCP connection open.`, `udp` for `UDP flow open.` */
+  readonly transport: "tcp" | "udp";
+  /** The pod whose log it is (`kubectl logs --prefix`), when known. */
+  readonly pod?: string;
+  /** The address the server saw the client at, without brackets. */
+  readonly clientIp: string;
+  /** The client's port. */
+  readonly clientPort: number;
+  /** The server's port. */
+  readonly port: number;
+  /** The family the client used. */
+  readonly family: IpFamily;
+}
+
+/**
+ * An open record's line: `kubectl logs`' `[pod/NAME/CONTAINER] ` (with
+ * `--prefix`) and the runtime's timestamp (with `--timestamps`), then the
+ * server's date, time and id and the message. Anchored there, so that the text
+ * of a data record (escaped, but the client's own) cannot pass for one.
+ */
+const OPEN_RECORD = new RegExp(
+  String.raw`^(?:\[pod/([^/\]]+)/[^\]]*\] )?(?:\S+Z )?\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ` +
+    String.raw`[0-9a-f-]{36} - (TCP connection|UDP flow) open\. ` +
+    String.raw`client=(\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+) port=(\d+) family=(IPv4|IPv6)(?: |$)`,
+);
+
+/** The open records among `kubectl logs` lines (text format, as the manifests log). */
+export function parseOpenRecords(logs: string): OpenRecord[] {
+  const records: OpenRecord[] = [];
+  for (const line of logs.split("\n")) {
+    const match = OPEN_RECORD.exec(line);
+    if (match === null) continue;
+    const [, pod, kind, client, clientPort, port, family] = match;
+    records.push({
+      transport: kind === "UDP flow" ? "udp" : "tcp",
+      ...(pod === undefined ? {} : { pod }),
+      clientIp: client.replace(/^\[|\]$/g, ""),
+      clientPort: Number(clientPort),
+      port: Number(port),
+      family: family as IpFamily,
+    });
+  }
+  return records;
+}
+
+/**
+ * Where an app behind an Istio sidecar sees its TCP clients come from: the
+ * sidecar ends each inbound connection and opens its own to the app from
+ * this address, Istio's `InboundPassthroughBindIpv4` ("6 is the magical
+ * number for inbound: 15006, 127.0.0.6, ::6", istio/istio
+ * pilot/pkg/networking/core), bound so that its iptables rules let it pass;
+ * with the default REDIRECT interception, which "loses source IP addresses"
+ * (istio.io, ProxyConfig InboundInterceptionMode).
+ */
+export const SIDECAR_INBOUND_SOURCE = "127.0.0.6";
+
+const RECORDED = { tcp: "TCP connections", udp: "UDP flows" } as const;
+
+/**
+ * Judges the servers' open records of a probe over TCP and one over UDP from
+ * a pod in the mesh, as "UDP in a mesh" states: every UDP flow came from the
+ * client pod's own address (no proxy on the way), every TCP connection from
+ * {@linkcode SIDECAR_INBOUND_SOURCE} (the server's sidecar), at least `count`
+ * of each. Returns what is not so (nothing: all as stated).
+ */
+export function judgeMeshRecords(
+  records: readonly OpenRecord[],
+  expected: { readonly clientIp: string; readonly count: number },
+): string[] {
+  const failures: string[] = [];
+  const from = {
+    udp: [expected.clientIp, "the client pod's own address"],
+    tcp: [SIDECAR_INBOUND_SOURCE, "the server's sidecar"],
+  } as const;
+  for (const transport of ["udp", "tcp"] as const) {
+    const seen = records.filter((record) => record.transport === transport);
+    if (seen.length < expected.count) {
+      failures.push(
+        `${seen.length} ${RECORDED[transport]} open, expected at least ${expected.count}`,
+      );
+    }
+    const [source, whose] = from[transport];
+    const others = [...new Set(seen.map((r) => r.clientIp).filter((ip) => ip !== source))];
+    if (others.length > 0) {
+      failures.push(
+        `${RECORDED[transport]} from ${others.join(", ")}, not only ${source} (${whose})`,
+      );
+    }
+  }
+  return failures;
+}
+
+/**
+ * Judges the servers' open records of probes of both families from one pod,
+ * as the dual-stack section states: over TCP and UDP, at least `count`
+ * records of each family, each naming the client pod's address of that family.
+ */
+export function judgeFamilyRecords(
+  records: readonly OpenRecord[],
+  expected: { readonly clientIps: Readonly<Record<IpFamily, string>>; readonly count: number },
+): string[] {
+  const failures: string[] = [];
+  for (const transport of ["tcp", "udp"] as const) {
+    for (const family of FAMILIES) {
+      const what = `${RECORDED[transport]} over ${family}`;
+      const seen = records.filter((r) => r.transport === transport && r.family === family);
+      if (seen.length < expected.count) {
+        failures.push(`${seen.length} ${what} open, expected at least ${expected.count}`);
+      }
+      const source = expected.clientIps[family];
+      const others = [...new Set(seen.map((r) => r.clientIp).filter((ip) => ip !== source))];
+      if (others.length > 0) {
+        failures.push(`${what} from ${others.join(", ")}, not the client pod's ${source}`);
+      }
+    }
+  }
+  return failures;
+}
+
+/** The parts of a Service the suite reads (`kubectl get service -o json`). */
+export interface ServiceDocument {
+  /** The Service's spec: its family policy, families and ClusterIPs. */
+  readonly spec: {
+    readonly ipFamilyPolicy?: string;
+    readonly ipFamilies?: readonly string[];
+    readonly clusterIPs?: readonly string[];
+  };
+}
+
+/** Addresses by family: the first of each (a Service's `clusterIPs`, a pod's `podIPs`). */
+export function byFamily(addresses: readonly string[]): Partial<Record<IpFamily, string>> {
+  const found: Partial<Record<IpFamily, string>> = {};
+  for (const address of addresses) found[familyOf(address)] ??= address;
+  return found;
+}
+
+/**
+ * Judges the dual-stack kit's Service on a dual-stack cluster:
+ * `PreferDualStack`, and a ClusterIP of each family.
+ */
+export function judgeDualStackService(service: ServiceDocument): string[] {
+  const failures: string[] = [];
+  const { ipFamilyPolicy, ipFamilies = [], clusterIPs = [] } = service.spec;
+  if (ipFamilyPolicy !== "PreferDualStack") {
+    failures.push(`ipFamilyPolicy is ${ipFamilyPolicy ?? "unset"}, not PreferDualStack`);
+  }
+  const families = byFamily(clusterIPs);
+  if (clusterIPs.length !== 2 || families.IPv4 === undefined || families.IPv6 === undefined) {
+    failures.push(`clusterIPs are ${JSON.stringify(clusterIPs)}, not one of each family`);
+  }
+  if ([...ipFamilies].sort().join() !== FAMILIES.join()) {
+    failures.push(`ipFamilies are ${JSON.stringify(ipFamilies)}, not IPv4 and IPv6`);
+  }
+  return failures;
+}
+
+/**
+ * Judges a banner on a dual-stack cluster: its `With IP addresses` line
+ * (`POD_IPS`, from `status.podIPs`) names the pod's addresses as the API
+ * lists them, one of each family.
+ */
+export function judgeBannerAddresses(
+  banner: string,
+  podIps: readonly string[],
+  what: string,
+): string[] {
+  const failures: string[] = [];
+  const shown = parseBannerText(banner).ips;
+  if (shown !== podIps.join(",")) {
+    failures.push(
+      `${what}: the banner says With IP addresses ${shown ?? "(no such line)"}, ` +
+        `the pod has ${podIps.join(",")}`,
+    );
+  }
+  if (new Set(podIps.map(familyOf)).size !== FAMILIES.length || podIps.length !== 2) {
+    failures.push(`${what}: the pod's addresses ${podIps.join(",")} are not one of each family`);
+  }
+  return failures;
+}
+
+/** Reads the client's one-flow report (`probe --udp --one-flow --json`: its last line). */
+export function parseFlowReport(stdout: string): UdpFlowReport {
+  const { line, value } = lastJsonLine(stdout, "a one-flow report");
+  if (
+    value.oneFlow !== true || !Array.isArray(value.changes) || !Array.isArray(value.timeline) ||
+    !Array.isArray(value.lostDatagrams)
+  ) {
+    throw new Error(`not a one-flow report: ${line.slice(0, 200)}`);
+  }
+  return value as unknown as UdpFlowReport;
+}
+
+/** The pod a backend's name (`version v1, pod P, node N`) names, if any. */
+export function podOf(backend: string): string | undefined {
+  return /(?:^|, )pod (\S+?)(?:,|$)/.exec(backend)?.[1];
+}
+
+/** The backend a flow's first echo counted for. */
+export function firstAnswer(report: UdpFlowReport): string | undefined {
+  return report.timeline.find((segment) => segment.outcome === "echoed")?.server;
+}
+
+/**
+ * How long past a deleted pod's termination grace (when the kubelet kills
+ * what is left) its endpoint may take to leave kube-proxy's conntrack
+ * entries: the kubelet's status update, the EndpointSlice controller and
+ * kube-proxy's next sync (at most one a second).
+ */
+export const ENDPOINT_REMOVAL_MS = 5_000;
+
+/**
+ * Judges a one-flow probe (`--udp --one-flow`) through the delete of the pod
+ * answering it, as "UDP in a mesh" states: the answer changes once, from that
+ * pod to another, no sooner than `notBeforeMs` (the delete) and no later than
+ * `notAfterMs` (the pod gone and its endpoint out of kube-proxy's rules);
+ * datagrams were lost, if at all, only between the two pods' answers and none
+ * before the delete; none was answered wrong or failed to go; the new pod
+ * answered after the change. Returns what is not so (nothing: all as stated).
+ */
+export function judgeFlowThroughDelete(
+  report: UdpFlowReport,
+  expected: { readonly notBeforeMs: number; readonly notAfterMs: number },
+): string[] {
+  const failures: string[] = [];
+  if (report.integrityFailures > 0) {
+    failures.push(`${report.integrityFailures} wrong datagrams (neither an echo nor a banner)`);
+  }
+  if (report.failed > 0) failures.push(`${report.failed} datagrams could not be sent`);
+  const first = firstAnswer(report);
+  if (first === undefined || podOf(first) === undefined) {
+    failures.push(`the flow's first answer names no pod: ${first ?? "nothing was echoed"}`);
+  }
+  for (const segment of report.timeline) {
+    if (segment.outcome === "lost" && segment.firstMs < expected.notBeforeMs) {
+      failures.push(
+        `datagram ${segment.first}, sent at ${seconds(segment.firstMs)}, was lost before the ` +
+          `delete (${seconds(expected.notBeforeMs)})`,
+      );
+    }
+  }
+  if (report.changes.length !== 1) {
+    failures.push(
+      report.changes.length === 0
+        ? `the answer never changed: every echo counted for ${first ?? "nobody"} (was its pod ` +
+          "deleted?)"
+        : `the answer changed ${report.changes.length} times: ` +
+          report.changes.map((c) => `${c.from} → ${c.to} at ${seconds(c.atMs)}`).join("; "),
+    );
+    return failures;
+  }
+  const [change] = report.changes;
+  if (change.from !== first) {
+    failures.push(`the change is from ${change.from}, not from the first answer, ${first}`);
+  }
+  if (podOf(change.to) === undefined || podOf(change.to) === podOf(change.from)) {
+    failures.push(`the flow went from ${change.from} to ${change.to}: not to another pod`);
+  }
+  if (change.atMs < expected.notBeforeMs) {
+    failures.push(
+      `the answer changed at ${seconds(change.atMs)}, before the delete ` +
+        `(${seconds(expected.notBeforeMs)})`,
+    );
+  }
+  if (change.atMs > expected.notAfterMs) {
+    failures.push(
+      `the answer changed at ${seconds(change.atMs)}, later than ${seconds(expected.notAfterMs)}`,
+    );
+  }
+  if (change.datagram === undefined) failures.push("no datagram was echoed after the change");
+  const between = new Set(change.lostBetween);
+  const elsewhere = report.lostDatagrams.filter((n) => !between.has(n));
+  if (elsewhere.length > 0) {
+    failures.push(`datagrams lost away from the change: ${elsewhere.join(", ")}`);
+  }
+  return failures;
 }

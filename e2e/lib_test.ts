@@ -1,31 +1,58 @@
 import assert from "node:assert/strict";
 import {
   binomialBounds,
+  byFamily,
+  countOf,
   delayedChange,
   drainMs,
+  DUAL_STACK_SECTION,
+  ENDPOINT_REMOVAL_MS,
+  firstAnswer,
   gatewayApiInstallUrl,
   holdSummary,
+  judgeAllAnswered,
+  judgeBannerAddresses,
+  judgeDualStackService,
+  judgeFamilyRecords,
+  judgeFlowThroughDelete,
+  judgeMeshRecords,
   judgeProxyRestartHold,
   judgeRolloutHold,
   judgeShiftHold,
   OPEN_CONNECTIONS_SECTION,
+  type OpenRecord,
   parseE2eArgs,
+  parseFamilyProbes,
+  parseFlowReport,
   parseHoldReport,
+  parseOpenRecords,
+  parseProbeCounts,
   parseProbeReport,
   parseVersions,
+  podOf,
   sectionCommands,
+  SIDECAR_INBOUND_SOURCE,
+  terminationGraceMs,
+  UDP_MESH_SECTION,
   WALKTHROUGH_PAGE,
   WALKTHROUGH_SECTIONS,
   walkthroughCommands,
 } from "./lib.ts";
 import {
   AUTHORIZATION_STEPS,
+  DUAL_STACK_COMMANDS,
+  DUAL_STACK_KIND_CONFIG,
   HOLD_COMMANDS,
   HOLD_REPORT_FILE,
   needsReplacement,
   REPLACEMENTS,
+  REPORT_FILES,
+  UDP_COMMANDS,
 } from "./walkthroughs.ts";
 import type { HeldRecord, HoldEnd, HoldReport } from "../client/hold_record.ts";
+import { FlowRecorder, type UdpFlowReport } from "../client/udp_flow.ts";
+import { formatTextRecord } from "../src/log_output.ts";
+import { parseDuration } from "../src/wire.ts";
 import { parse, parseAllDocuments } from "yaml";
 import { repoDir, startTestServer } from "../testing/support.ts";
 
@@ -519,5 +546,439 @@ Deno.test("e2e: a hold through a ztunnel restart is judged as the page states it
       `connection 1 (replacement 1) on ${OLD_V1} ended by fin at 50.0 s`,
       "1 places had no connection at the end",
     ]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// UDP in a mesh and dual-stack: the page's commands, the reports and records the suite reads
+// ---------------------------------------------------------------------------
+
+/** Runs the repository's client with `args`; resolves with its standard output. */
+async function client(args: string[]): Promise<string> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-read", "main.ts", "client", ...args],
+    cwd: repoDir,
+    stderr: "null",
+  }).output();
+  return new TextDecoder().decode(output.stdout);
+}
+
+Deno.test("e2e: UDP in a mesh probes with --json, reads the records after, and deletes the flow's pod just before the flow", () => {
+  const commands = sectionCommands(page, UDP_MESH_SECTION);
+  const order = [UDP_COMMANDS.tcp, UDP_COMMANDS.udp, UDP_COMMANDS.records, UDP_COMMANDS.flow];
+  const at = order.map((command) => commands.indexOf(command));
+  assert.ok(at.every((i) => i >= 0), `the page's section has ${JSON.stringify(order)}`);
+  assert.deepEqual([...at].sort((a, b) => a - b), at, "in this order");
+  const change = delayedChange(commands);
+  assert.equal(change.delayMs, 10_000, "the text says 10 s in");
+  assert.match(change.command, /^kubectl delete pod --wait=false \$\(flow_pod\)$/);
+  assert.equal(
+    commands[commands.indexOf(UDP_COMMANDS.flow) - 1],
+    `sleep 10 && ${change.command} &`,
+  );
+  assert.ok(commands.some((command) => command.startsWith("flow_pod() { kubectl logs ")));
+  for (
+    const [command, file] of [
+      [UDP_COMMANDS.tcp, REPORT_FILES.meshTcp],
+      [UDP_COMMANDS.udp, REPORT_FILES.meshUdp],
+    ]
+  ) {
+    assert.equal(REPLACEMENTS[command].run, `${command} --json > ${file}`);
+  }
+  assert.equal(
+    REPLACEMENTS[UDP_COMMANDS.flow].run,
+    `${UDP_COMMANDS.flow} --json > ${REPORT_FILES.flow} || test $? -eq 1`,
+  );
+  assert.ok(needsReplacement(UDP_COMMANDS.flow));
+  assert.equal(
+    REPLACEMENTS[UDP_COMMANDS.records],
+    undefined,
+    "the records command runs as written",
+  );
+  assert.match(UDP_COMMANDS.records, / --tail=-1 /, "every line of each pod, not the last 10");
+  assert.equal(countOf(UDP_COMMANDS.tcp), countOf(UDP_COMMANDS.udp));
+  assert.throws(() => countOf("kubectl get pods"), /no --count/);
+});
+
+Deno.test("e2e: the flow outlasts the latest change the page allows, with echoes after it", async () => {
+  const manifest = await Deno.readTextFile(`${repoDir}k8s/base/deployment.yml`);
+  const documents = parseAllDocuments(manifest).map((document) => document.toJS());
+  assert.equal(terminationGraceMs(documents, "tcp-echo-v1"), 20_000);
+  assert.equal(terminationGraceMs(documents, "tcp-echo-v2"), 20_000);
+  const bare = [{
+    kind: "Deployment",
+    metadata: { name: "x" },
+    spec: { template: { spec: { containers: [] } } },
+  }];
+  assert.throws(
+    () => terminationGraceMs(bare, "x"),
+    /x: terminationGracePeriodSeconds is undefined/,
+  );
+  const intervalMs = parseDuration(/--interval (\S+)/.exec(UDP_COMMANDS.flow)![1])!;
+  const latestChangeMs = 10_000 + 20_000 + ENDPOINT_REMOVAL_MS;
+  assert.ok(countOf(UDP_COMMANDS.flow) * intervalMs >= latestChangeMs + 5 * intervalMs);
+});
+
+Deno.test("e2e: the dual-stack section makes its cluster from the committed kind configuration, and is run last", async () => {
+  const config = parse(await Deno.readTextFile(`${repoDir}${DUAL_STACK_KIND_CONFIG}`));
+  assert.deepEqual(config, {
+    kind: "Cluster",
+    apiVersion: "kind.x-k8s.io/v1alpha4",
+    networking: { ipFamily: "dual" },
+  });
+  assert.equal(WALKTHROUGH_SECTIONS.at(-1), DUAL_STACK_SECTION);
+  const commands = sectionCommands(page, DUAL_STACK_SECTION);
+  const order = [
+    DUAL_STACK_COMMANDS.create,
+    DUAL_STACK_COMMANDS.load,
+    "kubectl apply -k k8s/dual-stack",
+    DUAL_STACK_COMMANDS.tcp,
+    DUAL_STACK_COMMANDS.udp,
+    "nc localhost 3333",
+  ];
+  const at = order.map((command) => commands.indexOf(command));
+  assert.ok(at.every((i) => i >= 0), `the section has ${JSON.stringify(order)}`);
+  assert.deepEqual([...at].sort((a, b) => a - b), at, "in this order");
+  assert.ok(DUAL_STACK_COMMANDS.create.endsWith(`--config ${DUAL_STACK_KIND_CONFIG}`));
+  for (const command of [DUAL_STACK_COMMANDS.create, DUAL_STACK_COMMANDS.load]) {
+    assert.ok(needsReplacement(command), command);
+    assert.equal(REPLACEMENTS[command].run, "", "the suite makes and loads its own cluster");
+    assert.match(REPLACEMENTS[command].why, /the suite/);
+  }
+  assert.equal(
+    REPLACEMENTS[DUAL_STACK_COMMANDS.tcp].run,
+    `${DUAL_STACK_COMMANDS.tcp} --json > ${REPORT_FILES.dualStackTcp}`,
+  );
+  assert.equal(
+    REPLACEMENTS[DUAL_STACK_COMMANDS.udp].run,
+    `${DUAL_STACK_COMMANDS.udp} --json > ${REPORT_FILES.dualStackUdp}`,
+  );
+  assert.equal(countOf(DUAL_STACK_COMMANDS.tcp), countOf(DUAL_STACK_COMMANDS.udp));
+});
+
+Deno.test("e2e: open records are read from kubectl logs as the server writes them, and a data record cannot pass for one", async () => {
+  await using s = await startTestServer({ UDP_PORT: "any", SERVICE_VERSION: "v1", POD_NAME: "p" });
+  await client([`127.0.0.1:${s.port}`, "--count", "2"]);
+  await client([`127.0.0.1:${s.udpPort}`, "--udp", "--count", "2"]);
+  const forged = " - TCP connection open. client=6.6.6.6:1 port=3333 family=IPv4";
+  const conn = await s.connect();
+  await conn.write(new TextEncoder().encode(`${forged}\n`));
+  await conn.closeWrite();
+  await new Response(conn.readable).arrayBuffer();
+  await s.logs.waitFor(
+    (r) =>
+      r.rawMessage === "TCP connection closed." &&
+      s.logs.records.filter((x) => x.rawMessage === "TCP connection closed.").length === 3,
+    "three closed",
+  );
+  const lines = s.logs.records.map(formatTextRecord);
+  assert.ok(lines.some((line) => line.includes(`Received Data (converted to string): ${forged}`)));
+  // As kubectl logs --prefix --timestamps prints them, and without either.
+  const prefixed = lines.map((line) =>
+    `[pod/tcp-echo-v1-abc/tcp-echo-container] 2026-12-02T03:12:40.123456789Z ${line}`
+  );
+  for (const logs of [lines.join("\n"), prefixed.join("\n")]) {
+    const records = parseOpenRecords(logs);
+    assert.deepEqual(records.map((r) => [r.transport, r.clientIp, r.port, r.family]), [
+      ["tcp", "127.0.0.1", s.port, "IPv4"],
+      ["tcp", "127.0.0.1", s.port, "IPv4"],
+      ["udp", "127.0.0.1", s.udpPort, "IPv4"],
+      ["udp", "127.0.0.1", s.udpPort, "IPv4"],
+      ["tcp", "127.0.0.1", s.port, "IPv4"],
+    ]);
+  }
+  assert.deepEqual(
+    new Set(parseOpenRecords(prefixed.join("\n")).map((r) => r.pod)),
+    new Set(["tcp-echo-v1-abc"]),
+  );
+  const v6 = "2026/12/02 04:20:12 2b4d6f8a-0c2e-4a6c-9e1b-3d5f7a9c1e3b - UDP flow open. " +
+    "client=[fd00:10:244::9]:51872 port=3333 family=IPv6";
+  assert.deepEqual(parseOpenRecords(v6), [{
+    transport: "udp",
+    clientIp: "fd00:10:244::9",
+    clientPort: 51872,
+    port: 3333,
+    family: "IPv6",
+  }]);
+});
+
+Deno.test("e2e: the client's probe JSON is read as counts, TCP and UDP, one family or both", async (t) => {
+  await using s = await startTestServer({ UDP_PORT: "any", SERVICE_VERSION: "v2", POD_NAME: "p" });
+  await t.step("TCP and UDP reports, judged against the page's count", async () => {
+    const tcp = parseProbeCounts(await client([`127.0.0.1:${s.port}`, "--count", "3", "--json"]));
+    assert.deepEqual(tcp, {
+      transport: "tcp",
+      addresses: ["127.0.0.1"],
+      sent: 3,
+      succeeded: 3,
+      versions: { v2: 3 },
+      failures: {},
+    });
+    const udp = parseProbeCounts(
+      await client([`127.0.0.1:${s.udpPort}`, "--udp", "--count", "3", "--json"]),
+    );
+    assert.deepEqual({ ...udp, failures: {} }, { ...tcp, transport: "udp" });
+    assert.deepEqual(judgeAllAnswered(udp, { transport: "udp", count: 3 }, "UDP"), []);
+    assert.deepEqual(
+      judgeAllAnswered(udp, { transport: "tcp", count: 4, family: "IPv6", address: "::1" }, "UDP"),
+      [
+        "UDP: a udp report, not tcp",
+        "UDP: 3 of 3 datagrams echoed correctly, expected 4 of 4",
+        "UDP: over either family, not IPv6",
+        "UDP: sent to 127.0.0.1, not ::1",
+      ],
+    );
+    assert.throws(() => parseProbeCounts('{"transport":"udp"}'), /not a probe report/);
+    assert.throws(() => parseProbeCounts("probe 127.0.0.1:3333: 3 of 3"), /not a probe report/);
+  });
+  await t.step("-4 -6: a report per family", async () => {
+    const both = parseFamilyProbes(
+      await client([`127.0.0.1:${s.port}`, "-4", "--count", "2", "--json"]).then((text) =>
+        JSON.stringify({
+          target: "x",
+          families: { IPv4: JSON.parse(text), IPv6: JSON.parse(text) },
+        })
+      ),
+    );
+    assert.equal(both.IPv4.family, "IPv4");
+    assert.deepEqual(
+      judgeAllAnswered(both.IPv4, {
+        transport: "tcp",
+        count: 2,
+        family: "IPv4",
+        address: "127.0.0.1",
+      }, "TCP over IPv4"),
+      [],
+    );
+    const real = parseFamilyProbes(
+      await client([`localhost:${s.port}`, "-4", "-6", "--count", "2", "--json"]),
+    );
+    assert.deepEqual(
+      judgeAllAnswered(real.IPv4, { transport: "tcp", count: 2, family: "IPv4" }, "IPv4"),
+      [],
+    );
+    // The test server listens on 127.0.0.1 only: over IPv6 nothing answers (no AAAA, or refused).
+    const v6 = judgeAllAnswered(real.IPv6, { transport: "tcp", count: 2, family: "IPv6" }, "IPv6");
+    assert.equal(v6.length, 1);
+    assert.match(v6[0], /^IPv6: 0 of 2 connections echoed correctly, expected 2 of 2 \(2 \w+\)$/);
+    assert.throws(() => parseFamilyProbes('{"target":"x","families":{"IPv4":{}}}'), /per family/);
+  });
+});
+
+const CLIENT_IP = "10.244.0.31";
+
+/** Open records of `transport` from `clientIp`, `count` of them, over `family`. */
+function opens(
+  transport: "tcp" | "udp",
+  clientIp: string,
+  count: number,
+  family: "IPv4" | "IPv6" = "IPv4",
+): OpenRecord[] {
+  return Array.from(
+    { length: count },
+    (_, i) => ({ transport, clientIp, clientPort: 40_000 + i, port: 3333, family }),
+  );
+}
+
+Deno.test("e2e: the mesh's records are judged as UDP in a mesh states them", () => {
+  const asStated = [...opens("tcp", SIDECAR_INBOUND_SOURCE, 4), ...opens("udp", CLIENT_IP, 4)];
+  assert.deepEqual(judgeMeshRecords(asStated, { clientIp: CLIENT_IP, count: 4 }), []);
+  // Datagrams through a proxy (they would come from its address), TCP past the sidecar, one flow short.
+  const missed = [
+    ...opens("tcp", CLIENT_IP, 4),
+    ...opens("udp", CLIENT_IP, 2),
+    ...opens("udp", "10.244.0.40", 1),
+  ];
+  assert.deepEqual(judgeMeshRecords(missed, { clientIp: CLIENT_IP, count: 4 }), [
+    "3 UDP flows open, expected at least 4",
+    "UDP flows from 10.244.0.40, not only 10.244.0.31 (the client pod's own address)",
+    `TCP connections from ${CLIENT_IP}, not only 127.0.0.6 (the server's sidecar)`,
+  ]);
+  assert.deepEqual(judgeMeshRecords([], { clientIp: CLIENT_IP, count: 1 }), [
+    "0 UDP flows open, expected at least 1",
+    "0 TCP connections open, expected at least 1",
+  ]);
+});
+
+Deno.test("e2e: the dual-stack Service, records and banners are judged as the section states them", async (t) => {
+  const clientIps = { IPv4: "10.244.0.9", IPv6: "fd00:10:244::9" };
+  await t.step("the Service: PreferDualStack, a ClusterIP of each family", () => {
+    const dual = {
+      spec: {
+        ipFamilyPolicy: "PreferDualStack",
+        ipFamilies: ["IPv4", "IPv6"],
+        clusterIPs: ["10.96.201.7", "fd00:10:96::c4f1"],
+      },
+    };
+    assert.deepEqual(judgeDualStackService(dual), []);
+    assert.deepEqual(byFamily(dual.spec.clusterIPs), {
+      IPv4: "10.96.201.7",
+      IPv6: "fd00:10:96::c4f1",
+    });
+    const single = {
+      spec: { ipFamilyPolicy: "SingleStack", ipFamilies: ["IPv4"], clusterIPs: ["10.96.0.7"] },
+    };
+    assert.deepEqual(judgeDualStackService(single), [
+      "ipFamilyPolicy is SingleStack, not PreferDualStack",
+      'clusterIPs are ["10.96.0.7"], not one of each family',
+      'ipFamilies are ["IPv4"], not IPv4 and IPv6',
+    ]);
+  });
+  await t.step("the records: each family from the client's address of that family", () => {
+    const asStated = [
+      ...opens("tcp", clientIps.IPv4, 10),
+      ...opens("tcp", clientIps.IPv6, 10, "IPv6"),
+      ...opens("udp", clientIps.IPv4, 10),
+      ...opens("udp", clientIps.IPv6, 10, "IPv6"),
+    ];
+    assert.deepEqual(judgeFamilyRecords(asStated, { clientIps, count: 10 }), []);
+    const missed = [
+      ...opens("tcp", clientIps.IPv4, 10),
+      ...opens("tcp", clientIps.IPv4, 10, "IPv6"),
+      ...opens("udp", clientIps.IPv4, 10),
+      ...opens("udp", clientIps.IPv6, 9, "IPv6"),
+    ];
+    assert.deepEqual(judgeFamilyRecords(missed, { clientIps, count: 10 }), [
+      "TCP connections over IPv6 from 10.244.0.9, not the client pod's fd00:10:244::9",
+      "9 UDP flows over IPv6 open, expected at least 10",
+    ]);
+  });
+  await t.step("the banner: both of the pod's addresses", async () => {
+    await using s = await startTestServer({
+      POD_NAME: "tcp-echo-v1-abc",
+      POD_IP: "10.244.0.6",
+      POD_IPS: "10.244.0.6,fd00:10:244::6",
+    });
+    const conn = await s.connect();
+    await conn.closeWrite();
+    const banner = new TextDecoder().decode(await new Response(conn.readable).arrayBuffer());
+    assert.match(banner, /^With IP addresses 10\.244\.0\.6,fd00:10:244::6\.$/m);
+    assert.deepEqual(judgeBannerAddresses(banner, ["10.244.0.6", "fd00:10:244::6"], "p"), []);
+    assert.deepEqual(judgeBannerAddresses(banner, ["10.244.0.6"], "p"), [
+      "p: the banner says With IP addresses 10.244.0.6,fd00:10:244::6, the pod has 10.244.0.6",
+      "p: the pod's addresses 10.244.0.6 are not one of each family",
+    ]);
+    assert.deepEqual(judgeBannerAddresses("Version v1.\n", ["10.244.0.6", "fd00::6"], "p"), [
+      "p: the banner says With IP addresses (no such line), the pod has 10.244.0.6,fd00::6",
+    ]);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Judging a flow through a delete: reports the client's own recorder makes of crafted datagrams
+// ---------------------------------------------------------------------------
+
+const POD_A = ["v1", "tcp-echo-v1-5d8f9b6c4d-x7k2p"] as const;
+const POD_B = ["v2", "tcp-echo-v2-6bcfd7dcf4-2sqhf"] as const;
+const POD_C = ["v1", "tcp-echo-v1-5d8f9b6c4d-q4w8e"] as const;
+const name = ([version, pod]: readonly [string, string]) =>
+  `version ${version}, pod ${pod}, node kind-control-plane`;
+
+/**
+ * The one-flow report of `count` datagrams sent a second apart: `greeted`
+ * maps a datagram to the pod whose banner comes just before its echo;
+ * `lost` get no echo, `wrong` other bytes of their length.
+ */
+function flowReport(
+  count: number,
+  greeted: Record<number, readonly [string, string]>,
+  { lost = [], wrong = [] }: { lost?: number[]; wrong?: number[] } = {},
+): UdpFlowReport {
+  const encoder = new TextEncoder();
+  const recorder = new FlowRecorder(5_000, "tcp-echo:3333");
+  for (let n = 1; n <= count; n++) {
+    const atMs = (n - 1) * 1_000;
+    const payload = encoder.encode(`datagram ${n}`.padEnd(32, "."));
+    recorder.sent(n, payload, atMs);
+    const greeter = greeted[n];
+    if (greeter !== undefined) {
+      const [version, pod] = greeter;
+      const banner = `Welcome, you are connected to node kind-control-plane.\n` +
+        `Running on Pod ${pod}.\nVersion ${version}.\n`;
+      recorder.received({ bytes: encoder.encode(banner), atMs: atMs + 1 });
+    }
+    if (lost.includes(n)) recorder.timedOut(n);
+    else if (wrong.includes(n)) {
+      recorder.received({ bytes: payload.map((byte) => byte ^ 1), atMs: atMs + 2 });
+    } else recorder.received({ bytes: payload, atMs: atMs + 2 });
+  }
+  return recorder.report({ target: "tcp-echo:3333", addresses: ["10.96.146.210"] }, {
+    sourcePort: 41236,
+    intervalMs: 1_000,
+    endedBy: "count",
+  });
+}
+
+Deno.test("e2e: a flow through the delete of its pod is judged as UDP in a mesh states it", async (t) => {
+  const window = { notBeforeMs: 7_000, notAfterMs: 35_000 };
+  await t.step("as stated: one change to another pod, none lost or some lost in between", () => {
+    const none = flowReport(20, { 1: POD_A, 13: POD_B });
+    assert.equal(firstAnswer(none), name(POD_A));
+    assert.equal(podOf(name(POD_B)), POD_B[1]);
+    assert.deepEqual(judgeFlowThroughDelete(none, window), []);
+    const some = flowReport(20, { 1: POD_A, 13: POD_B }, { lost: [10, 11, 12] });
+    assert.deepEqual(some.changes.map((c) => c.lostBetween), [[10, 11, 12]]);
+    assert.deepEqual(judgeFlowThroughDelete(some, window), []);
+  });
+  await t.step("the pod never left, or the flow moved twice", () => {
+    assert.deepEqual(judgeFlowThroughDelete(flowReport(20, { 1: POD_A }), window), [
+      `the answer never changed: every echo counted for ${name(POD_A)} (was its pod deleted?)`,
+    ]);
+    assert.deepEqual(
+      judgeFlowThroughDelete(flowReport(20, { 1: POD_A, 9: POD_B, 15: POD_C }), window),
+      [
+        `the answer changed 2 times: ${name(POD_A)} → ${name(POD_B)} at 8.0 s; ` +
+        `${name(POD_B)} → ${name(POD_C)} at 14.0 s`,
+      ],
+    );
+  });
+  await t.step("the same pod greeting again, too soon, after a loss before the delete", () => {
+    const report = flowReport(20, { 1: POD_A, 5: POD_A }, { lost: [2] });
+    assert.deepEqual(judgeFlowThroughDelete(report, window), [
+      "datagram 2, sent at 1.0 s, was lost before the delete (7.0 s)",
+      `the flow went from ${name(POD_A)} to ${name(POD_A)}: not to another pod`,
+      "the answer changed at 4.0 s, before the delete (7.0 s)",
+      "datagrams lost away from the change: 2",
+    ]);
+  });
+  await t.step("too late, a loss after the change, a wrong datagram", () => {
+    const report = flowReport(45, { 1: POD_A, 40: POD_B }, { lost: [44], wrong: [3] });
+    assert.deepEqual(judgeFlowThroughDelete(report, window), [
+      "1 wrong datagrams (neither an echo nor a banner)",
+      "the answer changed at 39.0 s, later than 35.0 s",
+      "datagrams lost away from the change: 44",
+    ]);
+  });
+  await t.step("the new pod greeted but echoed nothing after", () => {
+    const report = flowReport(12, { 1: POD_A, 10: POD_B }, { lost: [10, 11, 12] });
+    assert.deepEqual(judgeFlowThroughDelete(report, window), [
+      "no datagram was echoed after the change",
+    ]);
+  });
+  await t.step("the client's own --json, read as a one-flow report", async () => {
+    await using s = await startTestServer({
+      UDP_PORT: "any",
+      SERVICE_VERSION: "v1",
+      POD_NAME: "p",
+    });
+    const report = parseFlowReport(
+      await client([
+        `127.0.0.1:${s.udpPort}`,
+        "--udp",
+        "--one-flow",
+        "--count",
+        "3",
+        "--interval",
+        "50ms",
+        "--json",
+      ]),
+    );
+    assert.equal(report.succeeded, 3);
+    assert.equal(firstAnswer(report), "version v1, pod p");
+    assert.deepEqual(judgeFlowThroughDelete(report, window), [
+      "the answer never changed: every echo counted for version v1, pod p (was its pod deleted?)",
+    ]);
+    assert.throws(() => parseFlowReport('{"oneFlow":false}'), /not a one-flow report/);
+    assert.throws(() => parseFlowReport(""), /not a one-flow report/);
   });
 });

@@ -4,11 +4,14 @@
  * checks the container, creates a kind cluster with Istio and the Gateway
  * API CRDs (versions pinned in e2e/versions.json), runs every command of the
  * cluster walkthroughs of docs/walkthroughs.md as written (e2e/walkthroughs.ts
- * lists the few it replaces and why) and asserts each with `tcp-echo client … --json`,
- * checks the pods themselves, and tears everything down, also on failure.
+ * lists the few it replaces and why) and asserts each with `tcp-echo client … --json`
+ * and the servers' records, checks the pods themselves, runs the dual-stack
+ * walkthrough on a second, dual-stack kind cluster, and tears everything
+ * down, also on failure.
  *
  * It needs Docker, kind's and Istio's release downloads, `kubectl`, `nc`
- * (netcat-openbsd) and about 8 GB of memory. Each step is named; a failing
+ * (netcat-openbsd), IPv6 on the host (the dual-stack cluster) and about 8 GB
+ * of memory. Each step is named; a failing
  * step prints its command's output, `kubectl describe` of the pods and their
  * logs, then the suite stops.
  *
@@ -17,21 +20,39 @@
 import { parse as parseYaml, parseAllDocuments } from "yaml";
 import {
   binomialBounds,
+  byFamily,
+  countOf,
   type DelayedChange,
   delayedChange,
   drainMs,
+  DUAL_STACK_SECTION,
+  ENDPOINT_REMOVAL_MS,
+  firstAnswer,
   gatewayApiInstallUrl,
   holdSummary,
   type IstioPin,
+  judgeAllAnswered,
+  judgeBannerAddresses,
+  judgeDualStackService,
+  judgeFamilyRecords,
+  judgeFlowThroughDelete,
+  judgeMeshRecords,
   judgeProxyRestartHold,
   judgeRolloutHold,
   judgeShiftHold,
   parseE2eArgs,
+  parseFamilyProbes,
+  parseFlowReport,
   parseHoldReport,
+  parseOpenRecords,
+  parseProbeCounts,
   parseProbeReport,
   parseVersions,
+  podOf,
   type ProbeSummary,
   sectionCommands,
+  terminationGraceMs,
+  UDP_MESH_SECTION,
   type Versions,
   WALKTHROUGH_PAGE,
   type WALKTHROUGH_SECTIONS,
@@ -40,9 +61,13 @@ import {
   AMBIENT_STEPS,
   AUTHORIZATION_STEPS,
   commandToRun,
+  DUAL_STACK_COMMANDS,
+  DUAL_STACK_KIND_CONFIG,
   HOLD_COMMANDS,
   HOLD_REPORT_FILE,
   interactiveInput,
+  REPORT_FILES,
+  UDP_COMMANDS,
 } from "./walkthroughs.ts";
 import type { HoldReport } from "../client/hold_record.ts";
 import { parseBannerText } from "../src/wire.ts";
@@ -51,6 +76,8 @@ const repoDir = new URL("..", import.meta.url).pathname;
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 const CLUSTER = "tcp-echo-e2e";
+/** The dual-stack section's cluster: a second one, made last and deleted after it. */
+const DUAL_STACK_CLUSTER = "tcp-echo-e2e-dual-stack";
 const CONTAINER = "tcp-echo-e2e";
 
 /** Runs a command; resolves with its output, or throws with it when it fails. */
@@ -327,6 +354,14 @@ const STEPS: Step[] = [
     run: rolloutHold,
   },
   {
+    name: "walkthrough: UDP in a mesh",
+    proves:
+      "walkthroughs.md, UDP in a mesh: the datagrams pass the sidecars (the servers see the " +
+      "client pod's address, and 127.0.0.6 for TCP through them); a flow whose pod is deleted " +
+      "moves once to another pod, losing datagrams only between the two",
+    run: udpMeshWalkthrough,
+  },
+  {
     name: "walkthrough: Gateway API",
     proves: "walkthroughs.md, Istio with the Kubernetes Gateway API",
     run: gatewayApiWalkthrough,
@@ -371,6 +406,13 @@ const STEPS: Step[] = [
       "held connection outlives the restart's start by 10 s, then ends by RST or FIN and is " +
       "replaced through the new ztunnel",
     run: ztunnelHold,
+  },
+  {
+    name: "walkthrough: dual-stack",
+    proves: "walkthroughs.md, Dual-stack: on a kind cluster with ipFamily dual, the Service's " +
+      "ClusterIP of each family, each family answering over TCP and UDP, the records' family " +
+      "and the client's address in it, both pod addresses in the banner",
+    run: dualStackWalkthrough,
   },
 ];
 
@@ -814,7 +856,16 @@ async function addressesSeen(): Promise<Set<string>> {
     "5",
   ], "client");
   if (summary.succeeded !== 5) throw new Error(`client → 3333: ${JSON.stringify(summary)}`);
-  const logs = await kubectl("logs", "-n", AMBIENT, "-l", "app=tcp-echo", `--since-time=${since}`);
+  // With a selector kubectl logs shows each pod's last 10 lines unless --tail says otherwise.
+  const logs = await kubectl(
+    "logs",
+    "-n",
+    AMBIENT,
+    "-l",
+    "app=tcp-echo",
+    "--tail=-1",
+    `--since-time=${since}`,
+  );
   const seen = new Set<string>();
   for (const [, address] of logs.matchAll(/TCP connection open\. client=(\S+):\d+ /g)) {
     seen.add(address.replace(/^\[|\]$/g, ""));
@@ -878,9 +929,9 @@ async function ambientWalkthrough({ walkthroughs }: Context): Promise<void> {
 // ---------------------------------------------------------------------------
 
 /**
- * The page's `sleep N && CHANGE &` starts just before its hold: the change
- * comes up to this much earlier than N s into the hold (kubectl exec and the
- * client's start).
+ * The page's `sleep N && CHANGE &` starts just before its hold (or its UDP
+ * flow): the change comes up to this much earlier than N s into the hold
+ * (kubectl exec and the client's start).
  */
 const HOLD_START_SLACK_MS = 3_000;
 
@@ -985,6 +1036,214 @@ async function ztunnelHold({ walkthroughs }: Context): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------
+// UDP in a mesh, and both families on a dual-stack cluster
+// ---------------------------------------------------------------------------
+
+/** Removes the `--json` reports a section's replaced commands leave, before it runs. */
+async function removeReports(...files: string[]): Promise<void> {
+  for (const file of files) await Deno.remove(`${repoDir}${file}`).catch(() => {});
+}
+
+/** The `--json` report a replaced command of the page left in `file` (REPORT_FILES), taken. */
+async function takeReport(file: string): Promise<string> {
+  const path = `${repoDir}${file}`;
+  try {
+    return await Deno.readTextFile(path);
+  } catch (error) {
+    throw new Error(`the page's command left no report in ${file}: ${(error as Error).message}`);
+  } finally {
+    await Deno.remove(path).catch(() => {});
+  }
+}
+
+/** The servers' open records (app=tcp-echo, current context) since `since`, an ISO time. */
+async function openRecordsSince(since: string, container?: string) {
+  const args = ["logs", "-l", "app=tcp-echo", "--tail=-1", `--since-time=${since}`, "--prefix"];
+  return parseOpenRecords(await kubectl(...args, ...(container ? ["-c", container] : [])));
+}
+
+/** A pod's addresses, `status.podIPs`, as the API lists them. */
+function podIpsOf(pod: { status: { podIPs?: { ip: string }[] } }): string[] {
+  return (pod.status.podIPs ?? []).map(({ ip }) => ip);
+}
+
+/**
+ * Before the page's `kubectl logs`: the two probes from `udp-client` were
+ * answered in full, and the servers' records of them name the client pod for
+ * every UDP flow and the sidecar for every TCP connection.
+ */
+async function expectMeshRecords(since: string): Promise<void> {
+  const tcp = parseProbeCounts(await takeReport(REPORT_FILES.meshTcp));
+  const udp = parseProbeCounts(await takeReport(REPORT_FILES.meshUdp));
+  expectJudged("the probes from udp-client", [
+    ...judgeAllAnswered(tcp, { transport: "tcp", count: countOf(UDP_COMMANDS.tcp) }, "TCP"),
+    ...judgeAllAnswered(udp, { transport: "udp", count: countOf(UDP_COMMANDS.udp) }, "UDP"),
+  ]);
+  const clientIp = (await kubectl("get", "pod", "udp-client", "-o", "jsonpath={.status.podIP}"))
+    .trim();
+  const count = Math.min(countOf(UDP_COMMANDS.tcp), countOf(UDP_COMMANDS.udp));
+  // The server's log sink writes in batches: the records come within moments.
+  await eventually(15_000, async () => {
+    const records = await openRecordsSince(since, "tcp-echo-container");
+    expectJudged("the servers' records", judgeMeshRecords(records, { clientIp, count }));
+    console.log(
+      `  records: UDP flows from ${clientIp} (udp-client), TCP connections from the sidecar`,
+    );
+  });
+}
+
+async function udpMeshWalkthrough({ walkthroughs }: Context): Promise<void> {
+  const section = UDP_MESH_SECTION;
+  const change = delayedChange(sectionCommands(walkthroughs, section));
+  const manifest = await Deno.readTextFile(`${repoDir}k8s/base/deployment.yml`);
+  const documents = parseAllDocuments(manifest).map((document) => document.toJS());
+  const graceMs = Math.max(
+    ...["tcp-echo-v1", "tcp-echo-v2"].map((name) => terminationGraceMs(documents, name)),
+  );
+  await removeReports(REPORT_FILES.meshTcp, REPORT_FILES.meshUdp, REPORT_FILES.flow);
+  let since = "";
+  await runSection(walkthroughs, section, {
+    [UDP_COMMANDS.tcp]: () => {
+      since = new Date(Date.now() - 1_000).toISOString();
+      return Promise.resolve();
+    },
+    [UDP_COMMANDS.records]: () => expectMeshRecords(since),
+  });
+  const report = parseFlowReport(await takeReport(REPORT_FILES.flow));
+  for (const { atMs, from, to, lostBetween } of report.changes) {
+    console.log(
+      `  flow: ${from} → ${to} at ${(atMs / 1_000).toFixed(1)} s, ` +
+        `${lostBetween.length} lost in between; ${report.succeeded} of ${report.datagrams} echoed`,
+    );
+  }
+  expectJudged(
+    `${section}, a pod deleted under a flow`,
+    judgeFlowThroughDelete(report, {
+      notBeforeMs: change.delayMs - HOLD_START_SLACK_MS,
+      notAfterMs: change.delayMs + graceMs + ENDPOINT_REMOVAL_MS,
+    }),
+  );
+  const deleted = podOf(firstAnswer(report) ?? "");
+  const left = (await kubectl("get", "pod", `${deleted}`, "-o", "json", "--ignore-not-found"))
+    .trim();
+  if (left !== "" && JSON.parse(left).metadata.deletionTimestamp === undefined) {
+    throw new Error(`${section}: ${deleted}, which answered the flow first, was not deleted`);
+  }
+  await kubectl("delete", "pod", "udp-client", "--wait=false", "--ignore-not-found");
+}
+
+/**
+ * A dual-stack kind cluster needs IPv6 on the host, and on Docker's network
+ * `kind` (every kind cluster shares it; kind creates it with an IPv6 subnet,
+ * or without one where Docker refuses).
+ */
+async function expectIpv6(): Promise<void> {
+  const disabled = await Deno.readTextFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+    .then((text) => text.trim(), () => "absent");
+  if (disabled !== "0") {
+    throw new Error(
+      `IPv6 is off on this host (net.ipv6.conf.all.disable_ipv6: ${disabled}): the ` +
+        "dual-stack kind cluster needs it",
+    );
+  }
+  const network = await capture("docker", ["network", "inspect", "kind", "-f", "{{.EnableIPv6}}"]);
+  if (network.trim() === "false") {
+    throw new Error(
+      "Docker's network kind has no IPv6 subnet, so a dual-stack kind cluster cannot start: " +
+        "enable IPv6 in Docker, then remove the network (docker network rm kind) once no kind " +
+        "cluster uses it, and kind makes it again with one",
+    );
+  }
+}
+
+/** A pod's banner on port 3333, read through a port-forward to it. */
+async function bannerOf(pod: string): Promise<string> {
+  await using _forward = await portForward(`pod/${pod}`, "default", ["13333:3333"]);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: 13333 });
+  await conn.closeWrite();
+  return decoder.decode(await new Response(conn.readable).arrayBuffer());
+}
+
+/** What the dual-stack section says of the Service and of its two probes' reports per family. */
+async function judgeDualStackProbes(): Promise<string[]> {
+  const service = JSON.parse(await kubectl("get", "service", "tcp-echo", "-o", "json"));
+  const failures = judgeDualStackService(service);
+  const clusterIps = byFamily(service.spec.clusterIPs ?? []);
+  const probes = [
+    ["tcp", DUAL_STACK_COMMANDS.tcp, REPORT_FILES.dualStackTcp],
+    ["udp", DUAL_STACK_COMMANDS.udp, REPORT_FILES.dualStackUdp],
+  ] as const;
+  for (const [transport, command, file] of probes) {
+    const reports = parseFamilyProbes(await takeReport(file));
+    for (const family of ["IPv4", "IPv6"] as const) {
+      failures.push(...judgeAllAnswered(reports[family], {
+        transport,
+        count: countOf(command),
+        family,
+        ...(clusterIps[family] === undefined ? {} : { address: clusterIps[family] }),
+      }, `${transport.toUpperCase()} over ${family}`));
+    }
+  }
+  return failures;
+}
+
+async function dualStackWalkthrough(
+  { versions, image, tools, walkthroughs }: Context,
+): Promise<void> {
+  await expectIpv6();
+  await run(`${tools}/kind`, [
+    "create",
+    "cluster",
+    "--name",
+    DUAL_STACK_CLUSTER,
+    "--config",
+    DUAL_STACK_KIND_CONFIG,
+    "--image",
+    versions.kindNodeImage,
+    "--wait",
+    "180s",
+  ]);
+  // kind made this cluster kubectl's current context: the page's commands and the checks below
+  // run there (and, should a check fail, the diagnostics); this step comes last for that reason.
+  await run(`${tools}/kind`, ["load", "docker-image", image, "--name", DUAL_STACK_CLUSTER]);
+  await removeReports(REPORT_FILES.dualStackTcp, REPORT_FILES.dualStackUdp);
+  let since = "";
+  await runSection(walkthroughs, DUAL_STACK_SECTION, {
+    [DUAL_STACK_COMMANDS.tcp]: () => {
+      since = new Date(Date.now() - 1_000).toISOString();
+      return Promise.resolve();
+    },
+  });
+  expectJudged(`${DUAL_STACK_SECTION}: the Service and the probes`, await judgeDualStackProbes());
+  const client = JSON.parse(await kubectl("get", "pod", "dual-client", "-o", "json"));
+  const { IPv4, IPv6 } = byFamily(podIpsOf(client));
+  if (IPv4 === undefined || IPv6 === undefined) {
+    throw new Error(`dual-client's addresses are ${podIpsOf(client).join(", ")}: not one of each`);
+  }
+  const count = Math.min(countOf(DUAL_STACK_COMMANDS.tcp), countOf(DUAL_STACK_COMMANDS.udp));
+  await eventually(15_000, async () => {
+    const records = await openRecordsSince(since);
+    expectJudged(
+      `${DUAL_STACK_SECTION}: the servers' records`,
+      judgeFamilyRecords(records, { clientIps: { IPv4, IPv6 }, count }),
+    );
+  });
+  const pods = JSON.parse(await kubectl("get", "pods", "-l", "app=tcp-echo", "-o", "json")).items;
+  const failures: string[] = [];
+  for (const pod of pods) {
+    const name = pod.metadata.name;
+    failures.push(...judgeBannerAddresses(await bannerOf(name), podIpsOf(pod), name));
+  }
+  expectJudged(`${DUAL_STACK_SECTION}: the banners`, failures);
+  console.log(
+    `  both families answered over TCP and UDP; the records name dual-client's ` +
+      `${IPv4} and ${IPv6}; every banner lists its pod's two addresses`,
+  );
+  await run(`${tools}/kind`, ["delete", "cluster", "--name", DUAL_STACK_CLUSTER]);
+  await kubectl("config", "use-context", `kind-${CLUSTER}`);
+}
+
+// ---------------------------------------------------------------------------
 // Tools, diagnostics, teardown
 // ---------------------------------------------------------------------------
 
@@ -1027,7 +1286,9 @@ async function diagnostics(): Promise<void> {
 
 async function teardown(tools: string): Promise<void> {
   await run("docker", ["rm", "-f", CONTAINER]).catch(() => {});
-  await run(`${tools}/kind`, ["delete", "cluster", "--name", CLUSTER]).catch(() => {});
+  for (const cluster of [CLUSTER, DUAL_STACK_CLUSTER]) {
+    await run(`${tools}/kind`, ["delete", "cluster", "--name", cluster]).catch(() => {});
+  }
 }
 
 const USAGE = `Usage: deno task e2e [--istio VERSION] [--keep]
@@ -1035,13 +1296,14 @@ const USAGE = `Usage: deno task e2e [--istio VERSION] [--keep]
 The end-to-end suite on a kind cluster: builds the image from the Dockerfile,
 checks the container, creates a kind cluster, installs Istio and the Gateway
 API CRDs, runs every walkthrough of docs/walkthroughs.md as written and checks
-each, then deletes the cluster, also on failure. Needs Docker, kubectl, nc
-(netcat-openbsd), network access for kind's and Istio's downloads, and about
-8 GB of memory. The versions are pinned in e2e/versions.json.
+each (the dual-stack one on a second, dual-stack kind cluster), then deletes
+the clusters, also on failure. Needs Docker, kubectl, nc (netcat-openbsd),
+network access for kind's and Istio's downloads, IPv6 enabled on the host, and
+about 8 GB of memory. The versions are pinned in e2e/versions.json.
 
 Options:
   --istio VERSION  which pinned Istio release to run against (default: the first)
-  --keep           keep the cluster and the container afterwards, for a look
+  --keep           keep the clusters and the container afterwards, for a look
   -h, --help       print this text
 `;
 

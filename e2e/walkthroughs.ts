@@ -3,8 +3,10 @@
  * docs/walkthroughs.md: every command is run as written, in a shell, except
  * those listed here, which name things a reader replaces (a pod's generated
  * name) or need what kind lacks (port 443 on a runner that is not root), or
- * wait where a reader would, or hold connections (the suite runs them with
- * `--json` to judge what became of each). The suite reads the commands from the page when
+ * wait where a reader would, or hold connections or probe what the suite
+ * judges (it runs them with `--json` to judge what became of each connection
+ * or datagram), or make a kind cluster (the suite makes it with its pinned
+ * kind and node image). The suite reads the commands from the page when
  * it runs, so the two cannot drift; a test checks that every replacement
  * still matches a command of the page and that every command with a
  * placeholder has one.
@@ -32,16 +34,42 @@ const POD_NAME = "the page's pod name is an example; the Deployment names the po
 export const HOLD_REPORT_FILE = ".e2e-tools/hold-report.json";
 
 /**
+ * Where the probes of "UDP in a mesh" and the dual-stack section leave their
+ * `--json` reports, from the repository's directory.
+ */
+export const REPORT_FILES = {
+  meshTcp: ".e2e-tools/udp-mesh-tcp.json",
+  meshUdp: ".e2e-tools/udp-mesh-udp.json",
+  flow: ".e2e-tools/udp-flow.json",
+  dualStackTcp: ".e2e-tools/dual-stack-tcp.json",
+  dualStackUdp: ".e2e-tools/dual-stack-udp.json",
+} as const;
+
+/**
+ * A command run with `--json` into `file`, for the suite to judge (`judged`
+ * says what, for the step log); `exit1`: why the page's command exits 1 and
+ * that is as the page says (only 1 is let through).
+ */
+function withJson(command: string, file: string, judged: string, exit1?: string): Replacement {
+  return {
+    run: `${command} --json > ${file}${exit1 === undefined ? "" : " || test $? -eq 1"}`,
+    why: `the suite judges ${judged} from the report's --json` +
+      (exit1 === undefined ? "" : ` (exit 1: ${exit1})`),
+  };
+}
+
+/**
  * A hold of "What happens to open connections", run with `--json` into
  * {@linkcode HOLD_REPORT_FILE}; `lossExpected`: the page's hold exits 1
  * because connections were lost, as the page says they are.
  */
 function holdWithJson(command: string, lossExpected: boolean): Replacement {
-  return {
-    run: `${command} --json > ${HOLD_REPORT_FILE}${lossExpected ? " || test $? -eq 1" : ""}`,
-    why: "the suite judges every held connection from the report's --json" +
-      (lossExpected ? " (exit 1: connections were lost, as the page says)" : ""),
-  };
+  return withJson(
+    command,
+    HOLD_REPORT_FILE,
+    "every held connection",
+    lossExpected ? "connections were lost, as the page says" : undefined,
+  );
 }
 
 /** The holds of "What happens to open connections", as the page writes them. */
@@ -55,6 +83,32 @@ export const HOLD_COMMANDS = {
     "kubectl exec -n tcp-echo-ambient deploy/client -- /tcp-echo client tcp-echo:3333 hold " +
     "--connections 20 --duration 90s --reconnect",
 } as const;
+
+/** The probes of "UDP in a mesh", from the pod `udp-client`, as the page writes them. */
+export const UDP_COMMANDS = {
+  tcp: "kubectl exec udp-client -c udp-client -- /tcp-echo client tcp-echo:3333 --count 4",
+  udp: "kubectl exec udp-client -c udp-client -- /tcp-echo client tcp-echo:3333 --udp --count 4",
+  /** The page's look at the servers' open records of the two probes; the suite judges them first. */
+  records: "kubectl logs -l app=tcp-echo -c tcp-echo-container --tail=-1 --since=1m --prefix " +
+    '| grep -E "(TCP connection|UDP flow) open"',
+  flow: "kubectl exec udp-client -c udp-client -- /tcp-echo client tcp-echo:3333 --udp " +
+    "--one-flow --count 45 --interval 1s",
+} as const;
+
+/** The kind configuration of the dual-stack section: `networking.ipFamily: dual`. */
+export const DUAL_STACK_KIND_CONFIG = "e2e/kind-dual-stack.yaml";
+
+/** The dual-stack section's cluster and probes, from the pod `dual-client`, as the page writes them. */
+export const DUAL_STACK_COMMANDS = {
+  create: `kind create cluster --name tcp-echo-dual-stack --config ${DUAL_STACK_KIND_CONFIG}`,
+  load: "kind load docker-image ghcr.io/tcp-echo/tcp-echo:0.1.0 --name tcp-echo-dual-stack",
+  tcp: "kubectl exec dual-client -- /tcp-echo client tcp-echo:3333 -4 -6 --count 10",
+  udp: "kubectl exec dual-client -- /tcp-echo client tcp-echo:3333 -4 -6 --udp --count 10",
+} as const;
+
+const OWN_CLUSTER = "the suite makes the dual-stack cluster itself, with the kind and node " +
+  "image e2e/versions.json pins, under a name of its own, and deletes it at the end, also " +
+  "on failure";
 
 /** Command of the page → what the suite runs instead. */
 export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
@@ -89,16 +143,40 @@ export const REPLACEMENTS: Readonly<Record<string, Replacement>> = {
   [HOLD_COMMANDS.rollout]: holdWithJson(HOLD_COMMANDS.rollout, true),
   [HOLD_COMMANDS.shift]: holdWithJson(HOLD_COMMANDS.shift, false),
   [HOLD_COMMANDS.ztunnel]: holdWithJson(HOLD_COMMANDS.ztunnel, true),
+  [UDP_COMMANDS.tcp]: withJson(UDP_COMMANDS.tcp, REPORT_FILES.meshTcp, "who answered"),
+  [UDP_COMMANDS.udp]: withJson(UDP_COMMANDS.udp, REPORT_FILES.meshUdp, "who answered"),
+  [UDP_COMMANDS.flow]: withJson(
+    UDP_COMMANDS.flow,
+    REPORT_FILES.flow,
+    "the flow's answers and losses",
+    "datagrams were lost between the two pods' answers, which the page allows",
+  ),
+  [DUAL_STACK_COMMANDS.create]: { run: "", why: OWN_CLUSTER },
+  [DUAL_STACK_COMMANDS.load]: {
+    run: "",
+    why: "the suite loads the image it built into its dual-stack cluster",
+  },
+  [DUAL_STACK_COMMANDS.tcp]: withJson(
+    DUAL_STACK_COMMANDS.tcp,
+    REPORT_FILES.dualStackTcp,
+    "each family's report",
+  ),
+  [DUAL_STACK_COMMANDS.udp]: withJson(
+    DUAL_STACK_COMMANDS.udp,
+    REPORT_FILES.dualStackUdp,
+    "each family's report",
+  ),
 };
 
 /**
  * A command of the page that names something a reader must replace, needs
  * a load balancer (the page sets `INGRESS_HOST` outside the walkthroughs, and
- * the suite sets it to its port-forward), or holds connections (the suite
- * reads what the hold saw from its `--json` report).
+ * the suite sets it to its port-forward), holds connections or follows one
+ * flow (the suite reads what it saw from its `--json` report), or makes or
+ * loads a kind cluster (the suite does, with the kind it pins).
  */
 export function needsReplacement(command: string): boolean {
-  return /REGISTRY|7c775f57c9|6bcfd7dcf4|\.\.\.|status\.loadBalancer|status\.addresses|\/tcp-echo client \S+ hold /
+  return /REGISTRY|7c775f57c9|6bcfd7dcf4|\.\.\.|status\.loadBalancer|status\.addresses|\/tcp-echo client \S+ hold |--one-flow|^kind (create|load|delete) /
     .test(command);
 }
 
