@@ -21,12 +21,14 @@ const MiB = 1024 * KiB;
  * What one connection takes at most, by what it is doing, measured with Deno
  * 2.9.6 on x86_64 (docs/operations.md, Memory budget): a plain connection idle is about 7 KiB and
  * keeps its 1 KiB buffer after a burst (the large buffers are the pool's); a
- * TLS connection is about 41 KiB idle and Deno's TLS engine keeps about 125 KiB
- * more once data has flowed (charged from accept, the handshake included).
+ * TLS connection is about 41 KiB idle, Deno's TLS engine keeps about 125 KiB
+ * more once data has flowed, and one whose client sends and does not read
+ * holds about 208 KiB at its back-pressure (queued, encrypted and in-flight
+ * records): charged from accept, the handshake included.
  */
 export const CONNECTION_COST_BYTES = {
   plain: 12 * KiB,
-  tls: 176 * KiB,
+  tls: 224 * KiB,
 } as const;
 
 /**

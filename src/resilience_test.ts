@@ -340,17 +340,28 @@ async function memoryCgroupOf(limitBytes: number): Promise<AsyncDisposable & { p
 }
 
 /**
+ * How the admitted clients of {@linkcode loadInCgroup} behave, all at once:
+ * `echo`, each echoes 64 KiB (every 50th 1 MiB); `stream`, each echoes
+ * {@linkcode STREAM_BYTES}, so every connection is busy at the same time.
+ */
+type LoadMode = "echo" | "stream";
+
+/** What each client of a `stream` load echoes: long enough that all stream together. */
+const STREAM_BYTES = 512 * 1024;
+
+/**
  * The load test the issue describes, inside a real memory cgroup: the
  * server with the shipped settings and memory limit; `connections` clients
- * (more than it admits) connect at once, and every admitted one echoes 64 KiB
- * (every 50th 1 MiB), all at the same time. The process must live, every
- * admitted connection's bytes come back exactly, the others be refused with
- * reason memory or max_connections, and the cgroup's peak stay under the limit.
+ * (more than it admits) connect at once, and every admitted one does what
+ * `mode` says, all at the same time. The process must live, every admitted
+ * echo come back exactly, the others be refused with reason memory or
+ * max_connections, and the cgroup's peak stay under the limit.
  */
 async function loadInCgroup(
   component: "tls" | undefined,
   connections: number,
   open: (port: number) => Promise<LoadConn>,
+  mode: LoadMode = "echo",
 ): Promise<void> {
   const { env: { TCP_PORT: _port, UDP_PORT: _udp, ...env }, limitBytes } = await shippedSettings(
     component,
@@ -391,8 +402,8 @@ async function loadInCgroup(
         } else conns.push(conn);
       }));
     }
-    const small = randomBytes(64 * 1024);
-    const large = randomBytes(1024 * 1024);
+    const small = randomBytes(mode === "stream" ? STREAM_BYTES : 64 * 1024);
+    const large = mode === "stream" ? small : randomBytes(1024 * 1024);
     await Promise.all(conns.map(async (conn, i) => {
       await echoExactly(conn, i % 50 === 0 ? large : small);
       outcomes.push("echoed");
@@ -408,7 +419,8 @@ async function loadInCgroup(
     );
     const refused = outcomes.filter((o) => o === "refused").length;
     console.log(
-      `${component ?? "plain"}: ${conns.length} admitted and echoed, ${refused} refused ` +
+      `${component ?? "plain"}: ${conns.length} admitted and echoed ` +
+        `${mode === "stream" ? "512 KiB each" : "64 KiB each"}, ${refused} refused ` +
         `(memory ${rejected("memory")}, max_connections ${rejected("max_connections")}) in ` +
         `${((performance.now() - started) / 1000).toFixed(1)} s; peak cgroup memory ` +
         `${(peakBytes / 2 ** 20).toFixed(1)} MiB of ${limitBytes / 2 ** 20} MiB, ${oomKills}`,
@@ -441,6 +453,22 @@ Deno.test({
       "tls",
       connections,
       (port) => connectTls("127.0.0.1", port, { insecure: true, alpn: ["echo"] }),
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "memory cgroup with the TLS component: every admitted TLS connection streaming at once, no OOM kill",
+  ignore: memoryCgroupIgnored,
+  async fn() {
+    const { env } = await shippedSettings("tls");
+    const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
+    await loadInCgroup(
+      "tls",
+      connections,
+      (port) => connectTls("127.0.0.1", port, { insecure: true, alpn: ["echo"] }),
+      "stream",
     );
   },
 });
@@ -481,4 +509,20 @@ Deno.test("ignoreWithout: a tool missing from PATH is ignored locally and requir
       );
     }
   }
+});
+
+Deno.test({
+  name:
+    "memory cgroup as the manifests ship it: every admitted connection streaming at once, no OOM kill",
+  ignore: memoryCgroupIgnored,
+  async fn() {
+    const { env } = await shippedSettings();
+    const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
+    await loadInCgroup(
+      undefined,
+      connections,
+      (port) => Deno.connect({ hostname: "127.0.0.1", port }),
+      "stream",
+    );
+  },
 });

@@ -1597,3 +1597,39 @@ Deno.test("a TLS client that resets its TCP connection is recorded as reset, not
     tcp.destroy();
   }
 });
+
+Deno.test("a TLS client that sends and does not read is held back: the server stops reading, then echoes every byte", async () => {
+  await using s = await startTestServer({ TLS_PORT: "any" });
+  const stream = await s.connectTls({ insecure: true });
+  const stats = s.server.stats.forPort(s.tlsPort);
+  const piece = randomBytes(1 << 20);
+  const offered = 96 << 20;
+  try {
+    await readBanner(stream, TLS_LINE("none", "none"));
+    let written = 0;
+    const writing = (async () => {
+      while (written < offered) written += await stream.write(piece);
+    })();
+    // Bounded by the kernel's buffers of both sides (some MiB on loopback) and the queues:
+    // without back-pressure the server reads all that is offered and holds its echo.
+    let last = -1;
+    for (let polls = 0; polls < 100 && stats.bytesReceived !== last; polls++) {
+      last = stats.bytesReceived;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    assert.ok(stats.bytesReceived < 40 << 20, `the server read ${stats.bytesReceived} bytes`);
+    assert.ok(written < offered, "the client's writes wait too");
+    const into = new Uint8Array(1 << 16);
+    for (let got = 0; got < offered;) {
+      const n = await within(10_000, "the echo", stream.read(into));
+      assert.ok(n !== null, `the stream ended after ${got} bytes`);
+      for (let i = 0; i < n; i++) {
+        if (into[i] !== piece[(got + i) % piece.length]) assert.fail(`byte ${got + i} differs`);
+      }
+      got += n;
+    }
+    await writing;
+  } finally {
+    stream.close();
+  }
+});
