@@ -55,7 +55,7 @@ import {
 import { LineAnswerer } from "./src/line_mode.ts";
 import { BufferPool, ReadBuffer } from "./src/read_buffers.ts";
 import { UdpEchoPort, type UdpTestHooks } from "./src/udp.ts";
-import { Admission, type AdmissionRefusal } from "./src/admission.ts";
+import { Admission, type AdmissionRefusal, BannerWrites } from "./src/admission.ts";
 import {
   CONNECTION_COST_BYTES,
   connectionsAdmitted,
@@ -93,7 +93,6 @@ import {
   formatHostPort,
   ipFamily,
   renderBannerText,
-  writeAll,
 } from "./src/wire.ts";
 
 // ---------------------------------------------------------------------------
@@ -117,6 +116,11 @@ const BURST_BUFFER_BYTES = 65_536;
  * logging, 64 KiB was faster (docs/performance.md).
  */
 const BURST_BUFFER_BYTES_LOGGING = 262_144;
+
+/** Banners being written at most before the echo ports' accept loops wait ({@linkcode BannerWrites}). */
+const BANNER_WRITES_MAX = 64;
+/** How long an accept loop waits for banner writes at most before it stops waiting for them. */
+const BANNER_WRITES_WAIT_MS = 100;
 
 /** Admin connections accepted in a row before the accept loop yields a turn (as nginx does). */
 const ADMIN_ACCEPTS_PER_TURN = 16;
@@ -247,6 +251,8 @@ interface ConnectionContext {
   readonly burstBuffers: BufferPool;
   /** The buffers TLS connections borrow to read bursts of encrypted bytes. */
   readonly tlsReadBuffers: BufferPool;
+  /** The banners being written on connect, which the accept loops wait for. */
+  readonly bannerWrites: BannerWrites;
   /** Echoed bytes after which a connection is closed (`CLOSE_AFTER_BYTES`), else Infinity. */
   readonly echoLimit: number;
   /** How long a PROXY header may take. */
@@ -322,20 +328,27 @@ class EchoConnection {
     this.stats.bytesReceived += count;
   }
 
-  /** Writes to the socket, counting what it took (as {@linkcode writeAll} asks of a target). */
-  async write(bytes: Uint8Array): Promise<number> {
-    const n = await this.conn.write(bytes);
+  /** Counts `n` bytes the socket took, for the connection and its port; returns `n`. */
+  wrote(n: number): number {
     this.bytesOut += n;
     this.stats.bytesSent += n;
     if (this.idleTimer !== undefined) this.lastActiveAt = performance.now();
     return n;
   }
 
-  /** Writes all of `bytes`; meanwhile the connection is not idle. */
+  /**
+   * Writes all of `bytes`; meanwhile the connection is not idle. The socket's
+   * writes are awaited here rather than in helpers: every async frame that
+   * waits for a write is garbage the young generation may promote (issue 22).
+   */
   async send(bytes: Uint8Array): Promise<void> {
     this.writing = true;
     try {
-      await writeAll(this, bytes);
+      let written = 0;
+      while (written < bytes.length) {
+        const rest = written === 0 ? bytes : bytes.subarray(written);
+        written += this.wrote(await this.conn.write(rest));
+      }
     } finally {
       this.writing = false;
     }
@@ -639,7 +652,12 @@ async function echo(
     const start = { chunk: origin.firstData, next: sniffed?.next ?? origin.pendingRead };
     if (sniffed) start.chunk = sniffed.chunk;
     if (connection.bannerDue && context.config.bannerMode === "connect") {
-      await sendBanner(connection, context);
+      context.bannerWrites.begin();
+      try {
+        await sendBanner(connection, context);
+      } finally {
+        context.bannerWrites.end();
+      }
     }
     let ended = await onFirstBytes(connection, context, start);
     const { reads } = connection;
@@ -676,9 +694,9 @@ async function echoChunk(
   chunk: Uint8Array,
 ): Promise<void> {
   connection.received(chunk.length);
-  const writing = connection.write(chunk);
+  const writing = connection.conn.write(chunk);
   if (context.logData) logReceived(connection.id, chunk, context.config.logDataBytes);
-  const written = await writing;
+  const written = connection.wrote(await writing);
   if (written < chunk.length) await connection.send(chunk.subarray(written));
 }
 
@@ -812,9 +830,12 @@ async function onChunk(
 /**
  * Sends the banner: identity lines, then the client's address when on, the
  * source identity a PROXY header carried, the connection's id when on, and
- * the TLS facts.
+ * the TLS facts. Not an async function: the caller awaits the write itself.
  */
-async function sendBanner(connection: EchoConnection, context: ConnectionContext): Promise<void> {
+function sendBanner(
+  connection: EchoConnection,
+  context: ConnectionContext,
+): Promise<void> | undefined {
   connection.bannerDue = false;
   let banner = context.banner;
   const { sourceIdentity } = connection;
@@ -825,7 +846,7 @@ async function sendBanner(connection: EchoConnection, context: ConnectionContext
     const perConnection = renderBannerText({ clientAddress, sourceIdentity, connectionId }) + tls;
     banner = concatBytes([banner, encoder.encode(perConnection)]);
   }
-  if (banner.length > 0) await connection.send(banner);
+  return banner.length > 0 ? connection.send(banner) : undefined;
 }
 
 /** A peer's text for a banner line: printable ASCII only (a SPIFFE ID is), else not shown. */
@@ -1123,6 +1144,7 @@ export class EchoServer {
       logData,
       burstBuffers: poolOf(burstBytes, memory.burstPoolBytes),
       tlsReadBuffers: poolOf(TLS_READ_BYTES, memory.tlsReadPoolBytes),
+      bannerWrites: new BannerWrites(BANNER_WRITES_MAX, BANNER_WRITES_WAIT_MS),
       echoLimit: config.closeAfterBytes > 0 ? config.closeAfterBytes : Infinity,
       proxyHeaderTimeoutMs: testHooks.proxyHeaderTimeoutMs ?? PROXY_HEADER_TIMEOUT_MS,
       tls,
@@ -1214,7 +1236,12 @@ export class EchoServer {
       listener,
       port,
       signal: this.#stopping.signal,
-      beforeAccept: pending ? () => this.#pendingSlot() : undefined,
+      // While many banners are being written, the loop waits for them first (issue 22).
+      beforeAccept: () => {
+        const banners = this.#context.bannerWrites.room();
+        if (!pending) return banners;
+        return banners ? banners.then(() => this.#pendingSlot()) : this.#pendingSlot();
+      },
       onConnection: (conn) => {
         const refusal = this.#admission.accept(costBytes, pending);
         if (refusal !== undefined) {

@@ -113,3 +113,65 @@ export class Admission {
     }
   }
 }
+
+/**
+ * Bounds the banner writes under way, for the echo ports' accept loops. In a
+ * burst of connections Deno resolves each accept at once while the kernel's
+ * queue has another, so an accept loop runs through the whole queue before any
+ * write completes: thousands of connections then wait for their banner at
+ * once (100 ms at the median, measured), long enough for the young
+ * generation to promote what each holds meanwhile, which is garbage a moment
+ * later — 1.5–2.5 KiB of resident memory per idle connection (issue 22).
+ * With `max` writes under way the loops wait ({@linkcode BannerWrites.room})
+ * until half of them are done. A wait that lasts `maxWaitMs` (writes that do
+ * not complete: a peer that reads nothing, under memory pressure) lifts the
+ * bound until the writes under way are down to half again.
+ */
+export class BannerWrites {
+  #underWay = 0;
+  #room: PromiseWithResolvers<void> | undefined;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #lifted = false;
+
+  /** At most `max` writes under way before accepting waits, for `maxWaitMs` at most. */
+  constructor(readonly max: number, readonly maxWaitMs: number) {}
+
+  /** Writes under way now. */
+  get underWay(): number {
+    return this.#underWay;
+  }
+
+  /** A banner write began. */
+  begin(): void {
+    this.#underWay++;
+  }
+
+  /** A banner write ended, written or failed. */
+  end(): void {
+    this.#underWay--;
+    if (this.#underWay <= this.max / 2) {
+      this.#lifted = false;
+      this.#open();
+    }
+  }
+
+  /** A promise to wait for before the next accept while `max` writes are under way; else `undefined`. */
+  room(): Promise<void> | undefined {
+    if (this.#underWay < this.max || this.#lifted) return undefined;
+    if (this.#room === undefined) {
+      this.#room = Promise.withResolvers();
+      this.#timer = setTimeout(() => {
+        this.#lifted = true;
+        this.#open();
+      }, this.maxWaitMs);
+    }
+    return this.#room.promise;
+  }
+
+  #open(): void {
+    if (this.#room === undefined) return;
+    clearTimeout(this.#timer);
+    this.#room.resolve();
+    this.#room = undefined;
+  }
+}

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Admission } from "./admission.ts";
+import { Admission, BannerWrites } from "./admission.ts";
 import {
   CONNECTION_COST_BYTES,
   connectionsAdmitted,
@@ -80,5 +80,42 @@ Deno.test("admission: open and pending connections, each against its own limit; 
     const aborted = admission.pendingSlot(stop.signal);
     stop.abort();
     await aborted;
+  });
+});
+
+Deno.test("banner writes: accepting waits while max are under way, until half are done", async (t) => {
+  await t.step("waits at max, resumes at half", async () => {
+    const writes = new BannerWrites(4, 60_000);
+    for (let i = 0; i < 3; i++) writes.begin();
+    assert.equal(writes.room(), undefined, "below max: no wait");
+    writes.begin();
+    const room = writes.room();
+    assert.ok(room !== undefined);
+    assert.equal(writes.room(), room, "one wait for all the loops");
+    let resumed = false;
+    const waiting = room.then(() => resumed = true);
+    writes.end();
+    await Promise.resolve();
+    assert.equal(resumed, false, "3 of 4 under way: still waiting");
+    writes.end();
+    await waiting;
+    assert.deepEqual([resumed, writes.underWay, writes.room()], [true, 2, undefined]);
+    writes.end();
+    writes.end();
+  });
+
+  await t.step("a wait that runs out lifts the bound until half are done", async () => {
+    const writes = new BannerWrites(2, 1);
+    writes.begin();
+    writes.begin();
+    await writes.room();
+    writes.begin();
+    assert.equal(writes.room(), undefined, "lifted: writes that do not complete stop no accept");
+    writes.end();
+    writes.end();
+    writes.begin();
+    assert.ok(writes.room() !== undefined, "down to half: bounded again");
+    writes.end();
+    writes.end();
   });
 });
