@@ -145,8 +145,9 @@ export const BENCH_USAGE =
 
 Measures tcp-echo against C (epoll), Go and Node echo servers on this machine's
 loopback, servers on core 0 and clients on core 1, round after round until the
-medians settle (plain); then TLS against Go crypto/tls (tls), UDP against a Go
-UDP echo (udp), and 10,000 connections held by the client (hold). Takes 10 to 15
+medians settle (plain); then TLS against Go crypto/tls and Deno.listenTls, per
+second and per server CPU-second (tls), UDP against a Go UDP echo (udp), and
+10,000 connections held by the client (hold). Takes 10 to 15
 minutes with the defaults; --rounds 1 --max-rounds 1 --seconds 1 is a quick look.
 Needs gcc, taskset (util-linux) and node; Go (golang-go) for the Go references.
 
@@ -213,6 +214,9 @@ export function parseOptions(args: readonly string[]): BenchOptions | undefined 
   };
 }
 
+/** Whether a file or directory is there. */
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+
 /** Builds the references into `dir`; returns the paths built and why the others were not. */
 async function buildReferences(
   dir: string,
@@ -221,6 +225,8 @@ async function buildReferences(
   const missing: string[] = [];
   const build = async (name: string, tool: string, args: string[], cwd = repoDir) => {
     if (!await isInstalled(tool)) return missing.push(`${name}: ${tool} is not installed`);
+    const source = tool === "go" ? cwd : args.at(-1)!;
+    if (!await exists(source)) return missing.push(`${name}: ${source} is not there`);
     const output = await new Deno.Command(tool, { args, cwd, stdout: "null", stderr: "piped" })
       .output();
     if (!output.success) return missing.push(`${name}: ${decoder.decode(output.stderr).trim()}`);
@@ -373,6 +379,21 @@ async function rssBytes(pid: number): Promise<number> {
   const kib = Number(decoder.decode(output.stdout).trim());
   if (!output.success || !(kib > 0)) throw new Error(`no RSS for process ${pid}`);
   return kib * 1024;
+}
+
+/** Clock ticks per second of /proc's CPU times. */
+const CLOCK_TICKS = await (async () => {
+  const output = await new Deno.Command("getconf", { args: ["CLK_TCK"] }).output();
+  return Number(decoder.decode(output.stdout).trim()) || 100;
+})();
+
+/** CPU seconds a process has used, all its threads, user and system (/proc/PID/stat). */
+async function cpuSeconds(pid: number): Promise<number> {
+  const output = await new Deno.Command("cat", { args: [`/proc/${pid}/stat`] }).output();
+  // Fields after the command's closing parenthesis: state is the 3rd, utime the 14th, stime the 15th.
+  const stat = decoder.decode(output.stdout);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
 /** What a server's memory grows by per connection: idle, and after each echoed 64 KiB once. */
@@ -555,7 +576,11 @@ async function runRound(
   for (const scenario of all) {
     for (const server of servers) {
       const port = server.udpPort ?? server.tlsPort ?? server.port;
+      const pid = await server.pid();
+      const [cpuBefore, started] = [await cpuSeconds(pid), performance.now()];
       const report = await runClient(server, scenario.client(port));
+      const elapsed = (performance.now() - started) / 1000;
+      report.server_cpu = (await cpuSeconds(pid) - cpuBefore) / elapsed;
       for (const figure of scenario.figures) {
         const key = `${scenario.name}|${figure.label}|${server.name}`;
         results.set(key, [...(results.get(key) ?? []), figure.pick(report)]);
@@ -721,24 +746,32 @@ async function checkRecords(server: BenchServer): Promise<string> {
 // ---------------------------------------------------------------------------
 
 const TLS_REFERENCE = "go crypto/tls";
+/** Deno's own TLS server: what the runtime can do, with none of the facts the banner tells. */
+const TLS_CEILING = "Deno.listenTls";
 /** A client busier than this share of its core may be what limited the figure: the row says so. */
 const CLIENT_LIMITED_SHARE = 0.8;
 const TLS_OURS = "tcp-echo TLS, data off";
+const TLS_SERVERS = [TLS_REFERENCE, TLS_CEILING, TLS_OURS] as const;
 
-/** The two TLS servers, with the same certificate (ECDSA P-256, from the tests' PKI). */
+/** The TLS servers, in {@linkcode TLS_SERVERS} order, with one certificate (ECDSA P-256). */
 async function tlsKinds(
   built: Map<string, string>,
   files: Record<string, string>,
 ): Promise<ServerKind[]> {
+  const reference = { env: files, logs: false, bannerBytes: 0, tcpEcho: false, tls: true };
   return [
+    { ...reference, name: TLS_REFERENCE, command: [built.get("go-copy-echo")!] },
     {
-      name: TLS_REFERENCE,
-      command: [built.get("go-copy-echo")!],
-      env: files,
-      logs: false,
-      bannerBytes: 0,
-      tcpEcho: false,
-      tls: true,
+      ...reference,
+      name: TLS_CEILING,
+      command: [
+        Deno.execPath(),
+        "run",
+        "--allow-net=127.0.0.1",
+        "--allow-read",
+        "--allow-env",
+        `${repoDir}bench/deno-tls-echo/main.ts`,
+      ],
     },
     {
       name: TLS_OURS,
@@ -752,24 +785,51 @@ async function tlsKinds(
   ];
 }
 
-/** TLS workloads, both with go-load on core 1; its CPU share is kept to tell who limited. */
+/**
+ * TLS workloads, with go-load on core 1. Its CPU share tells who limited a
+ * figure; the server's CPU share gives the figure per server CPU-second, the
+ * server's own cost, which a client at its limit does not hide.
+ */
 function tlsScenarios(seconds: number, load: string): Scenario[] {
-  const cpu: Figure = { label: "client CPU", pick: (r) => r.client_cpu, higherIsBetter: false };
+  const cpu: Figure[] = [
+    { label: "client CPU", pick: (r) => r.client_cpu, higherIsBetter: false },
+    { label: "server CPU", pick: (r) => r.server_cpu, higherIsBetter: false },
+  ];
   return [
     {
       name: "TLS handshakes, 8 at a time",
       client: (p) => [load, String(p), "connect", "8", String(seconds), "tls"],
-      figures: [{ label: "hs/s", pick: (r) => r.connections_per_sec, higherIsBetter: true }, cpu],
+      figures: [
+        { label: "hs/s", pick: (r) => r.connections_per_sec, higherIsBetter: true },
+        {
+          label: "hs per server CPU-s",
+          pick: (r) => r.connections_per_sec / r.server_cpu,
+          higherIsBetter: true,
+        },
+        ...cpu,
+      ],
     },
     {
       name: "TLS stream 4 × 64 KiB",
       client: (p) => [load, String(p), "stream", "4", "65536", String(seconds), "tls"],
-      figures: [{ label: "MB/s", pick: (r) => r.mb_per_sec, higherIsBetter: true }, cpu],
+      figures: [
+        { label: "MB/s", pick: (r) => r.mb_per_sec, higherIsBetter: true },
+        {
+          label: "MB per server CPU-s",
+          pick: (r) => r.mb_per_sec / r.server_cpu,
+          higherIsBetter: true,
+        },
+        ...cpu,
+      ],
     },
   ];
 }
 
-/** The TLS rows: medians of both servers, the ratio, and the client's CPU share beside them. */
+/**
+ * The TLS rows: each rate and rate per server CPU-second, the three
+ * servers' medians, tcp-echo's ratio to Go and to `Deno.listenTls`, and
+ * the client's and the server's CPU shares of that scenario.
+ */
 function renderTlsTable(
   all: readonly Scenario[],
   results: Results,
@@ -778,26 +838,35 @@ function renderTlsTable(
   const at = (scenario: string, figure: string, server: string) =>
     median(results.get(`${scenario}|${figure}|${server}`)!);
   const lines = [
-    `| scenario | figure | ${TLS_REFERENCE} | ${TLS_OURS} | tcp-echo / go | client CPU (go, tcp-echo) |`,
-    "| --- | --- | ---: | ---: | ---: | ---: |",
+    `| scenario | figure | ${
+      TLS_SERVERS.join(" | ")
+    } | tcp-echo / go | tcp-echo / ${TLS_CEILING} ` +
+    "| client CPU | server CPU |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
+  const shares = (scenario: string, label: string) =>
+    TLS_SERVERS.map((server) => at(scenario, label, server).toFixed(2)).join(", ");
   for (const scenario of all) {
-    const figure = scenario.figures[0].label;
-    const go = at(scenario.name, figure, TLS_REFERENCE);
-    const ours = at(scenario.name, figure, TLS_OURS);
-    const shares = [TLS_REFERENCE, TLS_OURS].map((s) => at(scenario.name, "client CPU", s));
-    const cpu = shares.map((share) => share.toFixed(2)).join(", ");
-    const flag = shares.some((share) => share > CLIENT_LIMITED_SHARE) ? " (client-limited)" : "";
-    lines.push(
-      `| ${scenario.name} | ${figure} | ${format(go)} | ${format(ours)} | ${
-        (ours / go).toFixed(2)
-      }× | ${cpu}${flag} |`,
-    );
+    const client = TLS_SERVERS.map((server) => at(scenario.name, "client CPU", server));
+    const flag = client.some((share) => share > CLIENT_LIMITED_SHARE) ? " (client-limited)" : "";
+    for (const { label } of scenario.figures.slice(0, 2)) {
+      const [go, deno, ours] = TLS_SERVERS.map((server) => at(scenario.name, label, server));
+      const rate = !label.includes("CPU-s");
+      lines.push(
+        `| ${scenario.name} | ${label} | ${format(go)} | ${format(deno)} | ${format(ours)} | ${
+          (ours / go).toFixed(2)
+        }× | ${(ours / deno).toFixed(2)}× | ${
+          rate ? shares(scenario.name, "client CPU") + flag : ""
+        } | ${rate ? shares(scenario.name, "server CPU") : ""} |`,
+      );
+    }
   }
   for (const [scenario, pick] of MEMORY_ROWS) {
-    const [go, ours] = [TLS_REFERENCE, TLS_OURS].map((name) => pick(memory.get(name)!));
+    const [go, deno, ours] = TLS_SERVERS.map((name) => pick(memory.get(name)!));
     lines.push(
-      `| ${scenario} | KiB | ${format(go)} | ${format(ours)} | ${(go / ours).toFixed(2)}× | |`,
+      `| ${scenario} | KiB | ${format(go)} | ${format(deno)} | ${format(ours)} | ${
+        (go / ours).toFixed(2)
+      }× | ${(deno / ours).toFixed(2)}× | | |`,
     );
   }
   return lines.join("\n");
@@ -820,8 +889,9 @@ async function runTls(built: Map<string, string>, options: BenchOptions): Promis
       memory.set(server.name, await memoryPerConnection(server, options.tlsConnections, true));
     }
     const { results, rounds } = await runRounds(servers, all, options);
-    return `TLS (${rounds} rounds; "client-limited": the client used over ${CLIENT_LIMITED_SHARE} ` +
-      `of its core, so the figure is partly the client's):\n\n` +
+    return `TLS (${rounds} rounds; CPU shares in the order of the servers; "client-limited": ` +
+      `a client used over ${CLIENT_LIMITED_SHARE} of its core, so that figure is partly the ` +
+      `client's, and the figure per server CPU-second is the one to compare):\n\n` +
       renderTlsTable(all, results, memory);
   } finally {
     await stopAll(servers);
@@ -1138,11 +1208,11 @@ async function main(): Promise<void> {
   }
   const dir = await Deno.makeTempDir({ prefix: "tcp-echo-bench-" });
   const { built, missing } = await buildReferences(dir);
+  for (const reason of missing) console.error(`left out: ${reason}`);
   if (!built.has("cload") || !await isInstalled("taskset") || !await isInstalled("node")) {
-    console.error("bench: needs gcc (for cload), taskset (util-linux) and node");
+    console.error("bench: needs cload (gcc and ../shared/bench/), taskset (util-linux) and node");
     Deno.exit(2);
   }
-  for (const reason of missing) console.error(`left out: ${reason}`);
   try {
     const report: Record<string, unknown> = { seconds: options.seconds, missing };
     const texts: string[] = [];

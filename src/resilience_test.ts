@@ -420,7 +420,9 @@ async function loadInCgroup(
     const refused = outcomes.filter((o) => o === "refused").length;
     console.log(
       `${component ?? "plain"}: ${conns.length} admitted and echoed ` +
-        `${mode === "stream" ? "512 KiB each" : "64 KiB each"}, ${refused} refused ` +
+        `${
+          mode === "stream" ? "512 KiB each" : "64 KiB each (every 50th 1 MiB)"
+        }, ${refused} refused ` +
         `(memory ${rejected("memory")}, max_connections ${rejected("max_connections")}) in ` +
         `${((performance.now() - started) / 1000).toFixed(1)} s; peak cgroup memory ` +
         `${(peakBytes / 2 ** 20).toFixed(1)} MiB of ${limitBytes / 2 ** 20} MiB, ${oomKills}`,
