@@ -267,6 +267,12 @@ export function whereConnected(
     : { target, family: familyName(family), addresses: used };
 }
 
+/** `n` of `total` in percent, to a tenth (`digits` 2: a hundredth, for losses). */
+export function percentOf(n: number, total: number, digits = 1): number {
+  const scale = 10 ** digits;
+  return total > 0 ? Math.round((n / total) * 100 * scale) / scale : 0;
+}
+
 /** Builds the probe report from outcomes (pure); `family`: the one `-4`/`-6` asked for. */
 export function probeReport(
   target: string,
@@ -287,17 +293,16 @@ export function probeReport(
   }
   const tally = new FailureTally();
   for (const o of outcomes) if (!o.ok) tally.add(o);
-  const share = (n: number) => outcomes.length ? Math.round((n / outcomes.length) * 1_000) / 10 : 0;
   return {
     transport: "tcp",
     ...whereConnected(target, family, outcomes.map((o) => o.address)),
     connections: outcomes.length,
     succeeded: ok.length,
-    successPercent: share(ok.length),
+    successPercent: percentOf(ok.length, outcomes.length),
     connectionsPerSecond: elapsedMs > 0 ? ok.length / (elapsedMs / 1_000) : 0,
     answeredBy: [...counts.values()]
       .sort((a, b) => b.count - a.count || a.row.server.localeCompare(b.row.server))
-      .map(({ row, count }) => ({ ...row, count, percent: share(count) })),
+      .map(({ row, count }) => ({ ...row, count, percent: percentOf(count, outcomes.length) })),
     ...tally.summary(),
     integrityFailures: (tally.failures.mismatch ?? 0) + (tally.failures.short ?? 0),
     connectMs: summarize(ok.map((o) => o.connectMs)),

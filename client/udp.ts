@@ -36,6 +36,7 @@ import {
   type AnsweredBy,
   identityKey,
   parseBanner,
+  percentOf,
   type ServerIdentity,
   type WhereConnected,
   whereConnected,
@@ -331,12 +332,8 @@ export interface UdpAnsweredBy {
   readonly lost: number;
 }
 
-/** The UDP probe report: who answered, how many of the datagrams were echoed, lost, wrong. */
-export interface UdpProbeReport extends FailureSummary, WhereConnected {
-  /** Datagrams (this report), not connections. */
-  readonly transport: "udp";
-  /** Each datagram from a socket of its own (this report); see udp_flow.ts for one flow. */
-  readonly oneFlow: false;
+/** What became of a UDP probe's datagrams, one socket each or one flow. */
+export interface DatagramCounts {
   /** Datagrams sent (or tried). */
   readonly datagrams: number;
   /** Datagrams echoed correctly. */
@@ -349,6 +346,14 @@ export interface UdpProbeReport extends FailureSummary, WhereConnected {
   readonly lostPercent: number;
   /** Datagrams answered with something else than their echo (or from another address). */
   readonly wrong: number;
+}
+
+/** The UDP probe report: who answered, how many of the datagrams were echoed, lost, wrong. */
+export interface UdpProbeReport extends DatagramCounts, FailureSummary, WhereConnected {
+  /** Datagrams (this report), not connections. */
+  readonly transport: "udp";
+  /** Each datagram from a socket of its own (this report); see udp_flow.ts for one flow. */
+  readonly oneFlow: false;
   /** Datagrams echoed correctly per second, over the whole run. */
   readonly datagramsPerSecond: number;
   /** Who answered (from the banners): echoes, share, and datagrams greeted but lost. */
@@ -357,12 +362,6 @@ export interface UdpProbeReport extends FailureSummary, WhereConnected {
   readonly integrityFailures: number;
   /** Milliseconds from sending to the echo. */
   readonly roundTripMs: Percentiles;
-}
-
-/** `n` of `total` in percent, to a tenth (`digits` 2: a hundredth, for losses). */
-export function percentOf(n: number, total: number, digits = 1): number {
-  const scale = 10 ** digits;
-  return total > 0 ? Math.round((n / total) * 100 * scale) / scale : 0;
 }
 
 /** The answered-by rows of echoes and greeted losses per server, the most echoes first (pure). */

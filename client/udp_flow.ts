@@ -36,14 +36,15 @@ import {
   type AnsweredBy,
   identityKey,
   parseBanner,
+  percentOf,
   type WhereConnected,
   whereConnected,
 } from "./probe.ts";
 import {
   type Datagram,
+  type DatagramCounts,
   looksLikeBanner,
   lostFailure,
-  percentOf,
   UdpFlowSocket,
   wrongAnswer,
 } from "./udp.ts";
@@ -105,7 +106,7 @@ export interface FlowSegment {
 }
 
 /** The one-flow probe report. */
-export interface UdpFlowReport extends FailureSummary, WhereConnected {
+export interface UdpFlowReport extends DatagramCounts, FailureSummary, WhereConnected {
   /** Datagrams (this report), not connections. */
   readonly transport: "udp";
   /** Every datagram from one source port (this report). */
@@ -116,18 +117,6 @@ export interface UdpFlowReport extends FailureSummary, WhereConnected {
   readonly intervalMs: number;
   /** `count`: all were sent; `interrupt`: Ctrl-C stopped the sending. */
   readonly endedBy: "count" | "interrupt";
-  /** Datagrams sent. */
-  readonly datagrams: number;
-  /** Datagrams echoed correctly. */
-  readonly succeeded: number;
-  /** `succeeded` as a percentage of `datagrams`. */
-  readonly successPercent: number;
-  /** Datagrams without an echo within `--timeout`. */
-  readonly lost: number;
-  /** `lost` as a percentage of `datagrams`, to a hundredth. */
-  readonly lostPercent: number;
-  /** Datagrams answered with other bytes of their length. */
-  readonly wrong: number;
   /** Datagrams that could not be sent. */
   readonly failed: number;
   /** Echoes that came after their datagram's `--timeout` (it stays lost). */
