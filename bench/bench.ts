@@ -344,13 +344,16 @@ async function startServer(kind: ServerKind): Promise<BenchServer> {
   await waitForPort(port);
   if (tlsPort) await waitForPort(tlsPort);
   if (udpPort) await waitForUdpEcho(udpPort);
-  const pid = async () => {
-    const output = await new Deno.Command("pgrep", { args: ["-g", String(group.pid)] }).output();
-    const pids = decoder.decode(output.stdout).trim().split("\n").map(Number);
-    // The server is the group's process that listens: the largest RSS of them.
-    const sizes = await Promise.all(pids.map((p) => rssBytes(p).catch(() => 0)));
-    return pids[sizes.indexOf(Math.max(...sizes))];
-  };
+  let serverPid: Promise<number> | undefined;
+  // Found once: the server is the group's process that listens, the largest RSS of them.
+  const pid = () =>
+    serverPid ??= (async () => {
+      const output = await new Deno.Command("pgrep", { args: ["-g", String(group.pid)] })
+        .output();
+      const pids = decoder.decode(output.stdout).trim().split("\n").map(Number);
+      const sizes = await Promise.all(pids.map((p) => rssBytes(p).catch(() => 0)));
+      return pids[sizes.indexOf(Math.max(...sizes))];
+    })();
   return {
     name: kind.name,
     port,

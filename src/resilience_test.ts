@@ -351,21 +351,21 @@ const STREAM_BYTES = 512 * 1024;
 
 /**
  * The load test the issue describes, inside a real memory cgroup: the
- * server with the shipped settings and memory limit; `connections` clients
- * (more than it admits) connect at once, and every admitted one does what
+ * server with the shipped settings and memory limit; 5% more clients than
+ * its `MAX_CONNECTIONS` connect at once, and every admitted one does what
  * `mode` says, all at the same time. The process must live, every admitted
  * echo come back exactly, the others be refused with reason memory or
  * max_connections, and the cgroup's peak stay under the limit.
  */
-async function loadInCgroup(
-  component: "tls" | undefined,
-  connections: number,
-  open: (port: number) => Promise<LoadConn>,
-  mode: LoadMode = "echo",
-): Promise<void> {
+async function loadInCgroup(component: "tls" | undefined, mode: LoadMode): Promise<void> {
   const { env: { TCP_PORT: _port, UDP_PORT: _udp, ...env }, limitBytes } = await shippedSettings(
     component,
   );
+  const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
+  const open = (port: number): Promise<LoadConn> =>
+    component === "tls"
+      ? connectTls("127.0.0.1", port, { insecure: true, alpn: ["echo"] })
+      : Deno.connect({ hostname: "127.0.0.1", port });
   await using cgroup = await memoryCgroupOf(limitBytes);
   const adminPort = freePort();
   const tlsPort = component === "tls" ? freePort() : undefined;
@@ -444,51 +444,32 @@ async function loadInCgroup(
 const memoryCgroupIgnored = memoryCgroup === undefined && Deno.env.get("CI") !== "true" &&
   (console.warn("ignored: the memory cgroup tests need root and a cgroup memory controller"), true);
 
-Deno.test({
-  name:
+const CGROUP_LOADS: readonly [name: string, component: "tls" | undefined, mode: LoadMode][] = [
+  [
     "memory cgroup with the TLS component: a TLS load test past what it admits, every admitted echo exact, no OOM kill",
-  ignore: memoryCgroupIgnored,
-  async fn() {
-    const { env } = await shippedSettings("tls");
-    const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
-    await loadInCgroup(
-      "tls",
-      connections,
-      (port) => connectTls("127.0.0.1", port, { insecure: true, alpn: ["echo"] }),
-    );
-  },
-});
-
-Deno.test({
-  name:
+    "tls",
+    "echo",
+  ],
+  [
     "memory cgroup with the TLS component: every admitted TLS connection streaming at once, no OOM kill",
-  ignore: memoryCgroupIgnored,
-  async fn() {
-    const { env } = await shippedSettings("tls");
-    const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
-    await loadInCgroup(
-      "tls",
-      connections,
-      (port) => connectTls("127.0.0.1", port, { insecure: true, alpn: ["echo"] }),
-      "stream",
-    );
-  },
-});
-
-Deno.test({
-  name:
+    "tls",
+    "stream",
+  ],
+  [
     "memory cgroup as the manifests ship it: a load test past what it admits, every admitted echo exact, no OOM kill",
-  ignore: memoryCgroupIgnored,
-  async fn() {
-    const { env } = await shippedSettings();
-    const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
-    await loadInCgroup(
-      undefined,
-      connections,
-      (port) => Deno.connect({ hostname: "127.0.0.1", port }),
-    );
-  },
-});
+    undefined,
+    "echo",
+  ],
+  [
+    "memory cgroup as the manifests ship it: every admitted connection streaming at once, no OOM kill",
+    undefined,
+    "stream",
+  ],
+];
+
+for (const [name, component, mode] of CGROUP_LOADS) {
+  Deno.test({ name, ignore: memoryCgroupIgnored, fn: () => loadInCgroup(component, mode) });
+}
 
 Deno.test("ignoreWithout: a tool missing from PATH is ignored locally and required under CI", async () => {
   const script = `
@@ -511,20 +492,4 @@ Deno.test("ignoreWithout: a tool missing from PATH is ignored locally and requir
       );
     }
   }
-});
-
-Deno.test({
-  name:
-    "memory cgroup as the manifests ship it: every admitted connection streaming at once, no OOM kill",
-  ignore: memoryCgroupIgnored,
-  async fn() {
-    const { env } = await shippedSettings();
-    const connections = Math.round(Number(env.MAX_CONNECTIONS) * 1.05);
-    await loadInCgroup(
-      undefined,
-      connections,
-      (port) => Deno.connect({ hostname: "127.0.0.1", port }),
-      "stream",
-    );
-  },
 });
