@@ -107,3 +107,18 @@ Deno.test("docs: every page opens with its contents, a link to each of its secti
     }
   }
 });
+
+Deno.test("every kubectl logs that selects pods by label says how much of each log (--tail)", async () => {
+  // With a selector, kubectl logs shows each pod's last 10 lines unless --tail says otherwise:
+  // a command that greps for records would find only the newest few.
+  const lines = [readme, ...await Promise.all(docsPages.map((p) => Deno.readTextFile(repoDir + p)))]
+    .flatMap((page) => page.split("\n"))
+    .filter((line) => /kubectl logs\b/.test(line) && /\s(-l|--selector)[\s=]/.test(line));
+  assert.ok(lines.length > 0, "the pages select pods by label somewhere");
+  assert.deepEqual(lines.filter((line) => !line.includes("--tail")), []);
+  const run = await Deno.readTextFile(`${repoDir}e2e/run.ts`);
+  const calls = Array.from(run.matchAll(/"logs",[^)\]]*/g), ([call]) => call)
+    .filter((call) => call.includes('"-l"'));
+  assert.ok(calls.length > 0, "the e2e selects pods by label somewhere");
+  assert.deepEqual(calls.filter((call) => !call.includes('"--tail=')), []);
+});
