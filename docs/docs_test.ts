@@ -122,3 +122,49 @@ Deno.test("every kubectl logs that selects pods by label says how much of each l
   assert.ok(calls.length > 0, "the e2e selects pods by label somewhere");
   assert.deepEqual(calls.filter((call) => !call.includes('"--tail=')), []);
 });
+
+/** The paths a layout table's first column names (`dir/` for a whole directory). */
+function layoutPaths(page: string): string[] {
+  const section = page.slice(page.indexOf("## Layout"));
+  const table = section.slice(0, section.indexOf("\n## "));
+  return tableCells(table).slice(1).flatMap(([paths]) =>
+    Array.from(paths.matchAll(/`([^`]+)`/g), ([, path]) => path)
+  );
+}
+
+/** Whether `path` is one of `listed`, inside a listed `dir/`, or the test beside a listed module. */
+function inLayout(path: string, listed: readonly string[]): boolean {
+  return listed.some((entry) =>
+    entry.endsWith("/")
+      ? path.startsWith(entry)
+      : path === entry || path === entry.replace(/\.ts$/, "_test.ts")
+  );
+}
+
+Deno.test("layout rule: a directory covers its files, a module its test", () => {
+  const listed = ["main.ts", "client/", ".ci/run"];
+  assert.ok(inLayout("main_test.ts", listed));
+  assert.ok(inLayout("client/udp.ts", listed));
+  assert.ok(inLayout(".ci/run", listed));
+  assert.ok(!inLayout("clientele.ts", listed));
+  assert.ok(!inLayout("isolate-0x55af68dcb000-21171-v8.log", listed));
+  assert.ok(!inLayout("src/udp.ts", listed));
+});
+
+const gitCheckout = await Deno.stat(`${repoDir}.git`).then(() => true, () => false);
+if (!gitCheckout) {
+  console.warn("ignored: the layout test reads git ls-files; this is not a git checkout");
+}
+
+Deno.test({
+  name: "development.md's layout names every file the repository holds",
+  ignore: !gitCheckout,
+  fn: async () => {
+    const output = await new Deno.Command("git", { args: ["ls-files"], cwd: repoDir }).output();
+    assert.ok(output.success, "git ls-files");
+    const files = new TextDecoder().decode(output.stdout).split("\n").filter(Boolean);
+    assert.ok(files.includes("main.ts"), "git ls-files lists the repository");
+    const listed = layoutPaths(await Deno.readTextFile(`${repoDir}docs/development.md`));
+    assert.deepEqual(files.filter((file) => !inLayout(file, listed)), []);
+  },
+});
