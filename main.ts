@@ -511,13 +511,14 @@ async function readProxyHeader(
  * (a client that never reads stops the server from reading). Never throws:
  * every ending is logged with a reason.
  */
-function serveConnection(
-  connection: EchoConnection,
-  context: ConnectionContext,
-): Promise<void> {
-  // Chained rather than awaited: an idle connection then holds one suspended
-  // function (echo's read) and nothing else of its own.
-  return admit(connection, context).then((origin) => origin && echo(connection, context, origin));
+function serveConnection(connection: EchoConnection, context: ConnectionContext): void {
+  // Chained, and no step returns the next one's promise: an idle connection then
+  // holds its echo loop's suspended read and nothing else of its own (issue 22).
+  admit(connection, context)
+    .then((origin) => origin !== undefined && echoFirstBytes(connection, context, origin))
+    .then((open) => {
+      if (open) echoLoop(connection, context);
+    });
 }
 
 /** Why a connection ended, from what its echo loop threw. */
@@ -634,15 +635,15 @@ async function startTls(
 }
 
 /**
- * The banner (when due on connect), then everything received, echoed, until
- * the client ends; then the ending is counted and logged. Never throws.
+ * The banner (when due on connect) and the bytes that came with the
+ * connection's origin; true while the connection stays open for
+ * {@linkcode echoLoop}, else its ending is counted and logged. Never throws.
  */
-async function echo(
+async function echoFirstBytes(
   connection: EchoConnection,
   context: ConnectionContext,
   origin: ConnectionOrigin,
-): Promise<void> {
-  const { conn } = connection;
+): Promise<boolean> {
   try {
     // A ClientHello right after a PROXY header is refused before the banner. (A read the
     // header's wait left pending comes after bytes that cannot begin a ClientHello.)
@@ -659,28 +660,59 @@ async function echo(
         context.bannerWrites.end();
       }
     }
-    let ended = await onFirstBytes(connection, context, start);
-    const { reads } = connection;
+    if (!await onFirstBytes(connection, context, start)) return true;
+    await endOfStream(connection, context);
+  } catch (error) {
+    endConnection(connection, context, closeReason(connection, error), error);
+    return false;
+  }
+  endConnection(connection, context, "eof", undefined);
+  return false;
+}
+
+/**
+ * Everything received, echoed, until the client ends; then the ending is
+ * counted and logged. Never throws. An idle connection waits here, so this
+ * frame holds no more than the loop needs.
+ */
+async function echoLoop(connection: EchoConnection, context: ConnectionContext): Promise<void> {
+  const { conn, reads } = connection;
+  try {
+    let ended = false;
     while (!ended) {
       const buffer = reads.current;
       const n = await conn.read(buffer);
       if (n === null) break;
-      const chunk = n === buffer.length ? buffer : buffer.subarray(0, n);
+      // The chunk is no local of this loop: a local would keep the last one alive while idle.
       if (connection.bytesIn === 0) {
-        ended = await onFirstBytes(connection, context, await sniffFirstBytes(connection, chunk));
+        ended = await onFirstBytes(
+          connection,
+          context,
+          await sniffFirstBytes(connection, bytesRead(buffer, n)),
+        );
       } else if (context.plainEcho && !connection.bannerDue) {
-        await echoChunk(connection, context, chunk);
-      } else await onChunk(connection, context, chunk);
+        await echoChunk(connection, context, bytesRead(buffer, n));
+      } else await onChunk(connection, context, bytesRead(buffer, n));
       reads.settle(n);
     }
-    // Deno reports a reset during read as end of stream. A zero-length
-    // write sends nothing, succeeds after a FIN and fails after a RST.
-    await conn.write(NO_BYTES);
-    if (connection.lineMode) await answer(connection, context, connection.lineMode.finish());
+    await endOfStream(connection, context);
   } catch (error) {
     return endConnection(connection, context, closeReason(connection, error), error);
   }
   endConnection(connection, context, "eof", undefined);
+}
+
+/** The `n` bytes a read put at the start of `buffer`. */
+function bytesRead(buffer: Uint8Array, n: number): Uint8Array {
+  return n === buffer.length ? buffer : buffer.subarray(0, n);
+}
+
+/** After the client's end: tells a reset from a FIN (throws on a reset), answers a last partial line. */
+async function endOfStream(connection: EchoConnection, context: ConnectionContext): Promise<void> {
+  // Deno reports a reset during read as end of stream. A zero-length
+  // write sends nothing, succeeds after a FIN and fails after a RST.
+  await connection.conn.write(NO_BYTES);
+  if (connection.lineMode) await answer(connection, context, connection.lineMode.finish());
 }
 
 /**
