@@ -78,6 +78,7 @@ import {
   looksLikeClientHello,
   mayStartClientHello,
   renderTlsBanner,
+  TLS_HANDSHAKE_RECORD,
   TLS_HANDSHAKE_TIMEOUT_MS,
   TlsCredentials,
   TlsFileError,
@@ -684,7 +685,8 @@ async function echoLoop(connection: EchoConnection, context: ConnectionContext):
       const n = await conn.read(buffer);
       if (n === null) break;
       // The chunk is no local of this loop: a local would keep the last one alive while idle.
-      if (connection.bytesIn === 0) {
+      // A plain port's first chunk is looked at only when it may begin a ClientHello.
+      if (connection.bytesIn === 0 && !connection.tlsPort && buffer[0] === TLS_HANDSHAKE_RECORD) {
         ended = await onFirstBytes(
           connection,
           context,

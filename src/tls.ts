@@ -34,6 +34,7 @@ import {
 } from "./certificate_names.ts";
 import {
   type ClientCertificate,
+  handshakeDone,
   handshakeFacts,
   isIpAddress,
   MAX_INTERMEDIATES,
@@ -151,19 +152,23 @@ export function tlsRecordFields(facts: TlsFacts): Record<string, string> {
 /** The bytes {@linkcode looksLikeClientHello} needs to tell. */
 export const CLIENT_HELLO_SNIFF_BYTES = 6;
 
+/** The content type of a TLS handshake record (22), the first byte of every ClientHello. */
+export const TLS_HANDSHAKE_RECORD = 0x16;
+
 /**
  * Whether `bytes` start like a TLS ClientHello: a handshake record (22) of
  * TLS 1.0 to 1.3 whose first message is a ClientHello (1). Needs 6 bytes.
  */
 export function looksLikeClientHello(bytes: Uint8Array): boolean {
-  return bytes.length >= CLIENT_HELLO_SNIFF_BYTES && bytes[0] === 0x16 && bytes[1] === 0x03 &&
+  return bytes.length >= CLIENT_HELLO_SNIFF_BYTES && bytes[0] === TLS_HANDSHAKE_RECORD &&
+    bytes[1] === 0x03 &&
     bytes[2] <= 0x04 && bytes[5] === 0x01;
 }
 
 /** Whether `bytes`, fewer than {@linkcode looksLikeClientHello} needs, could begin a ClientHello. */
 export function mayStartClientHello(bytes: Uint8Array): boolean {
   const n = bytes.length;
-  return n > 0 && n < CLIENT_HELLO_SNIFF_BYTES && bytes[0] === 0x16 &&
+  return n > 0 && n < CLIENT_HELLO_SNIFF_BYTES && bytes[0] === TLS_HANDSHAKE_RECORD &&
     (n < 2 || bytes[1] === 0x03) && (n < 3 || bytes[2] <= 0x04);
 }
 
@@ -944,7 +949,7 @@ async function readFirstRecord(
 ): Promise<Uint8Array> {
   let bytes = head;
   while (true) {
-    if (bytes.length > 0 && bytes[0] !== 0x16) return bytes;
+    if (bytes.length > 0 && bytes[0] !== TLS_HANDSHAKE_RECORD) return bytes;
     if (bytes.length >= 6 && !looksLikeClientHello(bytes)) return bytes;
     const wanted = Math.min(clientHelloRecordLength(bytes) ?? 5, MAX_RECORD_BYTES);
     if (bytes.length >= wanted) return bytes;
@@ -967,7 +972,7 @@ async function refuseFromFirstRecord(
   start: Uint8Array,
   credentials: TlsCredentials,
 ): Promise<void> {
-  if (start[0] !== 0x16) {
+  if (start[0] !== TLS_HANDSHAKE_RECORD) {
     await sayAndClose(conn, new TextEncoder().encode(plaintextAnswer(conn.localAddr.port)));
     throw new TlsRefusal(
       "tls_plaintext",
@@ -1001,13 +1006,7 @@ async function handshake(
   });
   try {
     await deadline.race(
-      new Promise<void>((resolve, reject) => {
-        socket.once("secure", resolve);
-        socket.once("error", reject);
-        const ended = () => reject(new Error("the connection ended during the handshake"));
-        socket.once("end", ended);
-        socket.once("close", ended);
-      }),
+      handshakeDone(socket, "secure", "the connection ended during the handshake"),
     );
     let clientCertificate: ClientCertificate | undefined;
     try {

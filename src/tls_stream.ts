@@ -345,6 +345,49 @@ export class TlsHandshakeError extends Error {
   override name = "TlsHandshakeError";
 }
 
+/** What a socket's handshake listeners need of it (a `TLSSocket`, an `EventEmitter` in tests). */
+export type HandshakeEvents = Pick<nodeTls.TLSSocket, "once" | "on" | "off">;
+
+/** An error after the handshake is the stream's; this only keeps it from ending the process. */
+function ignoreLateError(): void {}
+
+/**
+ * Resolves once `socket` emits `event` (its handshake is done); rejects with
+ * the socket's error, or with `endedMessage` when it ends or closes first.
+ * Once settled its listeners are gone: a connection that closes later makes
+ * no error and keeps no closures of the handshake. Since a socket can fail a
+ * write after its first error, and an error without a listener would end the
+ * process, a shared no-op listener stays on the socket instead.
+ */
+export function handshakeDone(
+  socket: HandshakeEvents,
+  event: "secure" | "secureConnect",
+  endedMessage: string,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const settle = () => {
+      socket.off(event, secured);
+      socket.off("error", failed);
+      socket.off("end", ended);
+      socket.off("close", ended);
+      socket.on("error", ignoreLateError);
+    };
+    const secured = () => {
+      settle();
+      resolve();
+    };
+    const failed = (error: Error) => {
+      settle();
+      reject(error);
+    };
+    const ended = () => failed(new Error(endedMessage));
+    socket.once(event, secured);
+    socket.on("error", failed);
+    socket.once("end", ended);
+    socket.once("close", ended);
+  });
+}
+
 /** Options of {@linkcode connectTls}. */
 export interface ConnectTlsOptions {
   /** The SNI to send; default: none for an IP address, else `hostname`. */
@@ -387,18 +430,11 @@ export async function connectTls(
       key: options.key,
       rejectUnauthorized: !options.insecure,
     });
-    await new Promise<void>((resolve, reject) => {
-      socket.once("secureConnect", resolve);
-      // `on`, not `once`: a server that closes mid-handshake can fail a write after the
-      // first error, and an error event without a listener would end the process.
-      socket.on("error", (error: Error) => reject(new TlsHandshakeError(error.message)));
-      socket.once("close", () => {
-        reject(new TlsHandshakeError("the server closed during the handshake"));
+    await handshakeDone(socket, "secureConnect", "the server closed during the handshake")
+      .catch((error: Error) => {
+        socket.destroy();
+        throw new TlsHandshakeError(error.message);
       });
-    }).catch((error) => {
-      socket.destroy();
-      throw error;
-    });
     const [server] = peerChain(socket);
     return new TlsStream(
       socket,

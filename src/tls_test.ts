@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
+import { EventEmitter } from "node:events";
 import net from "node:net";
 import nodeTls from "node:tls";
 import {
@@ -24,7 +25,14 @@ import { derFromPem } from "./certificate_names.ts";
 import { concatBytes, indexOfBytes, parseTlsBannerText } from "./wire.ts";
 import { formatTextRecord } from "./log_output.ts";
 import { ConfigError, loadConfig } from "./config.ts";
-import { type ClientCertificate, connectTls, type TlsFacts, type TlsStream } from "./tls_stream.ts";
+import {
+  type ClientCertificate,
+  connectTls,
+  handshakeDone,
+  type HandshakeEvents,
+  type TlsFacts,
+  type TlsStream,
+} from "./tls_stream.ts";
 import { V2_SIGNATURE } from "./proxy_protocol.ts";
 import {
   adminRequest,
@@ -1632,4 +1640,40 @@ Deno.test("a TLS client that sends and does not read is held back: the server st
   } finally {
     stream.close();
   }
+});
+
+/** The listeners an emitter holds, by event, for the handshake's events. */
+function handshakeListeners(socket: EventEmitter): Record<string, number> {
+  return Object.fromEntries(
+    ["secure", "error", "end", "close"].map((event) => [event, socket.listenerCount(event)]),
+  );
+}
+
+Deno.test("handshake listeners: gone once the handshake is done, so a later close makes no error", async () => {
+  const socket = new EventEmitter();
+  const done = handshakeDone(socket as unknown as HandshakeEvents, "secure", "ended early");
+  assert.deepEqual(handshakeListeners(socket), { secure: 1, error: 1, end: 1, close: 1 });
+  socket.emit("secure");
+  await done;
+  // One shared no-op for errors stays: an error with no listener would end the process.
+  assert.deepEqual(handshakeListeners(socket), { secure: 0, error: 1, end: 0, close: 0 });
+  socket.emit("close");
+  socket.emit("error", new Error("a late write failed"));
+});
+
+Deno.test("handshake listeners: an end or an error first rejects, once, and leaves a no-op for errors", async () => {
+  const ended = new EventEmitter();
+  const endedFirst = handshakeDone(ended as unknown as HandshakeEvents, "secure", "ended early");
+  ended.emit("end");
+  ended.emit("close");
+  await assert.rejects(endedFirst, { message: "ended early" });
+  assert.deepEqual(handshakeListeners(ended), { secure: 0, error: 1, end: 0, close: 0 });
+
+  const failing = new EventEmitter();
+  const failed = handshakeDone(failing as unknown as HandshakeEvents, "secure", "ended early");
+  const error = new Error("bad record mac");
+  failing.emit("error", error);
+  failing.emit("error", new Error("a write after the first error"));
+  await assert.rejects(failed, (thrown) => thrown === error);
+  assert.deepEqual(handshakeListeners(failing), { secure: 0, error: 1, end: 0, close: 0 });
 });
