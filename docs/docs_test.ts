@@ -168,3 +168,53 @@ Deno.test({
     assert.deepEqual(files.filter((file) => !inLayout(file, listed)), []);
   },
 });
+
+/** The first table after a page's `heading` line, as rows of cells (the header row first). */
+function tableAfter(page: string, heading: string): string[][] {
+  const at = page.indexOf(`\n${heading}\n`);
+  assert.ok(at >= 0, `no heading "${heading}"`);
+  const rest = page.slice(at + heading.length + 2);
+  const start = rest.indexOf("\n|") + 1;
+  const end = rest.indexOf("\n\n", start);
+  return tableCells(rest.slice(start, end === -1 ? undefined : end));
+}
+
+/** The cell under `column` in the row that begins with `scenario` and `figure`. */
+function cellOf(table: string[][], scenario: string, figure: string, column: string): string {
+  const index = table[0].indexOf(column);
+  const row = table.find((cells) => cells[0] === scenario && cells[1] === figure);
+  assert.ok(index >= 0, `no column "${column}"`);
+  assert.ok(row, `no row "${scenario}" / "${figure}"`);
+  return row[index];
+}
+
+Deno.test("README: the How fast table says what performance.md's latest run measured", async () => {
+  const page = await Deno.readTextFile(`${repoDir}docs/performance.md`);
+  const latest = tableAfter(page, "## Latest figures");
+  const tls = tableAfter(page, "## TLS ports");
+  const shipped = "defaults / go-logging-echo";
+  const off = "data off / go io.Copy";
+  const plain = (scenario: string, figure: string) => [
+    cellOf(latest, scenario, figure, shipped),
+    cellOf(latest, scenario, figure, off),
+  ];
+  const idle = "memory per connection, idle";
+  const expected: Record<string, string[]> = {
+    "rr 50 × 64 B": plain("rr 50 × 64 B", "ops/s"),
+    "connections, 8 at a time": plain("connections, 8 at a time", "conn/s"),
+    "connections per server CPU-second": plain("connections, 8 at a time", "conn per server CPU-s"),
+    "stream 4 × 64 KiB": plain("stream 4 × 64 KiB", "MB/s"),
+    "idle memory per connection": [
+      `${cellOf(latest, idle, "KiB", "tcp-echo, defaults")} KiB`,
+      `${cellOf(latest, idle, "KiB", "tcp-echo, data off")} KiB`,
+    ],
+    "TLS handshakes, TLS stream": [
+      "",
+      `${cellOf(tls, "TLS handshakes, 8 at a time", "hs/s", "tcp-echo / go")}, ${
+        cellOf(tls, "TLS stream 4 × 64 KiB", "MB/s", "tcp-echo / go")
+      } (Go \`crypto/tls\`)`,
+    ],
+  };
+  const summary = tableAfter(readme, "## How fast").slice(1);
+  assert.deepEqual(Object.fromEntries(summary.map(([row, ...cells]) => [row, cells])), expected);
+});
