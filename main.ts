@@ -763,7 +763,6 @@ async function onFirstBytes(
  * then is handed on, so no byte is lost. Other bytes pass as they are.
  */
 async function sniffFirstBytes(connection: EchoConnection, chunk: Uint8Array): Promise<FirstBytes> {
-  if (connection.tlsPort) return { chunk, next: undefined };
   if (looksLikeClientHello(chunk)) await refuseClientHello(connection, chunk);
   if (!mayStartClientHello(chunk)) return { chunk, next: undefined };
   const bytes = new Uint8Array(CLIENT_HELLO_SNIFF_BYTES);

@@ -483,16 +483,15 @@ const tcpEchoClient = (port: number, args: string[]) => [
 ];
 
 /** The workloads: a client on core 1 and the figures read from its JSON report. */
+/** A client's `rate` divided by the server's CPU share in that run. */
+function perServerCpu(label: string, rate: (report: Report) => number): Figure {
+  return { label, pick: (r) => rate(r) / r.server_cpu, higherIsBetter: true, perServerCpu: true };
+}
+
 function scenarios(seconds: number, built: Map<string, string>): Scenario[] {
   const cload = built.get("cload")!;
   const load = built.get("go-load");
   const ops: Figure = { label: "ops/s", pick: (r) => r.ops_per_sec, higherIsBetter: true };
-  const perCpu = (label: string): Figure => ({
-    label,
-    pick: (r) => r.ops_per_sec / r.server_cpu,
-    higherIsBetter: true,
-    perServerCpu: true,
-  });
   return [
     {
       name: "rr 1 × 64 B",
@@ -519,14 +518,14 @@ function scenarios(seconds: number, built: Map<string, string>): Scenario[] {
     {
       name: "rr 50 × 64 B",
       client: (p) => [cload, String(p), "rr", "50", "64", String(seconds)],
-      figures: [ops, perCpu("ops per server CPU-s")],
+      figures: [ops, perServerCpu("ops per server CPU-s", (r) => r.ops_per_sec)],
     },
     {
       name: "connections, 8 at a time",
       client: (p) => [cload, String(p), "conn", "8", "1", String(seconds)],
       figures: [
         { label: "conn/s", pick: (r) => r.ops_per_sec, higherIsBetter: true },
-        perCpu("conn per server CPU-s"),
+        perServerCpu("conn per server CPU-s", (r) => r.ops_per_sec),
       ],
     },
     {
@@ -824,11 +823,7 @@ function tlsScenarios(seconds: number, load: string): Scenario[] {
       client: (p) => [load, String(p), "connect", "8", String(seconds), "tls"],
       figures: [
         { label: "hs/s", pick: (r) => r.connections_per_sec, higherIsBetter: true },
-        {
-          label: "hs per server CPU-s",
-          pick: (r) => r.connections_per_sec / r.server_cpu,
-          higherIsBetter: true,
-        },
+        perServerCpu("hs per server CPU-s", (r) => r.connections_per_sec),
         ...cpu,
       ],
     },
@@ -837,11 +832,7 @@ function tlsScenarios(seconds: number, load: string): Scenario[] {
       client: (p) => [load, String(p), "stream", "4", "65536", String(seconds), "tls"],
       figures: [
         { label: "MB/s", pick: (r) => r.mb_per_sec, higherIsBetter: true },
-        {
-          label: "MB per server CPU-s",
-          pick: (r) => r.mb_per_sec / r.server_cpu,
-          higherIsBetter: true,
-        },
+        perServerCpu("MB per server CPU-s", (r) => r.mb_per_sec),
         ...cpu,
       ],
     },
