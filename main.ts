@@ -1490,7 +1490,7 @@ async function openUdpPorts(
   for (const port of ports) {
     try {
       // Port 0 (tests) is known only once bound: its counters are kept by the bound port.
-      const udp = await UdpEchoPort.open(
+      const udp = UdpEchoPort.open(
         hostname,
         port,
         config,

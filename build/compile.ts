@@ -1,8 +1,9 @@
 /**
  * `deno task compile`: the one binary of the image, made with `deno compile`
  * and the very flags `deno task start` runs the server with (its permissions
- * and V8 settings are baked into the binary), read from deno.json, so they
- * are written once. When the compile fails, says the likely why: `deno
+ * and V8 settings are baked into the binary) and the unstable features
+ * deno.json enables (`"unstable"`), read from deno.json, so they are written
+ * once. When the compile fails, says the likely why: `deno
  * compile` downloads the runtime it embeds (denort) the first time.
  *
  * @module
@@ -17,9 +18,24 @@ export function runFlags(task: string): string[] {
   return words.slice(2, -1);
 }
 
-/** The `deno` arguments that compile main.ts to `output` with the start task's flags. */
-export function compileArgs(startTask: string, output: string): string[] {
-  return ["compile", ...runFlags(startTask), "--no-code-cache", "--output", output, "main.ts"];
+/**
+ * The `deno` arguments that compile main.ts to `output` with the start task's
+ * flags and an `--unstable-NAME` flag for each of `unstable` (deno.json's list).
+ */
+export function compileArgs(
+  startTask: string,
+  unstable: readonly string[],
+  output: string,
+): string[] {
+  return [
+    "compile",
+    ...runFlags(startTask),
+    ...unstable.map((feature) => `--unstable-${feature}`),
+    "--no-code-cache",
+    "--output",
+    output,
+    "main.ts",
+  ];
 }
 
 /** What a failed compile probably needs, printed after deno's own error; `denortBin` is `DENORT_BIN`. */
@@ -39,7 +55,7 @@ if (import.meta.main) {
   const start = denoJson.tasks.start;
   const startTask = typeof start === "string" ? start : start.command;
   const { code } = await new Deno.Command(Deno.execPath(), {
-    args: compileArgs(startTask, "tcp-echo"),
+    args: compileArgs(startTask, denoJson.unstable ?? [], "tcp-echo"),
     cwd: root,
   }).spawn().status;
   if (code !== 0) console.error(compileHint(Deno.env.get("DENORT_BIN")));

@@ -2,13 +2,14 @@ import assert from "node:assert/strict";
 import { compileArgs, compileHint, runFlags } from "./compile.ts";
 import { decoder, repoDir, taskArgs } from "../testing/support.ts";
 
-Deno.test("compile: the start task's flags, the binary ./tcp-echo, no code cache", () => {
+Deno.test("compile: the start task's flags, deno.json's unstable features, the binary ./tcp-echo, no code cache", () => {
   const start = "deno run --v8-flags=--max-semi-space-size=1 --allow-net --allow-env=A,B main.ts";
-  assert.deepEqual(compileArgs(start, "tcp-echo"), [
+  assert.deepEqual(compileArgs(start, ["net"], "tcp-echo"), [
     "compile",
     "--v8-flags=--max-semi-space-size=1",
     "--allow-net",
     "--allow-env=A,B",
+    "--unstable-net",
     "--no-code-cache",
     "--output",
     "tcp-echo",

@@ -726,12 +726,15 @@ Deno.test("consistency: Dockerfile, tasks and CI agree", async (t) => {
   });
 
   await t.step(
-    "compile grants and tunes exactly as start does, writes ./tcp-echo, no code cache",
+    "compile grants, tunes and enables exactly as start does, writes ./tcp-echo, no code cache",
     () => {
       const start: string = denoJson.tasks.start.command;
-      const compile = compileArgs(start, "tcp-echo").join(" ");
+      const compile = compileArgs(start, denoJson.unstable, "tcp-echo").join(" ");
       assert.deepEqual(runtimeFlags(compile), runtimeFlags(start));
       assert.ok(runtimeFlags(start).includes("--allow-net"));
+      // deno run reads "unstable" from deno.json; the binary gets it as flags.
+      assert.deepEqual(denoJson.unstable, ["net"]);
+      assert.ok(compile.includes(" --unstable-net "), compile);
       assert.match(compile, /^compile .*--no-code-cache --output tcp-echo main\.ts$/);
       assert.match(denoJson.tasks.compile.command, /^deno run .* build\/compile\.ts$/);
     },

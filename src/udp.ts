@@ -8,12 +8,15 @@
  * dropped, counted). Faults that mean something for datagrams: drop a
  * fraction, delay, duplicate, reorder.
  *
- * The socket is `node:dgram`'s (Deno's own datagram API needs
- * `--unstable-net`), bound dual-stack where the host has IPv6.
+ * The socket is `Deno.listenDatagram`'s (deno.json enables `unstable: net`),
+ * bound dual-stack where the host has IPv6, read one datagram at a time into
+ * one buffer. `node:dgram` would need no flag, but Deno's implementation of it
+ * allocates a fresh 64 KiB buffer for every datagram: under load V8 then runs a
+ * full garbage collection every few tens of milliseconds, and the port answered
+ * a quarter as many datagrams (docs/performance.md).
  *
  * @module
  */
-import dgram from "node:dgram";
 import type { Config, UdpSettings } from "./config.ts";
 import { log, logConnectionRecord, logReceived } from "./log_output.ts";
 import { formatHostPort, ipFamily, renderBannerText, unmapIPv4 } from "./wire.ts";
@@ -55,11 +58,13 @@ interface Flow {
   held?: { readonly bytes: Uint8Array; readonly timer: ReturnType<typeof setTimeout> };
 }
 
-/** Where a datagram came from, as node:dgram reports it. */
-interface Peer {
-  readonly address: string;
-  readonly port: number;
-}
+/** Where a datagram came from. */
+type Peer = Deno.NetAddr;
+
+/** Room for the largest datagram (65,527 bytes over IPv6), so that none is cut short. */
+const DATAGRAM_BUFFER_BYTES = 65_536;
+/** How long the port waits after a failed receive before the next (not a closed socket's). */
+const RECEIVE_RETRY_MS = 100;
 
 /** What happens to one datagram's echo, decided before it is sent (pure, given the random draws). */
 export interface EchoPlan {
@@ -100,10 +105,14 @@ export interface UdpTestHooks {
  * binds it; {@linkcode UdpEchoPort.close} closes the flows (reason `shutdown`) and the socket.
  */
 export class UdpEchoPort {
-  readonly #socket: dgram.Socket;
+  readonly #socket: Deno.DatagramConn;
   readonly #flows = new Map<string, Flow>();
   /** `UDP_DELAY`'s echoes still waiting, cleared when the port closes. */
   readonly #delayed = new Set<ReturnType<typeof setTimeout>>();
+  /** Sends begun outside the receive loop (delayed and reordered echoes), awaited at close. */
+  readonly #sending = new Set<Promise<void>>();
+  readonly #receiving: Promise<void>;
+  #closing = false;
   readonly #config: Config;
   readonly #banner: Uint8Array | undefined;
   readonly #random: () => number;
@@ -113,7 +122,7 @@ export class UdpEchoPort {
   #flowLimitReported = false;
 
   private constructor(
-    socket: dgram.Socket,
+    socket: Deno.DatagramConn,
     readonly port: number,
     readonly stats: UdpPortStats,
     config: Config,
@@ -125,58 +134,73 @@ export class UdpEchoPort {
     this.#banner = config.bannerMode === "off" ? undefined : new TextEncoder().encode(banner);
     this.#random = hooks.random ?? Math.random;
     this.#logData = config.logDataBytes > 0 && this.#logConnections;
-    socket.on("message", (message: Uint8Array, peer: Peer) => this.#onDatagram(message, peer));
-    socket.on("error", (error: Error) => log.warn("UDP socket error.", { port, error }));
     this.#sweep = setInterval(
       () => this.#closeSilent(),
       hooks.sweepIntervalMs ?? SWEEP_INTERVAL_MS,
     );
+    this.#receiving = this.#receiveLoop();
   }
 
-  /** Binds a UDP port on `hostname` (`::` binds both families); rejects when it cannot. */
+  /** Binds a UDP port on `hostname` (`::` binds both families); throws when it cannot. */
   static open(
     hostname: string,
     port: number,
     config: Config,
     statsOf: (boundPort: number) => UdpPortStats,
     hooks: UdpTestHooks = {},
-  ): Promise<UdpEchoPort> {
-    const ipv6 = hostname.includes(":");
-    const socket = dgram.createSocket({ type: ipv6 ? "udp6" : "udp4", ipv6Only: false });
-    return new Promise((resolve, reject) => {
-      socket.once("error", reject);
-      socket.bind(port, hostname, () => {
-        socket.off("error", reject);
-        const bound = (socket.address() as { port: number }).port;
-        resolve(new UdpEchoPort(socket, bound, statsOf(bound), config, hooks));
-      });
-    });
+  ): UdpEchoPort {
+    const socket = Deno.listenDatagram({ transport: "udp", hostname, port });
+    const bound = (socket.addr as Deno.NetAddr).port;
+    return new UdpEchoPort(socket, bound, statsOf(bound), config, hooks);
   }
 
   /** Where it listens, as text. */
   get address(): string {
-    const { address, port } = this.#socket.address() as { address: string; port: number };
-    return formatHostPort(address, port);
+    const { hostname, port } = this.#socket.addr as Deno.NetAddr;
+    return formatHostPort(hostname, port);
   }
 
   /** Closes every flow (reason `shutdown`) and the socket; echoes still delayed are dropped. */
   async close(): Promise<void> {
+    this.#closing = true;
     clearInterval(this.#sweep);
     for (const timer of this.#delayed) clearTimeout(timer);
     this.#delayed.clear();
     for (const [key, flow] of this.#flows) this.#closeFlow(key, flow, "shutdown");
-    await new Promise<void>((resolve) => this.#socket.close(() => resolve()));
+    this.#socket.close();
+    await Promise.all([this.#receiving, ...this.#sending]);
   }
 
-  #onDatagram(message: Uint8Array, peer: Peer): void {
+  /**
+   * Receives one datagram at a time into one buffer and answers it before
+   * the next: an echo sent from the buffer is on its way before the buffer
+   * is reused, and what must wait (a delayed or reordered echo) is copied.
+   */
+  async #receiveLoop(): Promise<void> {
+    const buffer = new Uint8Array(DATAGRAM_BUFFER_BYTES);
+    while (!this.#closing) {
+      let received: [Uint8Array, Deno.Addr];
+      try {
+        received = await this.#socket.receive(buffer);
+      } catch (error) {
+        if (this.#closing) return;
+        log.warn("UDP socket error.", { port: this.port, error });
+        await new Promise((resolve) => setTimeout(resolve, RECEIVE_RETRY_MS));
+        continue;
+      }
+      await this.#onDatagram(received[0], received[1] as Peer);
+    }
+  }
+
+  async #onDatagram(message: Uint8Array, peer: Peer): Promise<void> {
     const { stats } = this;
     stats.datagramsReceived++;
     stats.bytesReceived += message.length;
-    const key = `${peer.address}|${peer.port}`;
+    const key = `${peer.hostname}|${peer.port}`;
     let flow = this.#flows.get(key);
     const now = performance.now();
     if (flow === undefined) {
-      flow = this.#openFlow(key, peer, now);
+      flow = await this.#openFlow(key, peer, now);
       if (flow === undefined) return;
     }
     flow.lastSeenAt = now;
@@ -189,17 +213,17 @@ export class UdpEchoPort {
       return;
     }
     const delayMs = this.#config.udp.faults.delayMs;
-    // node:dgram reuses nothing of `message`: it may be sent later as it is.
-    if (delayMs === 0) return this.#echo(flow, peer, message, plan);
+    if (delayMs === 0) return await this.#echo(flow, peer, message, plan);
+    const later = message.slice();
     const timer = setTimeout(() => {
       this.#delayed.delete(timer);
-      this.#echo(flow, peer, message, plan);
+      this.#track(this.#echo(flow, peer, later, plan));
     }, delayMs);
     this.#delayed.add(timer);
   }
 
   /** A new peer's flow, with its banner sent; `undefined` when the table is full. */
-  #openFlow(key: string, peer: Peer, now: number): Flow | undefined {
+  async #openFlow(key: string, peer: Peer, now: number): Promise<Flow | undefined> {
     if (this.#flows.size >= this.#config.udp.maxFlows) {
       this.stats.dropped.flow_limit++;
       if (!this.#flowLimitReported) {
@@ -211,7 +235,7 @@ export class UdpEchoPort {
       }
       return undefined;
     }
-    const client = formatHostPort(unmapIPv4(peer.address), peer.port);
+    const client = formatHostPort(unmapIPv4(peer.hostname), peer.port);
     const flow: Flow = {
       id: crypto.randomUUID(),
       client,
@@ -230,11 +254,11 @@ export class UdpEchoPort {
         id: flow.id,
         client,
         port: this.port,
-        family: ipFamily(peer.address),
+        family: ipFamily(peer.hostname),
       });
     }
     const banner = this.#bannerFor(flow);
-    if (banner !== undefined) this.#send(flow, peer, banner);
+    if (banner !== undefined) await this.#send(flow, peer, banner);
     return flow;
   }
 
@@ -254,43 +278,52 @@ export class UdpEchoPort {
     return banner;
   }
 
-  #echo(flow: Flow, peer: Peer, message: Uint8Array, plan: EchoPlan): void {
+  /** Sends `message` (and its duplicate), or holds a copy of it back (reorder); then what was held. */
+  async #echo(flow: Flow, peer: Peer, message: Uint8Array, plan: EchoPlan): Promise<void> {
     const held = flow.held;
     if (plan.reorder && held === undefined) {
-      const timer = setTimeout(() => this.#releaseHeld(flow, peer), REORDER_HOLD_MS);
-      flow.held = { bytes: message, timer };
+      const timer = setTimeout(() => this.#track(this.#releaseHeld(flow, peer)), REORDER_HOLD_MS);
+      flow.held = { bytes: message.slice(), timer };
       return;
     }
-    this.#send(flow, peer, message);
-    if (plan.duplicate) this.#send(flow, peer, message);
-    if (held !== undefined) this.#releaseHeld(flow, peer);
+    await this.#send(flow, peer, message);
+    if (plan.duplicate) await this.#send(flow, peer, message);
+    if (held !== undefined) await this.#releaseHeld(flow, peer);
   }
 
-  #releaseHeld(flow: Flow, peer: Peer): void {
+  async #releaseHeld(flow: Flow, peer: Peer): Promise<void> {
     const held = flow.held;
     if (held === undefined) return;
     clearTimeout(held.timer);
     flow.held = undefined;
-    this.#send(flow, peer, held.bytes);
+    await this.#send(flow, peer, held.bytes);
   }
 
-  #send(flow: Flow, peer: Peer, bytes: Uint8Array): void {
+  /** Keeps a send begun by a timer until it settles, so that {@linkcode close} can await it. */
+  #track(sending: Promise<void>): void {
+    this.#sending.add(sending);
+    sending.finally(() => this.#sending.delete(sending));
+  }
+
+  /** Sends one datagram and counts it; a failure is counted and logged, not thrown. */
+  async #send(flow: Flow, peer: Peer, bytes: Uint8Array): Promise<void> {
     const { stats } = this;
-    this.#socket.send(bytes, peer.port, peer.address, (error) => {
-      if (error) {
-        stats.dropped.send_failed++;
-        log.info("A UDP echo could not be sent: {detail}", {
-          id: flow.id,
-          detail: error.message,
-          bytes: bytes.length,
-        });
-        return;
-      }
-      stats.datagramsSent++;
-      stats.bytesSent += bytes.length;
-      flow.datagramsOut++;
-      flow.bytesOut += bytes.length;
-    });
+    try {
+      await this.#socket.send(bytes, peer);
+    } catch (error) {
+      if (this.#closing) return;
+      stats.dropped.send_failed++;
+      log.info("A UDP echo could not be sent: {detail}", {
+        id: flow.id,
+        detail: error instanceof Error ? error.message : String(error),
+        bytes: bytes.length,
+      });
+      return;
+    }
+    stats.datagramsSent++;
+    stats.bytesSent += bytes.length;
+    flow.datagramsOut++;
+    flow.bytesOut += bytes.length;
   }
 
   /** Closes the flows silent for `UDP_FLOW_TIMEOUT` (reason `idle`). */

@@ -244,6 +244,14 @@ Deno.test("UDP faults: drop, duplicate, reorder and delay, each as configured", 
     assert.ok(performance.now() - started >= 195, `${performance.now() - started} ms`);
   });
   await t.step(
+    "UDP_DELAY: datagrams sent together come back each as it was, in order",
+    async () => {
+      const sent = ["a first datagram, the longer one", "second", "3"];
+      const { got } = await echoes({ UDP_DELAY: "100ms" }, Math.random, sent);
+      assert.deepEqual(got, sent);
+    },
+  );
+  await t.step(
     "UDP_DELAY: an echo still waiting when the port closes is dropped, not sent",
     async () => {
       const s = await startTestServer({ UDP_PORT: "any", BANNER_MODE: "off", UDP_DELAY: "200ms" });
