@@ -253,6 +253,21 @@ async function tcpEchoCommand(): Promise<string[]> {
   return [Deno.execPath(), ...await taskArgs("start")];
 }
 
+/**
+ * The runtime's ceilings (bench/deno-echo): on TCP_PORT a bare Deno.listen
+ * echo, with TLS_PORT also Deno.listenTls.
+ */
+const DENO_ECHO_COMMAND = [
+  Deno.execPath(),
+  "run",
+  "--allow-net=127.0.0.1",
+  "--allow-read",
+  "--allow-env",
+  `${repoDir}bench/deno-echo/main.ts`,
+];
+/** The bare Deno.listen echo: the socket operations of tcp-echo's connection and nothing else. */
+const DENO_LOOP = "deno loop";
+
 /** The servers to measure, in table order, from what could be built. */
 async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
   const command = await tcpEchoCommand();
@@ -288,6 +303,13 @@ async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
     {
       name: "node pipe",
       command: ["node", "-e", NODE_SOURCE],
+      logs: false,
+      bannerBytes: 0,
+      tcpEcho: false,
+    },
+    {
+      name: DENO_LOOP,
+      command: DENO_ECHO_COMMAND,
       logs: false,
       bannerBytes: 0,
       tcpEcho: false,
@@ -640,6 +662,7 @@ const MEMORY_ROWS: readonly [scenario: string, pick: (m: MemoryFigures) => numbe
 const RATIOS: readonly [label: string, ours: string, reference: string][] = [
   ["data off / go io.Copy", "tcp-echo, data off", "go io.Copy"],
   ["data off / node", "tcp-echo, data off", "node pipe"],
+  ["data off / deno loop", "tcp-echo, data off", DENO_LOOP],
   ["defaults / go-logging-echo", "tcp-echo, defaults", "go-logging-echo"],
 ];
 
@@ -786,14 +809,7 @@ async function tlsKinds(
     {
       ...reference,
       name: TLS_CEILING,
-      command: [
-        Deno.execPath(),
-        "run",
-        "--allow-net=127.0.0.1",
-        "--allow-read",
-        "--allow-env",
-        `${repoDir}bench/deno-tls-echo/main.ts`,
-      ],
+      command: DENO_ECHO_COMMAND,
     },
     {
       name: TLS_OURS,
