@@ -236,6 +236,12 @@ async function buildReferences(
   };
   await build("cecho", "gcc", ["-O2", "-o", `${dir}/cecho`, `${sharedBench}cecho/cecho.c`]);
   await build("cload", "gcc", ["-O2", "-o", `${dir}/cload`, `${sharedBench}cload/cload.c`]);
+  await build("cudp-load", "gcc", [
+    "-O2",
+    "-o",
+    `${dir}/cudp-load`,
+    `${repoDir}bench/cudp-load/cudpload.c`,
+  ]);
   for (
     const [name, source] of [
       ["go-copy-echo", `${repoDir}bench/go-copy-echo`],
@@ -997,12 +1003,18 @@ function udpKinds(built: Map<string, string>, tcpEcho: string[]): ServerKind[] {
   ];
 }
 
-/** UDP workloads with go-load's udp mode on core 1: round trips per second, losses, its CPU. */
+/**
+ * UDP workloads with cudp-load on core 1: round trips per second, per server
+ * CPU-second, losses, and both CPU shares (a client over
+ * {@linkcode CLIENT_LIMITED_SHARE} of its core may be what limited a rate).
+ */
 function udpScenarios(seconds: number, load: string): Scenario[] {
   const figures: Figure[] = [
     { label: "datagrams/s", pick: (r) => r.connections_per_sec, higherIsBetter: true },
+    perServerCpu("datagrams per server CPU-s", (r) => r.connections_per_sec),
     { label: "lost", pick: (r) => r.lost, higherIsBetter: false },
     { label: "client CPU", pick: (r) => r.client_cpu, higherIsBetter: false },
+    { label: "server CPU", pick: (r) => r.server_cpu, higherIsBetter: false },
   ];
   const run = (flows: number, size: number): Scenario => ({
     name: `UDP rr ${flows} flow${flows === 1 ? "" : "s"} × ${size} B`,
@@ -1054,32 +1066,39 @@ function renderUdpTable(
   const at = (scenario: string, figure: string, server: string) =>
     median(results.get(`${scenario}|${figure}|${server}`)!);
   const lines = [
-    `| scenario | ${UDP_SERVERS.join(" | ")} | data off / go | defaults / go | lost (${
-      UDP_SERVERS.join(", ")
-    }) | client CPU |`,
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    `| scenario | figure | ${UDP_SERVERS.join(" | ")} | data off / go | defaults / go | lost | ` +
+    "client CPU | server CPU |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
+  const shares = (scenario: string, label: string) =>
+    UDP_SERVERS.map((server) => at(scenario, label, server).toFixed(2)).join(", ");
   for (const scenario of all) {
-    const rates = UDP_SERVERS.map((server) => at(scenario.name, "datagrams/s", server));
-    const lost = UDP_SERVERS.map((server) => format(at(scenario.name, "lost", server)));
-    const cpu = UDP_SERVERS.map((server) => at(scenario.name, "client CPU", server).toFixed(2));
-    lines.push(
-      `| ${scenario.name}, datagrams/s | ${rates.map(format).join(" | ")} | ${
-        (rates[1] / rates[0]).toFixed(2)
-      }× | ${(rates[2] / rates[0]).toFixed(2)}× | ${lost.join(", ")} | ${cpu.join(", ")} |`,
-    );
+    const client = UDP_SERVERS.map((server) => at(scenario.name, "client CPU", server));
+    const flag = client.some((share) => share > CLIENT_LIMITED_SHARE) ? " (client-limited)" : "";
+    for (const { label } of scenario.figures.slice(0, 2)) {
+      const [go, off, shipped] = UDP_SERVERS.map((server) => at(scenario.name, label, server));
+      const rate = !label.includes("CPU-s");
+      const perRate = (figure: string) => rate ? shares(scenario.name, figure) : "";
+      lines.push(
+        `| ${scenario.name} | ${label} | ${format(go)} | ${format(off)} | ${format(shipped)} | ${
+          (off / go).toFixed(2)
+        }× | ${(shipped / go).toFixed(2)}× | ${perRate("lost")} | ${
+          rate ? perRate("client CPU") + flag : ""
+        } | ${perRate("server CPU")} |`,
+      );
+    }
   }
   const flows = UDP_SERVERS.slice(1).map((server) => format(perFlowKiB.get(server)!));
-  lines.push(`| memory per flow, KiB | (no flows) | ${flows.join(" | ")} | | | | |`);
+  lines.push(`| memory per flow | KiB | (no flows) | ${flows.join(" | ")} | | | | | |`);
   return lines.join("\n");
 }
 
 /** Runs the UDP comparison; returns its table, or why it could not run. */
 async function runUdp(built: Map<string, string>, options: BenchOptions): Promise<string> {
-  if (!built.has("go-copy-echo") || !built.has("go-load")) {
-    return "UDP: left out: the Go echo or the Go client could not be built";
+  if (!built.has("go-copy-echo") || !built.has("cudp-load")) {
+    return "UDP: left out: the Go echo or the C client (cudp-load) could not be built";
   }
-  const all = udpScenarios(options.seconds, built.get("go-load")!);
+  const all = udpScenarios(options.seconds, built.get("cudp-load")!);
   const servers: BenchServer[] = [];
   try {
     for (const kind of udpKinds(built, await tcpEchoCommand())) {
@@ -1090,8 +1109,10 @@ async function runUdp(built: Map<string, string>, options: BenchOptions): Promis
       perFlow.set(server.name, await memoryPerFlow(server, UDP_MEMORY_FLOWS));
     }
     const { results, rounds } = await runRounds(servers, all, options);
-    return `UDP (${rounds} rounds; go-load udp: each flow sends a datagram and waits for its ` +
-      `echo; memory per flow over ${UDP_MEMORY_FLOWS} flows):\n\n` +
+    return `UDP (${rounds} rounds; cudp-load: each flow sends a datagram and waits for its ` +
+      `echo, 250 ms at most; lost and CPU shares in the order of the servers; ` +
+      `"client-limited": a client used over ${CLIENT_LIMITED_SHARE} of its core; memory per ` +
+      `flow over ${UDP_MEMORY_FLOWS} flows):\n\n` +
       renderUdpTable(all, results, perFlow);
   } finally {
     await stopAll(servers);

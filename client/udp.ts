@@ -1,7 +1,7 @@
 /**
  * `--udp`: probe and load with datagrams. A socket per flow (node:dgram,
  * slower under load than the server's `Deno.listenDatagram` port: about 14k
- * datagrams/s over 8 flows here, where go-load's 8 flows get 60k echoed)
+ * datagrams/s over 8 flows here, where the bench's C client gets 75k echoed)
  * that keeps what comes with the time it came; a probe that sends
  * one datagram from a socket of its own and waits for its echo, a datagram
  * before it being the banner that names who answered; and load, flows doing

@@ -54,8 +54,8 @@
  * (1.0 = a whole core), as go-load reports it. On the first handshake one
  * line "ctlsload: TLSv1.3 <cipher> <group> alpn=<proto>" goes to stderr.
  *
- * Output, one line on stdout, go-load's format ("lost" is go-load's udp
- * count, always 0 here):
+ * Output, one line on stdout, go-load's format (and "lost", which
+ * cudp-load counts for UDP, always 0 here):
  *   {"mode":"connect","conns":8,"seconds":5.002,"connections_per_sec":1234.5,
  *    "mb_per_sec":0.0,"client_cpu":0.42,"failures":0,"lost":0}
  * Exit code 0 after a run (failures are in the JSON), 2 on bad arguments,

@@ -3,7 +3,6 @@
 //
 //	go-load PORT stream CONNS CHUNK SECONDS [tls]
 //	go-load PORT connect CONNS SECONDS [tls]
-//	go-load PORT udp FLOWS SIZE SECONDS
 //
 // stream: CONNS connections each send a sync line and skip everything before
 // its echo (the banner), then write CHUNK-byte pieces of a repeating pattern
@@ -11,10 +10,6 @@
 // connect: CONNS workers each connect (with tls, a full TLS 1.3 handshake:
 // ECDHE, no session resumption), send the sync line, read until its echo
 // and close, again and again: connections (handshakes) per second.
-// udp: FLOWS sockets (a flow each) send a SIZE-byte datagram (its sequence
-// number, then the pattern) and wait for that same datagram back, again and
-// again: round trips per second. A datagram that is not the one awaited (a
-// banner, a late echo) is skipped; none back within 250 ms counts as lost.
 // With tls, server certificates are not verified (the bench makes its own).
 // The process's CPU time over the run is reported as client_cpu (1.0 = a
 // whole core), to tell a server limit from the client's.
@@ -100,7 +95,7 @@ func main() {
 	conns, _ := strconv.Atoi(os.Args[3])
 	rest := os.Args[4:]
 	chunk := 0
-	if mode == "stream" || mode == "udp" {
+	if mode == "stream" {
 		chunk, _ = strconv.Atoi(rest[0])
 		rest = rest[1:]
 	}
@@ -110,7 +105,7 @@ func main() {
 	for i := range pattern {
 		pattern[i] = byte(i*7 + i>>8)
 	}
-	var done, verified, failures, lost int64
+	var done, verified, failures int64
 	var wg sync.WaitGroup
 	cpuStart := cpuSeconds()
 	start := time.Now()
@@ -131,11 +126,6 @@ func main() {
 						}
 					}
 				}
-			} else if mode == "udp" {
-				var n, l int64
-				n, l, err = roundTrips(port, pattern[:chunk], deadline)
-				atomic.AddInt64(&done, n)
-				atomic.AddInt64(&lost, l)
 			} else {
 				var n int64
 				n, err = stream(port, secure, pattern, chunk, deadline)
@@ -150,9 +140,9 @@ func main() {
 	wg.Wait()
 	elapsed := time.Since(start).Seconds()
 	fmt.Printf("{\"mode\":%q,\"conns\":%d,\"seconds\":%.3f,\"connections_per_sec\":%.1f,"+
-		"\"mb_per_sec\":%.1f,\"client_cpu\":%.2f,\"failures\":%d,\"lost\":%d}\n",
+		"\"mb_per_sec\":%.1f,\"client_cpu\":%.2f,\"failures\":%d}\n",
 		mode, conns, elapsed, float64(done)/elapsed, float64(verified)/elapsed/1e6,
-		(cpuSeconds()-cpuStart)/elapsed, failures, lost)
+		(cpuSeconds()-cpuStart)/elapsed, failures)
 }
 
 func stream(port string, secure bool, pattern []byte, chunk int, deadline time.Time) (int64, error) {
@@ -211,46 +201,4 @@ func stream(port string, secure bool, pattern []byte, chunk int, deadline time.T
 		return got, fmt.Errorf("%d of %d bytes came back", got, sent)
 	}
 	return got, nil
-}
-
-// roundTrips sends datagrams on one flow until the deadline, each awaited
-// back: how many came back, and how many did not within 250 ms.
-func roundTrips(port string, payload []byte, deadline time.Time) (int64, int64, error) {
-	addr, err := net.ResolveUDPAddr("udp", "127.0.0.1:"+port)
-	if err != nil {
-		return 0, 0, err
-	}
-	conn, err := net.DialUDP("udp", nil, addr)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer conn.Close()
-	sent := make([]byte, len(payload))
-	copy(sent, payload)
-	got := make([]byte, 65536)
-	var done, lost int64
-	for seq := uint64(0); time.Now().Before(deadline); seq++ {
-		for i := 0; i < 8 && i < len(sent); i++ {
-			sent[i] = byte(seq >> (8 * i))
-		}
-		if _, err := conn.Write(sent); err != nil {
-			return done, lost, err
-		}
-		conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
-		for {
-			n, err := conn.Read(got)
-			if err != nil {
-				if ne, ok := err.(net.Error); ok && ne.Timeout() {
-					lost++
-					break
-				}
-				return done, lost, err
-			}
-			if bytes.Equal(got[:n], sent) {
-				done++
-				break
-			}
-		}
-	}
-	return done, lost, nil
 }
