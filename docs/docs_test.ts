@@ -192,6 +192,7 @@ Deno.test("README: the How fast table says what performance.md's latest run meas
   const page = await Deno.readTextFile(`${repoDir}docs/performance.md`);
   const latest = tableAfter(page, "## Latest figures");
   const tls = tableAfter(page, "## TLS ports");
+  const udp = tableAfter(page, "## UDP");
   const shipped = "defaults / go-logging-echo";
   const off = "data off / go io.Copy";
   const plain = (scenario: string, figure: string) => [
@@ -214,6 +215,9 @@ Deno.test("README: the How fast table says what performance.md's latest run meas
         cellOf(tls, "TLS stream 4 × 64 KiB", "MB/s", "tcp-echo / go")
       } (Go \`crypto/tls\`)`,
     ],
+    "UDP, 8 flows × 64 B": ["defaults / go", "data off / go"].map((ratio) =>
+      `${cellOf(udp, "UDP rr 8 flows × 64 B", "datagrams/s", ratio)} (Go UDP echo)`
+    ),
   };
   const summary = tableAfter(readme, "## How fast").slice(1);
   assert.deepEqual(Object.fromEntries(summary.map(([row, ...cells]) => [row, cells])), expected);
