@@ -149,6 +149,9 @@ export class UdpEchoPort {
     statsOf: (boundPort: number) => UdpPortStats,
     hooks: UdpTestHooks = {},
   ): UdpEchoPort {
+    if (typeof Deno.listenDatagram !== "function") {
+      throw new Error("Deno.listenDatagram needs --unstable-net (deno.json has unstable: net)");
+    }
     const socket = Deno.listenDatagram({ transport: "udp", hostname, port });
     const bound = (socket.addr as Deno.NetAddr).port;
     return new UdpEchoPort(socket, bound, statsOf(bound), config, hooks);
@@ -188,7 +191,13 @@ export class UdpEchoPort {
         await new Promise((resolve) => setTimeout(resolve, RECEIVE_RETRY_MS));
         continue;
       }
-      await this.#onDatagram(received[0], received[1] as Peer);
+      // A datagram received as the port closes is not answered: its flow would outlive the port.
+      if (this.#closing) return;
+      try {
+        await this.#onDatagram(received[0], received[1] as Peer);
+      } catch (error) {
+        log.warn("A UDP datagram could not be answered.", { port: this.port, error });
+      }
     }
   }
 
@@ -201,7 +210,8 @@ export class UdpEchoPort {
     const now = performance.now();
     if (flow === undefined) {
       flow = await this.#openFlow(key, peer, now);
-      if (flow === undefined) return;
+      // The port may have closed (and closed this flow) while its banner was sent.
+      if (flow === undefined || this.#closing) return;
     }
     flow.lastSeenAt = now;
     flow.datagramsIn++;

@@ -279,3 +279,31 @@ Deno.test("UDP configuration: faults and limits need UDP_PORT; fractions are che
     0.1,
   );
 });
+
+Deno.test("UDP shutdown: datagrams that come as the port closes open no flow, arm no timer, log nothing after", async () => {
+  for (let round = 0; round < 12; round++) {
+    const s = await startTestServer({ UDP_PORT: "any", UDP_DELAY: "50ms" });
+    const clients = await Promise.all(Array.from({ length: 32 }, () => UdpClient.to(s.udpPort)));
+    try {
+      await Promise.all(clients.slice(0, 16).map((client) => client.send(encoder.encode("bye"))));
+      await s.logs.waitFor((r) => r.rawMessage === "UDP flow open.", "a flow open");
+      // Still coming while the port closes: some are received, none answered.
+      const late = Promise.all(clients.slice(16).map((client) => client.send(encoder.encode("x"))));
+      await s[Symbol.asyncDispose]();
+      await late;
+      const opened = flowRecords(s.logs, "UDP flow open.").map((r) => r.properties.id);
+      const closed = flowRecords(s.logs, "UDP flow closed.").map((r) => r.properties.id);
+      assert.deepEqual(
+        closed.toSorted(),
+        opened.toSorted(),
+        `round ${round}: a closed record each`,
+      );
+      const last = s.logs.records.findLastIndex((r) => r.rawMessage === "UDP flow closed.");
+      const after = s.logs.records.slice(last + 1).filter((r) => r.properties.id !== undefined);
+      assert.deepEqual(after.map((r) => r.rawMessage), [], `round ${round}: nothing after`);
+      assert.equal(s.server.stats.forUdpPort(s.udpPort).activeFlows, 0);
+    } finally {
+      await Promise.all(clients.map((client) => client[Symbol.asyncDispose]()));
+    }
+  }
+});
