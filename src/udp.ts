@@ -9,8 +9,8 @@
  * fraction, delay, duplicate, reorder.
  *
  * The socket is `Deno.listenDatagram`'s (deno.json enables `unstable: net`),
- * bound dual-stack where the host has IPv6, read one datagram at a time into
- * one buffer. `node:dgram` would need no flag, but Deno's implementation of it
+ * bound as the TCP listener is (on `::` both families, as Linux does unless
+ * `net.ipv6.bindv6only` is 1), read one datagram at a time into one buffer. `node:dgram` would need no flag, but Deno's implementation of it
  * allocates a fresh 64 KiB buffer for every datagram: under load V8 then runs a
  * full garbage collection every few tens of milliseconds, and the port answered
  * a quarter as many datagrams (docs/performance.md).
