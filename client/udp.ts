@@ -1,8 +1,8 @@
 /**
- * `--udp`: probe and load with datagrams. A socket per flow (node:dgram,
- * slower under load than the server's `Deno.listenDatagram` port: about 14k
- * datagrams/s over 8 flows here, where the bench's C client gets 75k echoed)
- * that keeps what comes with the time it came; a probe that sends
+ * `--udp`: probe and load with datagrams. A socket per flow
+ * (`Deno.listenDatagram`, as the server's port: `node:dgram` allocates 64 KiB
+ * for every datagram it receives) that keeps what comes with the time it
+ * came; a probe that sends
  * one datagram from a socket of its own and waits for its echo, a datagram
  * before it being the banner that names who answered; and load, flows doing
  * request/response until `--duration`. The one-flow probe is udp_flow.ts.
@@ -24,7 +24,6 @@
  *
  * @module
  */
-import dgram from "node:dgram";
 import * as hdr from "hdr-histogram-js";
 import { formatHostPort, unmapIPv4 } from "../src/wire.ts";
 import { chosenFamily } from "./connection.ts";
@@ -55,11 +54,8 @@ export interface Datagram {
   readonly stray?: string;
 }
 
-/** Where node:dgram says a datagram came from. */
-interface Peer {
-  readonly address: string;
-  readonly port: number;
-}
+/** Room for the largest datagram (65,527 bytes over IPv6). */
+const DATAGRAM_BUFFER_BYTES = 65_536;
 
 /**
  * A client UDP socket: bound to a port of its own (one flow), sending to
@@ -67,14 +63,18 @@ interface Peer {
  * or handed to `onDatagram` when that is set.
  */
 export class UdpFlowSocket {
-  readonly #socket: dgram.Socket;
+  readonly #socket: Deno.DatagramConn;
+  readonly #target: Deno.NetAddr;
+  readonly #from: string;
   readonly #queue: Datagram[] = [];
+  readonly #receiving: Promise<void>;
+  #closing = false;
   #waiter: ((datagram: Datagram) => void) | undefined;
   /** Takes every datagram as it comes instead of the queue. */
   onDatagram: ((datagram: Datagram) => void) | undefined;
 
   private constructor(
-    socket: dgram.Socket,
+    socket: Deno.DatagramConn,
     /** The IP address it sends to. */
     readonly address: string,
     /** The port it sends to. */
@@ -83,17 +83,32 @@ export class UdpFlowSocket {
     readonly localPort: number,
   ) {
     this.#socket = socket;
-    const from = unmapIPv4(address);
-    socket.on("message", (bytes: Uint8Array, peer: Peer) => {
+    this.#target = { transport: "udp", hostname: address, port };
+    this.#from = unmapIPv4(address);
+    this.#receiving = this.#receiveLoop();
+  }
+
+  /** Takes each datagram as it comes (a copy: the buffer is read into again), until closed. */
+  async #receiveLoop(): Promise<void> {
+    const buffer = new Uint8Array(DATAGRAM_BUFFER_BYTES);
+    while (!this.#closing) {
+      let received: [Uint8Array, Deno.Addr];
+      try {
+        received = await this.#socket.receive(buffer);
+      } catch {
+        // Closed, or an error the socket reports: what was sent is then counted as lost.
+        return;
+      }
       const atMs = performance.now();
-      const fromTarget = unmapIPv4(peer.address) === from && peer.port === port;
-      const datagram = fromTarget
-        ? { bytes, atMs }
-        : { bytes, atMs, stray: formatHostPort(unmapIPv4(peer.address), peer.port) };
-      this.#take(datagram);
-    });
-    // Without a listener an error event would throw; a failed send says so itself.
-    socket.on("error", () => {});
+      const bytes = received[0].slice();
+      const peer = received[1] as Deno.NetAddr;
+      const from = unmapIPv4(peer.hostname);
+      this.#take(
+        from === this.#from && peer.port === this.port
+          ? { bytes, atMs }
+          : { bytes, atMs, stray: formatHostPort(from, peer.port) },
+      );
+    }
   }
 
   /**
@@ -109,13 +124,13 @@ export class UdpFlowSocket {
     usedPorts: Set<number> = new Set(),
   ): Promise<UdpFlowSocket> {
     const resolved = await resolveAddress(hostname, family);
-    const type = resolved.family === 6 ? "udp6" : "udp4";
+    const anyAddress = resolved.family === 6 ? "::" : "0.0.0.0";
     // Those not taken stay bound until one is, so that the kernel picks another each time.
-    const refused: dgram.Socket[] = [];
+    const refused: Deno.DatagramConn[] = [];
     try {
       for (let attempt = 1;; attempt++) {
-        const socket = await bindAnyPort(type);
-        const localPort = (socket.address() as { port: number }).port;
+        const socket = Deno.listenDatagram({ transport: "udp", hostname: anyAddress, port: 0 });
+        const localPort = (socket.addr as Deno.NetAddr).port;
         if (usedPorts.has(localPort) && attempt < FRESH_PORT_ATTEMPTS) {
           refused.push(socket);
           continue;
@@ -124,7 +139,7 @@ export class UdpFlowSocket {
         return new UdpFlowSocket(socket, resolved.address, port, localPort);
       }
     } finally {
-      await Promise.all(refused.map(closeSocket));
+      for (const socket of refused) socket.close();
     }
   }
 
@@ -137,15 +152,8 @@ export class UdpFlowSocket {
   }
 
   /** Sends one datagram; rejects when it cannot be sent (too large, no route). */
-  send(bytes: Uint8Array): Promise<void> {
-    return new Promise((resolve, reject) =>
-      this.#socket.send(
-        bytes,
-        this.port,
-        this.address,
-        (error) => error ? reject(error) : resolve(),
-      )
-    );
+  async send(bytes: Uint8Array): Promise<void> {
+    await this.#socket.send(bytes, this.#target);
   }
 
   /** The next datagram, or `undefined` when none comes within `ms`. */
@@ -166,35 +174,16 @@ export class UdpFlowSocket {
   }
 
   /** Closes the socket. */
-  close(): Promise<void> {
-    return closeSocket(this.#socket);
+  async close(): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#socket.close();
+    await this.#receiving;
   }
 }
 
 /** Ports tried for a socket before one used already in the run is taken anyway. */
 const FRESH_PORT_ATTEMPTS = 16;
-
-function closeSocket(socket: dgram.Socket): Promise<void> {
-  return new Promise((resolve) => socket.close(() => resolve()));
-}
-
-/** A socket of `type` bound to a port the kernel picks. */
-async function bindAnyPort(type: "udp4" | "udp6"): Promise<dgram.Socket> {
-  const socket = dgram.createSocket(type);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      socket.once("error", reject);
-      socket.bind(0, () => {
-        socket.off("error", reject);
-        resolve();
-      });
-    });
-    return socket;
-  } catch (error) {
-    await closeSocket(socket);
-    throw error;
-  }
-}
 
 /** Whether a datagram's text has a banner line of tcp-echo's (any field). */
 export function looksLikeBanner(bytes: Uint8Array): boolean {
