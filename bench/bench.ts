@@ -801,6 +801,28 @@ const TLS_REFERENCE = "go crypto/tls";
 const TLS_CEILING = "Deno.listenTls";
 /** A client busier than this share of its core may be what limited the figure: the row says so. */
 const CLIENT_LIMITED_SHARE = 0.8;
+
+/** A figure's median by scenario, figure label and server. */
+type MedianAt = (scenario: string, figure: string, server: string) => number;
+
+function medianAt(results: Results): MedianAt {
+  return (scenario, figure, server) => median(results.get(`${scenario}|${figure}|${server}`)!);
+}
+
+/**
+ * A cell of CPU shares (or losses), `servers` in order; a client share over
+ * {@linkcode CLIENT_LIMITED_SHARE} is marked, since that figure is partly the client's.
+ */
+function sharesCell(
+  at: MedianAt,
+  scenario: string,
+  figure: string,
+  servers: readonly string[],
+): string {
+  const shares = servers.map((server) => at(scenario, figure, server));
+  const limited = figure === "client CPU" && shares.some((share) => share > CLIENT_LIMITED_SHARE);
+  return shares.map((share) => share.toFixed(2)).join(", ") + (limited ? " (client-limited)" : "");
+}
 const TLS_OURS = "tcp-echo TLS, data off";
 const TLS_SERVERS = [TLS_REFERENCE, TLS_CEILING, TLS_OURS] as const;
 
@@ -871,8 +893,7 @@ function renderTlsTable(
   results: Results,
   memory: ReadonlyMap<string, MemoryFigures>,
 ): string {
-  const at = (scenario: string, figure: string, server: string) =>
-    median(results.get(`${scenario}|${figure}|${server}`)!);
+  const at = medianAt(results);
   const lines = [
     `| scenario | figure | ${
       TLS_SERVERS.join(" | ")
@@ -880,20 +901,17 @@ function renderTlsTable(
     "| client CPU | server CPU |",
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
-  const shares = (scenario: string, label: string) =>
-    TLS_SERVERS.map((server) => at(scenario, label, server).toFixed(2)).join(", ");
+  const shares = (scenario: string, label: string) => sharesCell(at, scenario, label, TLS_SERVERS);
   for (const scenario of all) {
-    const client = TLS_SERVERS.map((server) => at(scenario.name, "client CPU", server));
-    const flag = client.some((share) => share > CLIENT_LIMITED_SHARE) ? " (client-limited)" : "";
     for (const { label } of scenario.figures.slice(0, 2)) {
       const [go, deno, ours] = TLS_SERVERS.map((server) => at(scenario.name, label, server));
       const rate = !label.includes("CPU-s");
       lines.push(
         `| ${scenario.name} | ${label} | ${format(go)} | ${format(deno)} | ${format(ours)} | ${
           (ours / go).toFixed(2)
-        }× | ${(ours / deno).toFixed(2)}× | ${
-          rate ? shares(scenario.name, "client CPU") + flag : ""
-        } | ${rate ? shares(scenario.name, "server CPU") : ""} |`,
+        }× | ${(ours / deno).toFixed(2)}× | ${rate ? shares(scenario.name, "client CPU") : ""} | ${
+          rate ? shares(scenario.name, "server CPU") : ""
+        } |`,
       );
     }
   }
@@ -1063,28 +1081,24 @@ function renderUdpTable(
   results: Results,
   perFlowKiB: ReadonlyMap<string, number>,
 ): string {
-  const at = (scenario: string, figure: string, server: string) =>
-    median(results.get(`${scenario}|${figure}|${server}`)!);
+  const at = medianAt(results);
   const lines = [
     `| scenario | figure | ${UDP_SERVERS.join(" | ")} | data off / go | defaults / go | lost | ` +
     "client CPU | server CPU |",
     "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
-  const shares = (scenario: string, label: string) =>
-    UDP_SERVERS.map((server) => at(scenario, label, server).toFixed(2)).join(", ");
   for (const scenario of all) {
-    const client = UDP_SERVERS.map((server) => at(scenario.name, "client CPU", server));
-    const flag = client.some((share) => share > CLIENT_LIMITED_SHARE) ? " (client-limited)" : "";
     for (const { label } of scenario.figures.slice(0, 2)) {
       const [go, off, shipped] = UDP_SERVERS.map((server) => at(scenario.name, label, server));
       const rate = !label.includes("CPU-s");
-      const perRate = (figure: string) => rate ? shares(scenario.name, figure) : "";
+      const perRate = (figure: string) =>
+        rate ? sharesCell(at, scenario.name, figure, UDP_SERVERS) : "";
       lines.push(
         `| ${scenario.name} | ${label} | ${format(go)} | ${format(off)} | ${format(shipped)} | ${
           (off / go).toFixed(2)
-        }× | ${(shipped / go).toFixed(2)}× | ${perRate("lost")} | ${
-          rate ? perRate("client CPU") + flag : ""
-        } | ${perRate("server CPU")} |`,
+        }× | ${(shipped / go).toFixed(2)}× | ${perRate("lost")} | ${perRate("client CPU")} | ${
+          perRate("server CPU")
+        } |`,
       );
     }
   }

@@ -25,7 +25,7 @@
  * @module
  */
 import * as hdr from "hdr-histogram-js";
-import { formatHostPort, unmapIPv4 } from "../src/wire.ts";
+import { formatHostPort, receiveDatagrams, unmapIPv4 } from "../src/wire.ts";
 import { chosenFamily } from "./connection.ts";
 import { type IpVersion, resolveAddress } from "./family.ts";
 import { type Failure, failureOf, type FailureSummary, FailureTally } from "./failures.ts";
@@ -53,9 +53,6 @@ export interface Datagram {
   /** `host:port` it came from, when that is not where the socket sends to. */
   readonly stray?: string;
 }
-
-/** Room for the largest datagram (65,527 bytes over IPv6). */
-const DATAGRAM_BUFFER_BYTES = 65_536;
 
 /**
  * A client UDP socket: bound to a port of its own (one flow), sending to
@@ -85,30 +82,25 @@ export class UdpFlowSocket {
     this.#socket = socket;
     this.#target = { transport: "udp", hostname: address, port };
     this.#from = unmapIPv4(address);
-    this.#receiving = this.#receiveLoop();
+    // A failed receive ends the flow's reading: what it sent is then counted as lost.
+    this.#receiving = receiveDatagrams(
+      socket,
+      (bytes, peer) => this.#arrived(bytes, peer),
+      () => this.#closing,
+      () => false,
+    );
   }
 
-  /** Takes each datagram as it comes (a copy: the buffer is read into again), until closed. */
-  async #receiveLoop(): Promise<void> {
-    const buffer = new Uint8Array(DATAGRAM_BUFFER_BYTES);
-    while (!this.#closing) {
-      let received: [Uint8Array, Deno.Addr];
-      try {
-        received = await this.#socket.receive(buffer);
-      } catch {
-        // Closed, or an error the socket reports: what was sent is then counted as lost.
-        return;
-      }
-      const atMs = performance.now();
-      const bytes = received[0].slice();
-      const peer = received[1] as Deno.NetAddr;
-      const from = unmapIPv4(peer.hostname);
-      this.#take(
-        from === this.#from && peer.port === this.port
-          ? { bytes, atMs }
-          : { bytes, atMs, stray: formatHostPort(from, peer.port) },
-      );
-    }
+  /** Queues a datagram with the time it came (a copy: the socket's buffer is read into again). */
+  #arrived(bytes: Uint8Array, peer: Deno.NetAddr): void {
+    const atMs = performance.now();
+    const kept = bytes.slice();
+    const from = unmapIPv4(peer.hostname);
+    this.#take(
+      from === this.#from && peer.port === this.port
+        ? { bytes: kept, atMs }
+        : { bytes: kept, atMs, stray: formatHostPort(from, peer.port) },
+    );
   }
 
   /**

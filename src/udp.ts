@@ -10,16 +10,17 @@
  *
  * The socket is `Deno.listenDatagram`'s (deno.json enables `unstable: net`),
  * bound as the TCP listener is (on `::` both families, as Linux does unless
- * `net.ipv6.bindv6only` is 1), read one datagram at a time into one buffer. `node:dgram` would need no flag, but Deno's implementation of it
- * allocates a fresh 64 KiB buffer for every datagram: under load V8 then runs a
- * full garbage collection every few tens of milliseconds, and the port answered
- * a quarter as many datagrams (docs/performance.md).
+ * `net.ipv6.bindv6only` is 1), read one datagram at a time into one buffer.
+ * `node:dgram` would need no flag, but Deno's implementation of it allocates
+ * a fresh 64 KiB buffer for every datagram: under load V8 then runs a full
+ * garbage collection every few tens of milliseconds, and the port answered a
+ * quarter as many datagrams (docs/performance.md).
  *
  * @module
  */
 import type { Config, UdpSettings } from "./config.ts";
 import { log, logConnectionRecord, logReceived } from "./log_output.ts";
-import { formatHostPort, ipFamily, renderBannerText, unmapIPv4 } from "./wire.ts";
+import { formatHostPort, ipFamily, receiveDatagrams, renderBannerText, unmapIPv4 } from "./wire.ts";
 
 /** Why a datagram was not echoed, as `tcp_echo_udp_dropped_total{reason}` counts it. */
 export const UDP_DROP_REASONS = ["fault", "flow_limit", "send_failed"] as const;
@@ -61,8 +62,6 @@ interface Flow {
 /** Where a datagram came from. */
 type Peer = Deno.NetAddr;
 
-/** Room for the largest datagram (65,527 bytes over IPv6), so that none is cut short. */
-const DATAGRAM_BUFFER_BYTES = 65_536;
 /** How long the port waits after a failed receive before the next (not a closed socket's). */
 const RECEIVE_RETRY_MS = 100;
 
@@ -138,7 +137,14 @@ export class UdpEchoPort {
       () => this.#closeSilent(),
       hooks.sweepIntervalMs ?? SWEEP_INTERVAL_MS,
     );
-    this.#receiving = this.#receiveLoop();
+    // Each datagram is answered before the next is read into the buffer: an echo sent
+    // from it is on its way before it is reused, and what must wait is copied.
+    this.#receiving = receiveDatagrams(
+      socket,
+      (message, peer) => this.#answer(message, peer),
+      () => this.#closing,
+      (error) => this.#receiveFailed(error),
+    );
   }
 
   /** Binds a UDP port on `hostname` (`::` binds both families); throws when it cannot. */
@@ -174,31 +180,20 @@ export class UdpEchoPort {
     await Promise.all([this.#receiving, ...this.#sending]);
   }
 
-  /**
-   * Receives one datagram at a time into one buffer and answers it before
-   * the next: an echo sent from the buffer is on its way before the buffer
-   * is reused, and what must wait (a delayed or reordered echo) is copied.
-   */
-  async #receiveLoop(): Promise<void> {
-    const buffer = new Uint8Array(DATAGRAM_BUFFER_BYTES);
-    while (!this.#closing) {
-      let received: [Uint8Array, Deno.Addr];
-      try {
-        received = await this.#socket.receive(buffer);
-      } catch (error) {
-        if (this.#closing) return;
-        log.warn("UDP socket error.", { port: this.port, error });
-        await new Promise((resolve) => setTimeout(resolve, RECEIVE_RETRY_MS));
-        continue;
-      }
-      // A datagram received as the port closes is not answered: its flow would outlive the port.
-      if (this.#closing) return;
-      try {
-        await this.#onDatagram(received[0], received[1] as Peer);
-      } catch (error) {
-        log.warn("A UDP datagram could not be answered.", { port: this.port, error });
-      }
+  /** Answers one datagram; a failure is logged, and the port goes on with the next. */
+  async #answer(message: Uint8Array, peer: Peer): Promise<void> {
+    try {
+      await this.#onDatagram(message, peer);
+    } catch (error) {
+      log.warn("A UDP datagram could not be answered.", { port: this.port, error });
     }
+  }
+
+  /** A failed receive (not a closed socket's): logged, and the next comes after a pause. */
+  async #receiveFailed(error: unknown): Promise<boolean> {
+    log.warn("UDP socket error.", { port: this.port, error });
+    await new Promise((resolve) => setTimeout(resolve, RECEIVE_RETRY_MS));
+    return true;
   }
 
   async #onDatagram(message: Uint8Array, peer: Peer): Promise<void> {
@@ -223,11 +218,12 @@ export class UdpEchoPort {
       return;
     }
     const delayMs = this.#config.udp.faults.delayMs;
-    if (delayMs === 0) return await this.#echo(flow, peer, message, plan);
-    const later = message.slice();
+    // An echo that waits (delayed, or held back to reorder) must outlive the receive buffer.
+    const echoed = delayMs > 0 || plan.reorder ? message.slice() : message;
+    if (delayMs === 0) return await this.#echo(flow, peer, echoed, plan);
     const timer = setTimeout(() => {
       this.#delayed.delete(timer);
-      this.#track(this.#echo(flow, peer, later, plan));
+      this.#track(this.#echo(flow, peer, echoed, plan));
     }, delayMs);
     this.#delayed.add(timer);
   }
@@ -288,12 +284,15 @@ export class UdpEchoPort {
     return banner;
   }
 
-  /** Sends `message` (and its duplicate), or holds a copy of it back (reorder); then what was held. */
+  /**
+   * Sends `message` (and its duplicate), or holds it back (reorder: the
+   * caller gives a copy of its own then); then what was held.
+   */
   async #echo(flow: Flow, peer: Peer, message: Uint8Array, plan: EchoPlan): Promise<void> {
     const held = flow.held;
     if (plan.reorder && held === undefined) {
       const timer = setTimeout(() => this.#track(this.#releaseHeld(flow, peer)), REORDER_HOLD_MS);
-      flow.held = { bytes: message.slice(), timer };
+      flow.held = { bytes: message, timer };
       return;
     }
     await this.#send(flow, peer, message);

@@ -1,7 +1,8 @@
 /**
  * What the server and the client share: the banner's field table (the
  * server renders from it, the client parses with it), addresses as text,
- * byte joining, write-all, and the one duration grammar.
+ * byte joining, write-all, the datagram receive loop, and the one duration
+ * grammar.
  *
  * It imports nothing of the program: main.ts loads the client while its own
  * top-level `await main()` is pending, so a module the client imports must
@@ -213,6 +214,36 @@ export function closeQuietly(closable: { close(): void }): void {
 export interface PartialWriter {
   /** Writes some of `bytes`; resolves with how many. */
   write(bytes: Uint8Array): Promise<number>;
+}
+
+/** Room for the largest UDP datagram (65,527 bytes over IPv6), so that none is cut short. */
+export const DATAGRAM_BUFFER_BYTES = 65_536;
+
+/**
+ * Receives on `socket` one datagram at a time into one buffer and hands each
+ * to `take`, awaited: the buffer is read into again once `take` settles, so
+ * `take` copies what it keeps. Ends once `closed()` (a datagram received as
+ * it closes is not taken), or when a receive fails and `failed` says not to
+ * go on.
+ */
+export async function receiveDatagrams(
+  socket: Deno.DatagramConn,
+  take: (bytes: Uint8Array, peer: Deno.NetAddr) => unknown,
+  closed: () => boolean,
+  failed: (error: unknown) => boolean | Promise<boolean>,
+): Promise<void> {
+  const buffer = new Uint8Array(DATAGRAM_BUFFER_BYTES);
+  while (!closed()) {
+    let received: [Uint8Array, Deno.Addr];
+    try {
+      received = await socket.receive(buffer);
+    } catch (error) {
+      if (closed() || !await failed(error)) return;
+      continue;
+    }
+    if (closed()) return;
+    await take(received[0], received[1] as Deno.NetAddr);
+  }
 }
 
 /** Writes all of `bytes`; `onWritten` hears of every part the target took. */
