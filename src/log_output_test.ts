@@ -194,6 +194,95 @@ Deno.test("data records formatted straight from the buffer are byte for byte Log
   }
 });
 
+Deno.test("connection records written straight into the batch are byte for byte the formatters'", async (t) => {
+  const id = crypto.randomUUID();
+  const plain: [string, string, Record<string, unknown>][] = [
+    ["open", "TCP connection open.", { id, client: "127.0.0.1:51114", port: 7, family: "IPv4" }],
+    ["open, IPv6", "TCP connection open.", { id, client: "[::1]:5000", port: 7, family: "IPv6" }],
+    ["closed", "TCP connection closed.", {
+      id,
+      reason: "eof",
+      bytes_in: 3,
+      bytes_out: 1e21,
+      duration_ms: -0,
+      port: 7,
+    }],
+    ["no id", "UDP flow open.", { client: "10.0.0.1:53", port: 5353 }],
+    ["punctuation", "TCP connection open.", { id, sni: "a=b!#$%&'()*+,-./:;<>?@[]^_`{|}~" }],
+  ];
+  // Facts the direct path must leave to the formatter: each needs quoting or escaping.
+  const hostile: [string, Record<string, unknown>][] = [
+    ["a newline", { id, sni: "evil\n2026/01/01 00:00:00 forged" }],
+    ["a space", { id, client_cert: "CN=a b" }],
+    ["a quote", { id, sni: 'say "hi"' }],
+    ["a backslash", { id, sni: "a\\b" }],
+    ["an empty string", { id, sni: "" }],
+    ["non-ASCII", { id, subject: "CN=Bücher" }],
+    ["a C1 control", { id, sni: "a\u0085b" }],
+    ["NaN", { id, duration_ms: NaN }],
+    ["Infinity", { id, bytes_in: Infinity }],
+    ["an error", { id, reason: "error", error: new Error("broken\npipe") }],
+    ["an id with =", { id: "x=1", port: 7 }],
+    ["an id starting with a quote", { id: '"x', port: 7 }],
+    ["a boolean", { id, tls: true }],
+  ];
+  const strip = (text: string) =>
+    text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /gm, "").replace(/"ts":"[^"]+"/g, "");
+  for (const format of ["text", "json"] as const) {
+    const formatter = format === "json" ? formatJsonRecord : formatTextRecord;
+    const written = async (
+      message: string,
+      properties: Record<string, unknown>,
+      format_ = formatter,
+    ) => {
+      let out = "";
+      const sink = new BatchingSink(
+        (bytes) => Promise.resolve(out += decoder.decode(bytes)),
+        format_,
+        100,
+        () => false,
+        format,
+      );
+      sink.appendConnectionRecord(message, properties);
+      await sink.flush();
+      return out;
+    };
+    const expected = (message: string, properties: Record<string, unknown>) =>
+      formatter({ level: "info", timestamp: Date.now(), rawMessage: message, properties });
+    await t.step(`${format}: plain facts, written directly`, async () => {
+      for (const [what, message, properties] of plain) {
+        assert.equal(
+          strip(await written(message, properties)),
+          strip(expected(message, properties)),
+          what,
+        );
+        // A formatter that marks its lines shows the record did not go through it.
+        assert.doesNotMatch(
+          await written(message, properties, () => "FORMATTER\n"),
+          /FORMATTER/,
+          what,
+        );
+      }
+    });
+    await t.step(`${format}: facts to quote or escape, through the formatter`, async () => {
+      for (const [what, properties] of hostile) {
+        const message = "TCP connection open.";
+        assert.equal(await written(message, properties, () => "FORMATTER\n"), "FORMATTER\n", what);
+        assert.equal(
+          strip(await written(message, properties)),
+          strip(expected(message, properties)),
+          what,
+        );
+        assert.equal(
+          (await written(message, properties)).split("\n").length,
+          2,
+          `${what}: one line`,
+        );
+      }
+    });
+  }
+});
+
 /** A record's time and connection id, fixed so whole lines can be written out. */
 const AT = Date.UTC(2026, 0, 1);
 const ID = "7c0e2a52-3b1d-4e0f-8a6c-5d4b3a291807";
