@@ -509,27 +509,30 @@ export class BatchingSink implements AsyncDisposable {
   }
 
   /**
-   * Appends an info record of a connection (open, closed; `message` has no
-   * placeholders): written straight into the batch when every fact is a
-   * finite number or a string written bare ({@linkcode isBareFact}), byte for
-   * byte what `format` makes of it (about 3 µs less a record); else formatted
-   * by `format`.
+   * Appends an info record of a connection (open, closed): written straight
+   * into the batch when its message is plain printable ASCII without
+   * placeholders, its keys are lowercase names and every fact is a finite
+   * number or a string written bare ({@linkcode isBareFact}), byte for byte
+   * what `format` makes of it (about 3 µs less a record); else formatted by
+   * `format`. Either way it is admitted as a record that is not expendable,
+   * as {@linkcode createStdoutSink} counts every record but the data records.
    */
   appendConnectionRecord(message: string, properties: Record<string, unknown>): void {
     const now = Date.now();
-    if (!hasPlainFacts(properties)) {
+    const bytes = messageBytes(message);
+    const factBytes = bytes === undefined ? -1 : plainFactsLength(properties);
+    if (factBytes < 0) {
       return this.append({ level: "info", timestamp: now, rawMessage: message, properties });
     }
     if (!this.#admit(false, 1)) return;
-    let bytes = 64 + message.length * 3;
-    for (const key in properties) bytes += key.length + 32 + String(properties[key]).length;
-    this.#reserve(bytes);
+    const messageLength = Math.max(bytes!.text.length, bytes!.json.length);
+    this.#reserve(RECORD_FRAME_BYTES + messageLength + factBytes);
     this.#length = putConnectionRecord(
       this.#dataFormat,
       this.#filling,
       this.#length,
       now,
-      message,
+      bytes!,
       properties,
     );
   }
@@ -876,44 +879,70 @@ function putLineEnd(
 }
 
 /**
- * Facts {@linkcode putConnectionRecord} writes as they are: finite numbers,
- * and strings that a text record writes bare and JSON quotes with no escape;
- * the id, written inline, also without `=` (it would then read as a fact).
+ * The bytes {@linkcode putConnectionRecord} writes for `properties` besides
+ * the timestamp and the message, at most; or -1 when a fact is not plain.
+ * Plain: a key that is a lowercase name other than JSON's own fields, and a
+ * finite number or a string that a text record writes bare and JSON quotes
+ * with no escape (the id, written inline, also without `=`: it would read as
+ * a fact).
  */
-function hasPlainFacts(properties: Record<string, unknown>): boolean {
+function plainFactsLength(properties: Record<string, unknown>): number {
+  let length = 0;
   for (const key in properties) {
+    if (!isPlainKey(key)) return -1;
     const value = properties[key];
     if (typeof value === "number") {
-      if (!Number.isFinite(value)) return false;
-    } else if (typeof value !== "string" || !isBareFact(value)) return false;
-    else if (key === "id" && value.includes("=")) return false;
+      if (!Number.isFinite(value)) return -1;
+      length += key.length + 30;
+    } else if (typeof value !== "string" || !isBareFact(value)) return -1;
+    else if (key === "id" && value.includes("=")) return -1;
+    else length += key.length + value.length + 6;
   }
+  return length;
+}
+
+const plainKeys = new Set<string>();
+/** JSON's fields that come before a record's facts. */
+const JSON_OWN_FIELDS = new Set(["ts", "level", "msg"]);
+
+function isPlainKey(key: string): boolean {
+  if (plainKeys.has(key)) return true;
+  if (!/^[a-z_][a-z0-9_]*$/.test(key) || JSON_OWN_FIELDS.has(key)) return false;
+  plainKeys.add(key);
   return true;
 }
 
-/** A connection record's message, as the text line and as JSON's `msg` write it. */
+/** A plain message, as the text line and as JSON's `msg` write it. */
 interface MessageBytes {
   readonly text: Uint8Array;
   readonly json: Uint8Array;
 }
 
-const messageBytesCache = new Map<string, MessageBytes>();
+/** Each message seen, as bytes, or `undefined` when it is not plain. */
+const messageBytesCache = new Map<string, MessageBytes | undefined>();
 
-function messageBytes(message: string): MessageBytes {
-  let bytes = messageBytesCache.get(message);
-  if (!bytes) {
-    const msg = message.replace(/:? *\{\w+\}/g, "").trim();
-    bytes = { text: encoder.encode(message), json: encoder.encode(JSON.stringify(msg)) };
-    messageBytesCache.set(message, bytes);
-  }
+/**
+ * A message's bytes when it is printable ASCII without placeholders
+ * (`{`, `}`), `"` or `\`, else `undefined`: the formatters would
+ * then change it.
+ */
+function messageBytes(message: string): MessageBytes | undefined {
+  if (messageBytesCache.has(message)) return messageBytesCache.get(message);
+  const plain = /^[\x20\x21\x23-\x5b\x5d-\x7a\x7c\x7e]+$/.test(message);
+  const bytes = plain
+    ? { text: ascii(message), json: ascii(JSON.stringify(message.trim())) }
+    : undefined;
+  messageBytesCache.set(message, bytes);
   return bytes;
 }
 
+/** What a connection record takes besides its message and facts, at most (JSON's frame). */
+const RECORD_FRAME_BYTES = 64;
 const TEXT_ID_END = ascii(" - ");
 const JSON_BEFORE_MSG = ascii('","level":"info","msg":');
 
 /**
- * Writes an info record of plain facts ({@linkcode hasPlainFacts}) at `o`,
+ * Writes an info record of plain facts ({@linkcode plainFactsLength}) at `o`,
  * as {@linkcode formatTextRecord} or {@linkcode formatJsonRecord} would;
  * returns the offset after it.
  */
@@ -922,10 +951,9 @@ function putConnectionRecord(
   out: Uint8Array,
   o: number,
   now: number,
-  message: string,
+  { text, json }: MessageBytes,
   properties: Record<string, unknown>,
 ): number {
-  const { text, json } = messageBytes(message);
   o = putBytes(out, o, format.beforeTimestamp);
   o = putAscii(out, o, format.timestamp(now));
   if (format.json) {

@@ -225,6 +225,19 @@ Deno.test("connection records written straight into the batch are byte for byte 
     ["an id with =", { id: "x=1", port: 7 }],
     ["an id starting with a quote", { id: '"x', port: 7 }],
     ["a boolean", { id, tls: true }],
+    ["a key JSON has already", { id, msg: "x" }],
+    ["a key with a quote", { id, ['a"b']: 1 }],
+    ["a non-ASCII key", { id, ["ü"]: 1 }],
+    ["an integer-like key", { id, ["1"]: 1 }],
+  ];
+  // Messages the formatters change (placeholders, escapes): also through the formatter.
+  const unusualMessages = [
+    "Open from {client}.",
+    "m\u2028x.",
+    "\x01".repeat(20) + ".",
+    'say "hi".',
+    "a\\b.",
+    "Bücher.",
   ];
   const strip = (text: string) =>
     text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /gm, "").replace(/"ts":"[^"]+"/g, "");
@@ -279,7 +292,48 @@ Deno.test("connection records written straight into the batch are byte for byte 
           `${what}: one line`,
         );
       }
+      for (const message of unusualMessages) {
+        const properties = { id, client: "127.0.0.1:1" };
+        assert.equal(
+          await written(message, properties, () => "FORMATTER\n"),
+          "FORMATTER\n",
+          message,
+        );
+        assert.equal(
+          strip(await written(message, properties)),
+          strip(expected(message, properties)),
+        );
+      }
     });
+    await t.step(
+      `${format}: many records, past the batch's first buffer, as the formatter's`,
+      async () => {
+        let out = "";
+        const sink = new BatchingSink(
+          (bytes) => Promise.resolve(out += decoder.decode(bytes)),
+          formatter,
+          100_000,
+          () => false,
+          format,
+          100 * 2 ** 20,
+        );
+        let want = "";
+        for (let i = 0; i < 3_000; i++) {
+          const properties = {
+            id,
+            ["k".repeat(i % 97 + 1)]: "v".repeat(i % 301 + 1),
+            n: i * 1.5e300,
+            port: -i,
+          };
+          const message = "TCP connection open." + " ".repeat(i % 7);
+          sink.appendConnectionRecord(message, properties);
+          want += expected(message, properties);
+        }
+        await sink.flush();
+        assert.equal(strip(out), strip(want));
+        if (format === "json") { for (const line of out.trimEnd().split("\n")) JSON.parse(line); }
+      },
+    );
   }
 });
 
