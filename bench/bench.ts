@@ -271,7 +271,7 @@ const DENO_ECHO_COMMAND = [
   "--allow-env",
   `${repoDir}bench/deno-echo/main.ts`,
 ];
-/** The bare Deno.listen echo: the socket operations of tcp-echo's connection and nothing else. */
+/** The bare Deno.listen echo with tcp-echo's banner: the socket operations of its connection and nothing else. */
 const DENO_LOOP = "deno loop";
 
 /** The servers to measure, in table order, from what could be built. */
@@ -316,8 +316,10 @@ async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
     {
       name: DENO_LOOP,
       command: DENO_ECHO_COMMAND,
+      // tcp-echo's banner, so that the loop makes every socket call tcp-echo's connection makes.
+      env: { BANNER: bannerText() },
       logs: false,
-      bannerBytes: 0,
+      bannerBytes: new TextEncoder().encode(bannerText()).length,
       tcpEcho: false,
     },
     tcpEcho("tcp-echo, data off", { LOG_DATA_BYTES: "0" }),

@@ -1,8 +1,8 @@
 /**
  * The bench's ceilings on Deno: what the runtime does with no tcp-echo in the
- * way. On `TCP_PORT` a bare `Deno.listen` echo (accept, no-delay, a read and
- * write loop, close: the socket operations tcp-echo does for a connection,
- * with no banner, records, limits or metrics). With `TLS_PORT` also an echo on
+ * way. On `TCP_PORT` a bare `Deno.listen` echo (accept, no-delay, the text of
+ * `BANNER` when set, a read and write loop, close: the socket operations
+ * tcp-echo does for a connection, with no records, limits or metrics). With `TLS_PORT` also an echo on
  * `Deno.listenTls` (rustls inside the runtime, no JavaScript between the
  * socket and the TLS engine) with `TLS_CERT_FILE` and `TLS_KEY_FILE`. The TLS
  * echo can report none of what tcp-echo's banner says of a handshake (server
@@ -12,10 +12,14 @@
  * @module
  */
 
+/** Sent first on each plain connection, as tcp-echo sends its banner. */
+const banner = new TextEncoder().encode(Deno.env.get("BANNER") ?? "");
+
 /** Echoes until the peer ends or fails; then closes. */
-async function echo(conn: Deno.Conn): Promise<void> {
+async function echo(conn: Deno.Conn, first?: Uint8Array): Promise<void> {
   const buffer = new Uint8Array(65_536);
   try {
+    if (first !== undefined && first.length > 0) await conn.write(first);
     for (;;) {
       const n = await conn.read(buffer);
       if (n === null) break;
@@ -37,11 +41,11 @@ async function serve(listener: Deno.Listener): Promise<void> {
   for await (const conn of listener) echo(conn);
 }
 
-/** As tcp-echo does, every plain connection gets no-delay. */
+/** As tcp-echo does, every plain connection gets no-delay and the banner. */
 async function servePlain(listener: Deno.TcpListener): Promise<void> {
   for await (const conn of listener) {
     conn.setNoDelay(true);
-    echo(conn);
+    echo(conn, banner);
   }
 }
 
