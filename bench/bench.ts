@@ -277,12 +277,14 @@ const DENO_LOOP = "deno loop";
 /** The servers to measure, in table order, from what could be built. */
 async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
   const command = await tcpEchoCommand();
+  const banner = bannerText();
+  const bannerBytes = new TextEncoder().encode(banner).length;
   const tcpEcho = (name: string, env: Record<string, string>): ServerKind => ({
     name,
     command,
     env: { HOST: "127.0.0.1", ...BANNER_ENV, ...env },
     logs: true,
-    bannerBytes: new TextEncoder().encode(bannerText()).length,
+    bannerBytes,
     tcpEcho: true,
   });
   const goLogBanner = `Welcome, you are connected to node ${BANNER_ENV.NODE_NAME}.\n` +
@@ -317,9 +319,9 @@ async function serverKinds(built: Map<string, string>): Promise<ServerKind[]> {
       name: DENO_LOOP,
       command: DENO_ECHO_COMMAND,
       // tcp-echo's banner, so that the loop makes every socket call tcp-echo's connection makes.
-      env: { BANNER: bannerText() },
+      env: { BANNER: banner },
       logs: false,
-      bannerBytes: new TextEncoder().encode(bannerText()).length,
+      bannerBytes,
       tcpEcho: false,
     },
     tcpEcho("tcp-echo, data off", { LOG_DATA_BYTES: "0" }),

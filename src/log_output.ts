@@ -521,18 +521,18 @@ export class BatchingSink implements AsyncDisposable {
     const now = Date.now();
     const bytes = messageBytes(message);
     const factBytes = bytes === undefined ? -1 : plainFactsLength(properties);
-    if (factBytes < 0) {
+    if (bytes === undefined || factBytes < 0) {
       return this.append({ level: "info", timestamp: now, rawMessage: message, properties });
     }
     if (!this.#admit(false, 1)) return;
-    const messageLength = Math.max(bytes!.text.length, bytes!.json.length);
+    const messageLength = Math.max(bytes.text.length, bytes.json.length);
     this.#reserve(RECORD_FRAME_BYTES + messageLength + factBytes);
     this.#length = putConnectionRecord(
       this.#dataFormat,
       this.#filling,
       this.#length,
       now,
-      bytes!,
+      bytes,
       properties,
     );
   }
@@ -918,8 +918,8 @@ interface MessageBytes {
   readonly json: Uint8Array;
 }
 
-/** Each message seen, as bytes, or `undefined` when it is not plain. */
-const messageBytesCache = new Map<string, MessageBytes | undefined>();
+/** Each message seen, as bytes, or `null` when it is not plain. */
+const messageBytesCache = new Map<string, MessageBytes | null>();
 
 /**
  * A message's bytes when it is printable ASCII without placeholders
@@ -927,13 +927,13 @@ const messageBytesCache = new Map<string, MessageBytes | undefined>();
  * then change it.
  */
 function messageBytes(message: string): MessageBytes | undefined {
-  if (messageBytesCache.has(message)) return messageBytesCache.get(message);
-  const plain = /^[\x20\x21\x23-\x5b\x5d-\x7a\x7c\x7e]+$/.test(message);
-  const bytes = plain
-    ? { text: ascii(message), json: ascii(JSON.stringify(message.trim())) }
-    : undefined;
-  messageBytesCache.set(message, bytes);
-  return bytes;
+  let bytes = messageBytesCache.get(message);
+  if (bytes === undefined) {
+    const plain = /^[\x20\x21\x23-\x5b\x5d-\x7a\x7c\x7e]+$/.test(message);
+    bytes = plain ? { text: ascii(message), json: ascii(JSON.stringify(message.trim())) } : null;
+    messageBytesCache.set(message, bytes);
+  }
+  return bytes ?? undefined;
 }
 
 /** What a connection record takes besides its message and facts, at most (JSON's frame). */
@@ -961,7 +961,11 @@ function putConnectionRecord(
     o = putBytes(out, o, json);
     for (const key in properties) {
       const value = properties[key];
-      o = putAscii(out, o, `,"${key}":`);
+      out[o++] = 0x2c;
+      out[o++] = 0x22;
+      o = putAscii(out, o, key);
+      out[o++] = 0x22;
+      out[o++] = 0x3a;
       if (typeof value === "string") {
         out[o++] = 0x22;
         o = putAscii(out, o, value);

@@ -138,6 +138,30 @@ Deno.test("BatchingSink: waiting records are held to a byte budget, data records
   ]);
 });
 
+/** A sink writing `format`, whose batches `output()` gives back as text. */
+function collectingSink(
+  format: "text" | "json",
+  formatter: (record: LogRecord) => string,
+  maxPending: number,
+  isExpendable: (record: LogRecord) => boolean,
+  maxPendingBytes?: number,
+): { sink: BatchingSink; output: () => string } {
+  let out = "";
+  const sink = new BatchingSink(
+    (bytes) => Promise.resolve(out += decoder.decode(bytes)),
+    formatter,
+    maxPending,
+    isExpendable,
+    format,
+    maxPendingBytes,
+  );
+  return { sink, output: () => out };
+}
+
+/** A text without its records' timestamps: records formatted a moment apart compare equal. */
+const withoutTimestamps = (text: string) =>
+  text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /gm, "").replace(/"ts":"[^"]+"/g, "");
+
 Deno.test("data records formatted straight from the buffer are byte for byte LogTape's", async (t) => {
   const chunks: [string, Uint8Array][] = [
     ["text with a newline", encoder.encode("hello, app1\n")],
@@ -158,17 +182,11 @@ Deno.test("data records formatted straight from the buffer are byte for byte Log
       await t.step(`${format}, LOG_DATA_BYTES=${limit}`, async () => {
         for (const [what, chunk] of chunks) {
           const formatter = format === "json" ? formatJsonRecord : formatTextRecord;
-          let direct = "";
-          const sink = new BatchingSink(
-            (bytes) => Promise.resolve(direct += decoder.decode(bytes)),
-            formatter,
-            100,
-            () => true,
-            format,
-          );
+          const { sink, output } = collectingSink(format, formatter, 100, () => true);
           const before = Date.now();
           sink.appendDataRecords(id, chunk, limit);
           await sink.flush();
+          const direct = output();
           const shown = chunk.slice(0, limit);
           const omitted = chunk.length - shown.length;
           const facts = omitted > 0 ? { omitted_bytes: omitted } : {};
@@ -183,10 +201,7 @@ Deno.test("data records formatted straight from the buffer are byte for byte Log
             formatter(
               record("Received Data (converted to string): {data}", { data: new DataText(shown) }),
             );
-          // The timestamps are taken a moment apart: compare the rest of each line.
-          const strip = (text: string) =>
-            text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /gm, "").replace(/"ts":"[^"]+"/g, "");
-          assert.equal(strip(direct), strip(expected), what);
+          assert.equal(withoutTimestamps(direct), withoutTimestamps(expected), what);
           assert.equal(direct.split("\n").length, 3, `${what}: two lines`);
         }
       });
@@ -239,8 +254,6 @@ Deno.test("connection records written straight into the batch are byte for byte 
     "a\\b.",
     "Bücher.",
   ];
-  const strip = (text: string) =>
-    text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /gm, "").replace(/"ts":"[^"]+"/g, "");
   for (const format of ["text", "json"] as const) {
     const formatter = format === "json" ? formatJsonRecord : formatTextRecord;
     const written = async (
@@ -248,25 +261,18 @@ Deno.test("connection records written straight into the batch are byte for byte 
       properties: Record<string, unknown>,
       format_ = formatter,
     ) => {
-      let out = "";
-      const sink = new BatchingSink(
-        (bytes) => Promise.resolve(out += decoder.decode(bytes)),
-        format_,
-        100,
-        () => false,
-        format,
-      );
+      const { sink, output } = collectingSink(format, format_, 100, () => false);
       sink.appendConnectionRecord(message, properties);
       await sink.flush();
-      return out;
+      return output();
     };
     const expected = (message: string, properties: Record<string, unknown>) =>
       formatter({ level: "info", timestamp: Date.now(), rawMessage: message, properties });
     await t.step(`${format}: plain facts, written directly`, async () => {
       for (const [what, message, properties] of plain) {
         assert.equal(
-          strip(await written(message, properties)),
-          strip(expected(message, properties)),
+          withoutTimestamps(await written(message, properties)),
+          withoutTimestamps(expected(message, properties)),
           what,
         );
         // A formatter that marks its lines shows the record did not go through it.
@@ -282,8 +288,8 @@ Deno.test("connection records written straight into the batch are byte for byte 
         const message = "TCP connection open.";
         assert.equal(await written(message, properties, () => "FORMATTER\n"), "FORMATTER\n", what);
         assert.equal(
-          strip(await written(message, properties)),
-          strip(expected(message, properties)),
+          withoutTimestamps(await written(message, properties)),
+          withoutTimestamps(expected(message, properties)),
           what,
         );
         assert.equal(
@@ -300,22 +306,20 @@ Deno.test("connection records written straight into the batch are byte for byte 
           message,
         );
         assert.equal(
-          strip(await written(message, properties)),
-          strip(expected(message, properties)),
+          withoutTimestamps(await written(message, properties)),
+          withoutTimestamps(expected(message, properties)),
         );
       }
     });
     await t.step(
       `${format}: many records, past the batch's first buffer, as the formatter's`,
       async () => {
-        let out = "";
-        const sink = new BatchingSink(
-          (bytes) => Promise.resolve(out += decoder.decode(bytes)),
+        const { sink, output } = collectingSink(
+          format,
           formatter,
           100_000,
           () => false,
-          format,
-          100 * 2 ** 20,
+          2 ** 20 * 100,
         );
         let want = "";
         for (let i = 0; i < 3_000; i++) {
@@ -330,7 +334,8 @@ Deno.test("connection records written straight into the batch are byte for byte 
           want += expected(message, properties);
         }
         await sink.flush();
-        assert.equal(strip(out), strip(want));
+        const out = output();
+        assert.equal(withoutTimestamps(out), withoutTimestamps(want));
         if (format === "json") { for (const line of out.trimEnd().split("\n")) JSON.parse(line); }
       },
     );

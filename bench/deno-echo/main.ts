@@ -2,12 +2,12 @@
  * The bench's ceilings on Deno: what the runtime does with no tcp-echo in the
  * way. On `TCP_PORT` a bare `Deno.listen` echo (accept, no-delay, the text of
  * `BANNER` when set, a read and write loop, close: the socket operations
- * tcp-echo does for a connection, with no records, limits or metrics). With `TLS_PORT` also an echo on
- * `Deno.listenTls` (rustls inside the runtime, no JavaScript between the
- * socket and the TLS engine) with `TLS_CERT_FILE` and `TLS_KEY_FILE`. The TLS
- * echo can report none of what tcp-echo's banner says of a handshake (server
- * name, version, cipher, client certificate), nor read a PROXY header before
- * it: a reference, not a design.
+ * tcp-echo does for a connection, with no records, limits or metrics). With
+ * `TLS_PORT` also an echo on `Deno.listenTls` (rustls inside the runtime, no
+ * JavaScript between the socket and the TLS engine) with `TLS_CERT_FILE` and
+ * `TLS_KEY_FILE`. The TLS echo can report none of what tcp-echo's banner says
+ * of a handshake (server name, version, cipher, client certificate), nor read
+ * a PROXY header before it: a reference, not a design.
  *
  * @module
  */
@@ -19,7 +19,7 @@ const banner = new TextEncoder().encode(Deno.env.get("BANNER") ?? "");
 async function echo(conn: Deno.Conn, first?: Uint8Array): Promise<void> {
   const buffer = new Uint8Array(65_536);
   try {
-    if (first !== undefined && first.length > 0) await conn.write(first);
+    if (first?.length) await conn.write(first);
     for (;;) {
       const n = await conn.read(buffer);
       if (n === null) break;
